@@ -1,0 +1,239 @@
+#pragma once
+// Up-front validation of one call: everything the kernels assume is checked here, once,
+// and reported with the name of the offending argument.
+
+#include <cmath>
+#include <string>
+
+#include "sinkattn/core/options.hpp"
+#include "sinkattn/core/status.hpp"
+#include "sinkattn/core/tensor_view.hpp"
+#include "sinkattn/core/types.hpp"
+
+namespace sinkattn {
+namespace detail {
+
+inline std::string str(index_t v) { return std::to_string(v); }
+
+inline Status fail(Errc c, std::string msg) { return Status(c, std::move(msg)); }
+
+inline Status check_problem(const Problem& p) {
+  const char* names[] = {"batch", "heads_q", "heads_kv", "seq_q", "seq_kv", "dim_qk", "dim_v"};
+  const index_t vals[] = {p.batch, p.heads_q, p.heads_kv, p.seq_q, p.seq_kv, p.dim_qk, p.dim_v};
+  for (int i = 0; i < 7; ++i)
+    if (vals[i] < 0) return fail(Errc::negative_size, std::string("problem.") + names[i] + " is " + str(vals[i]));
+  if (p.heads_kv == 0 && p.heads_q != 0)
+    return fail(Errc::heads_not_divisible, "problem.heads_kv is 0 but heads_q is " + str(p.heads_q));
+  if (p.heads_kv > 0 && p.heads_q % p.heads_kv != 0)
+    return fail(Errc::heads_not_divisible,
+                "problem.heads_q (" + str(p.heads_q) + ") is not a multiple of heads_kv (" + str(p.heads_kv) + ")");
+  if (p.heads_q > 0 && p.heads_kv > p.heads_q)
+    return fail(Errc::heads_not_divisible,
+                "problem.heads_kv (" + str(p.heads_kv) + ") exceeds heads_q (" + str(p.heads_q) + ")");
+  return {};
+}
+
+// A view must have exactly the expected logical shape (entries < 0 in `want` are free), and
+// data unless it is empty.
+template <class T>
+Status check_view(const char* name, const TensorView<T>& v, std::array<index_t, 4> want, const char* const dims[4]) {
+  for (int d = 0; d < 4; ++d) {
+    if (v.shape[d] < 0)
+      return fail(Errc::negative_size,
+                  std::string(name) + ": shape[" + str(d) + "] (" + dims[d] + ") is " + str(v.shape[d]));
+  }
+  for (int d = 0; d < 4; ++d) {
+    if (want[d] >= 0 && v.shape[d] != want[d])
+      return fail(Errc::shape_mismatch, std::string(name) + ": shape[" + str(d) + "] (" + dims[d] + ") is " +
+                                            str(v.shape[d]) + ", expected " + str(want[d]));
+  }
+  if (!v.empty() && v.data == nullptr)
+    return fail(Errc::null_data, std::string(name) + ": data is null but the view is not empty");
+  return {};
+}
+
+inline const char* const kBSHD[4] = {"batch", "seq", "heads", "dim"};
+inline const char* const kBHS1[4] = {"batch", "heads", "seq", "1"};
+inline const char* const kBHSS[4] = {"batch", "heads", "seq_q", "seq_kv"};
+
+template <class T, class U>
+Status check_no_alias(const char* out_name, const TensorView<T>& out, const char* in_name, const TensorView<U>& in) {
+  if (overlaps(byte_range(out), byte_range(in)))
+    return fail(Errc::aliasing, std::string(out_name) + " overlaps input " + in_name);
+  return {};
+}
+
+// An output must not write the same element twice from different indices (a zero stride on
+// a dimension longer than 1 would make the result depend on the order of writes).
+template <class T>
+Status check_writable(const char* name, const TensorView<T>& v) {
+  for (int d = 0; d < 4; ++d)
+    if (v.shape[d] > 1 && v.stride[d] == 0)
+      return fail(Errc::invalid_argument, std::string(name) + ": stride[" + str(d) + "] is 0 on an output");
+  return {};
+}
+
+inline Status check_mask(const Problem& p, const FullMask&) {
+  (void)p;
+  return {};
+}
+inline Status check_mask(const Problem&, const CausalMask&) { return {}; }
+
+inline Status check_mask(const Problem&, const SlidingWindowMask& m) {
+  if (m.left < -1) return fail(Errc::out_of_range, "mask.left is " + str(m.left) + " (use -1 for unbounded)");
+  if (m.right < -1) return fail(Errc::out_of_range, "mask.right is " + str(m.right) + " (use -1 for unbounded)");
+  if (m.sink_tokens < 0) return fail(Errc::out_of_range, "mask.sink_tokens is " + str(m.sink_tokens));
+  return {};
+}
+
+inline Status check_mask(const Problem&, const BlockMask& m) {
+  if (m.boundaries.empty()) {
+    if (m.block_size <= 0)
+      return fail(Errc::out_of_range, "mask.block_size is " + str(m.block_size) + " (must be > 0)");
+  } else {
+    if (m.boundaries[0] != 0)
+      return fail(Errc::out_of_range, "mask.boundaries[0] is " + str(m.boundaries[0]) + ", must be 0");
+    for (size_t i = 1; i < m.boundaries.size(); ++i)
+      if (m.boundaries[i] <= m.boundaries[i - 1])
+        return fail(Errc::out_of_range, "mask.boundaries must be strictly ascending (index " + str(index_t(i)) + ")");
+  }
+  if (m.global_keys < 0) return fail(Errc::out_of_range, "mask.global_keys is " + str(m.global_keys));
+  return {};
+}
+
+inline Status check_mask(const Problem& p, const NeighborhoodMask& m) {
+  if (m.rank < 1 || m.rank > 3) return fail(Errc::out_of_range, "mask.rank is " + str(m.rank) + " (1, 2 or 3)");
+  index_t n = 1;
+  for (int d = 0; d < m.rank; ++d) {
+    const std::string at = "[" + str(d) + "]";
+    if (m.extent[d] <= 0) return fail(Errc::out_of_range, "mask.extent" + at + " is " + str(m.extent[d]));
+    if (m.kernel[d] <= 0) return fail(Errc::out_of_range, "mask.kernel" + at + " is " + str(m.kernel[d]));
+    if (m.dilation[d] <= 0) return fail(Errc::out_of_range, "mask.dilation" + at + " is " + str(m.dilation[d]));
+    if (m.stride[d] <= 0) return fail(Errc::out_of_range, "mask.stride" + at + " is " + str(m.stride[d]));
+    if (m.kernel[d] > m.extent[d])
+      return fail(Errc::out_of_range,
+                  "mask.kernel" + at + " (" + str(m.kernel[d]) + ") exceeds extent (" + str(m.extent[d]) + ")");
+    if (m.stride[d] > m.kernel[d])
+      return fail(Errc::out_of_range,
+                  "mask.stride" + at + " (" + str(m.stride[d]) + ") exceeds kernel (" + str(m.kernel[d]) + ")");
+    if (m.dilation[d] * m.kernel[d] > m.extent[d])
+      return fail(Errc::out_of_range, "mask.dilation" + at + " * kernel (" + str(m.dilation[d] * m.kernel[d]) +
+                                          ") exceeds extent (" + str(m.extent[d]) + ")");
+    n *= m.extent[d];
+  }
+  if (p.seq_q != n || p.seq_kv != n)
+    return fail(Errc::shape_mismatch, "mask.extent: the grid holds " + str(n) + " tokens but seq_q = " + str(p.seq_q) +
+                                          " and seq_kv = " + str(p.seq_kv));
+  return {};
+}
+
+inline Status check_mask(const Problem& p, const BlockSparseMask& m) {
+  if (m.q_block <= 0) return fail(Errc::out_of_range, "mask.q_block is " + str(m.q_block) + " (must be > 0)");
+  if (m.kv_block <= 0) return fail(Errc::out_of_range, "mask.kv_block is " + str(m.kv_block) + " (must be > 0)");
+  const index_t nqb = (p.seq_q + m.q_block - 1) / m.q_block;
+  const index_t nkb = (p.seq_kv + m.kv_block - 1) / m.kv_block;
+  const index_t rows = p.batch * p.heads_q * nqb;
+  if (rows == 0) return {};
+  if (m.offsets == nullptr) return fail(Errc::null_data, "mask.offsets is null");
+  if (m.offsets[0] != 0) return fail(Errc::out_of_range, "mask.offsets[0] is " + str(m.offsets[0]) + ", must be 0");
+  for (index_t r = 0; r < rows; ++r)
+    if (m.offsets[r + 1] < m.offsets[r])
+      return fail(Errc::out_of_range, "mask.offsets must be non-decreasing (row " + str(r) + ")");
+  if (m.offsets[rows] > 0 && m.indices == nullptr) return fail(Errc::null_data, "mask.indices is null");
+  for (index_t e = 0; e < m.offsets[rows]; ++e)
+    if (m.indices[e] < 0 || m.indices[e] >= nkb)
+      return fail(Errc::out_of_range,
+                  "mask.indices[" + str(e) + "] is " + str(m.indices[e]) + ", key blocks are [0, " + str(nkb) + ")");
+  return {};
+}
+
+inline Status check_norm(const Problem&, const Options&, const Softmax&) { return {}; }
+
+inline Status check_norm(const Problem& p, const Options&, const SinkSoftmax& n) {
+  if (n.sinks == nullptr && p.heads_q > 0)
+    return fail(Errc::null_data, "norm.sinks is null (one logit per query head expected)");
+  return {};
+}
+
+inline Status check_norm(const Problem& p, const Options& o, const Sigmoid& n) {
+  if (!(n.eps >= 0.f)) return fail(Errc::out_of_range, "norm.eps must be >= 0");
+  (void)p;
+  if (!o.lse.empty() || o.lse.data)
+    return fail(Errc::invalid_argument, "lse: not defined for the sigmoid normalization");
+  return {};
+}
+
+inline Status check_norm(const Problem& p, const Options&, const AffineScaled& n) {
+  const std::array<index_t, 4> want{p.batch, p.seq_q, p.heads_q, 1};
+  SINKATTN_TRY(check_view("norm.alpha", n.alpha, want, kBSHD));
+  if (n.alpha.data == nullptr && p.batch * p.seq_q * p.heads_q > 0)
+    return fail(Errc::null_data, "norm.alpha is required");
+  if (n.beta.data != nullptr || !n.beta.empty()) SINKATTN_TRY(check_view("norm.beta", n.beta, want, kBSHD));
+  return {};
+}
+
+inline Status check_norm(const Problem&, const Options& o, const Softpick& n) {
+  if (!(n.eps >= 0.f)) return fail(Errc::out_of_range, "norm.eps must be >= 0");
+  if (!o.lse.empty() || o.lse.data)
+    return fail(Errc::invalid_argument, "lse: not defined for the softpick normalization");
+  return {};
+}
+
+inline Status check_norm(const Problem& p, const Options&, const ScalableSoftmax& n) {
+  if (n.s == nullptr && p.heads_q > 0)
+    return fail(Errc::null_data, "norm.s is null (one SSMax scale per query head expected)");
+  return {};
+}
+
+inline Status check_gate(const Problem&, const NoGate&) { return {}; }
+
+inline Status check_gate(const Problem& p, const SigmoidGate& g) {
+  const index_t last = g.g.shape[3];
+  if (last != 1 && last != p.dim_v)
+    return fail(Errc::shape_mismatch,
+                "gate.g: shape[3] is " + str(last) + ", expected dim_v (" + str(p.dim_v) + ") or 1 (headwise)");
+  return check_view("gate.g", g.g, {p.batch, p.seq_q, p.heads_q, last}, kBSHD);
+}
+
+}  // namespace detail
+
+// Validates a whole call. The kernels and the reference call this first; engines can call it
+// themselves to validate once and reuse the arguments.
+inline Status validate(const Problem& p, const TensorView<const float>& q, const TensorView<const float>& k,
+                       const TensorView<const float>& v, const TensorView<float>& o, const Options& opt = {}) {
+  using namespace detail;
+  SINKATTN_TRY(check_problem(p));
+  SINKATTN_TRY(check_view("q", q, {p.batch, p.seq_q, p.heads_q, p.dim_qk}, kBSHD));
+  SINKATTN_TRY(check_view("k", k, {p.batch, p.seq_kv, p.heads_kv, p.dim_qk}, kBSHD));
+  SINKATTN_TRY(check_view("v", v, {p.batch, p.seq_kv, p.heads_kv, p.dim_v}, kBSHD));
+  SINKATTN_TRY(check_view("o", o, {p.batch, p.seq_q, p.heads_q, p.dim_v}, kBSHD));
+  SINKATTN_TRY(check_writable("o", o));
+  SINKATTN_TRY(check_no_alias("o", o, "q", q));
+  SINKATTN_TRY(check_no_alias("o", o, "k", k));
+  SINKATTN_TRY(check_no_alias("o", o, "v", v));
+
+  const bool want_lse = opt.lse.data != nullptr || !opt.lse.empty();
+  if (want_lse) {
+    SINKATTN_TRY(check_view("lse", opt.lse, {p.batch, p.heads_q, p.seq_q, 1}, kBHS1));
+    SINKATTN_TRY(check_writable("lse", opt.lse));
+    SINKATTN_TRY(check_no_alias("lse", opt.lse, "o", o));
+    SINKATTN_TRY(check_no_alias("lse", opt.lse, "q", q));
+    SINKATTN_TRY(check_no_alias("lse", opt.lse, "k", k));
+    SINKATTN_TRY(check_no_alias("lse", opt.lse, "v", v));
+  }
+
+  const ScoreOptions& s = opt.score;
+  if (s.scale && !std::isfinite(*s.scale)) return fail(Errc::out_of_range, "score.scale is not finite");
+  if (!(s.softcap >= 0.f) || !std::isfinite(s.softcap))
+    return fail(Errc::out_of_range, "score.softcap must be finite and >= 0");
+  if (s.bias.data != nullptr || !s.bias.empty())
+    SINKATTN_TRY(check_view("score.bias", s.bias, {p.batch, p.heads_q, p.seq_q, p.seq_kv}, kBHSS));
+
+  SINKATTN_TRY(std::visit([&](const auto& m) { return check_mask(p, m); }, opt.mask));
+  SINKATTN_TRY(std::visit([&](const auto& n) { return check_norm(p, opt, n); }, opt.norm));
+  SINKATTN_TRY(std::visit([&](const auto& g) { return check_gate(p, g); }, opt.gate));
+  if (const auto* g = std::get_if<SigmoidGate>(&opt.gate)) SINKATTN_TRY(check_no_alias("o", o, "gate.g", g->g));
+  return {};
+}
+
+}  // namespace sinkattn

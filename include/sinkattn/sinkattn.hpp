@@ -1,0 +1,10 @@
+#pragma once
+// sinkattn: fast CPU attention kernels with sink-aware variants. The single entry header.
+
+#include "sinkattn/core/executor.hpp"
+#include "sinkattn/core/options.hpp"
+#include "sinkattn/core/status.hpp"
+#include "sinkattn/core/tensor_view.hpp"
+#include "sinkattn/core/types.hpp"
+#include "sinkattn/core/validate.hpp"
+#include "sinkattn/version.hpp"
