@@ -106,7 +106,9 @@ inline Status check_mask(const Problem& p, const NeighborhoodMask& m) {
   if (m.rank < 1 || m.rank > 3) return fail(Errc::out_of_range, "mask.rank is " + str(m.rank) + " (1, 2 or 3)");
   index_t n = 1;
   for (int d = 0; d < m.rank; ++d) {
-    const std::string at = "[" + str(d) + "]";
+    std::string at = "[";  // appended, not "[" + str(d): GCC 12 -O2 -std=c++20 warns (-Wrestrict, PR 105329)
+    at += str(d);
+    at += "]";
     if (m.extent[d] <= 0) return fail(Errc::out_of_range, "mask.extent" + at + " is " + str(m.extent[d]));
     if (m.kernel[d] <= 0) return fail(Errc::out_of_range, "mask.kernel" + at + " is " + str(m.kernel[d]));
     if (m.dilation[d] <= 0) return fail(Errc::out_of_range, "mask.dilation" + at + " is " + str(m.dilation[d]));
