@@ -1,0 +1,171 @@
+#pragma once
+// Split-KV decode (flash-decoding) for few query rows per KV head.
+//
+// In decode the query rows of one KV head (group_size heads x Sq rows) are too few to fill
+// the lanes of the prefill tile, and the work is bound by reading K and V. So:
+//   - one task = one (batch, KV head, key split) and handles ALL query rows of that KV head
+//     together: each K/V row is read from memory once per step, not once per query head;
+//   - scores keep the keys on the lanes (tile::dot_keys), the online softmax reduces along
+//     a row (Norm::update_row), and O += P.V is the same micro-kernel as in prefill;
+//   - the keys are cut into splits of a fixed size, so short sequences and single queries
+//     still keep every thread busy; the partial (max, sum, O) of each split are merged in a
+//     fixed order with the log-sum-exp rule, then the sink and the epilogue run once per row.
+// The split size is a constant, not a function of the thread count, so the result is
+// bit-identical whatever executor runs it.
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "sinkattn/core/executor.hpp"
+#include "sinkattn/kernel/args.hpp"
+#include "sinkattn/kernel/config.hpp"
+#include "sinkattn/kernel/workspace.hpp"
+#include "sinkattn/policy/mask.hpp"
+#include "sinkattn/policy/normalize.hpp"
+#include "sinkattn/policy/score.hpp"
+#include "sinkattn/tile/gemm.hpp"
+#include "sinkattn/tile/ops.hpp"
+
+namespace sinkattn::detail {
+
+// Query rows per KV head (Sq * group) up to which the decode kernel is used.
+inline constexpr index_t kDecodeMaxRows = 8;
+// Keys per inner block: 4 lane groups, one softmax update per row per block.
+inline constexpr index_t kDecodeBlock = 4 * tile::kWidth;
+// Keys per split task.
+inline constexpr index_t kDecodeSplitKeys = 2048;
+
+inline bool use_decode(const Problem& p) { return p.seq_q * p.group_size() <= kDecodeMaxRows; }
+
+// Caller-thread buffer for the partial results of the splits (workers write disjoint parts).
+inline Workspace& partials_workspace() {
+  thread_local Workspace ws;
+  return ws;
+}
+
+template <class V>
+void decode_task(const KernelArgs& a, const typename V::Mask& mask, index_t b, index_t g, index_t k_lo, index_t k_hi,
+                 float* part, Workspace& ws) {
+  using Norm = typename V::Norm;
+  const Problem& p = a.p;
+  const index_t G = p.group_size(), Sq = p.seq_q, R = G * Sq;
+  const index_t dqk_pad = tile::round_up(p.dim_qk, tile::kWidth), dqk_vecs = dqk_pad / tile::kWidth;
+  const index_t dv_pad = tile::round_up(p.dim_v, tile::kWidth), dv_vecs = dv_pad / tile::kWidth;
+  constexpr index_t ld_s = kDecodeBlock;
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+  float* qpad = ws.floats(static_cast<std::size_t>(R * dqk_pad + R * ld_s + R * dv_pad + tile::kWidth * dqk_pad +
+                                                   kDecodeBlock * dv_pad));  // (R, Dqk_pad)
+  float* s = qpad + R * dqk_pad;                                             // (R, kDecodeBlock) scores, keys on lanes
+  float* acc = s + R * ld_s;                                                 // (R, Dv_pad)
+  float* kpack = acc + R * dv_pad;                                           // (kWidth, Dqk_pad)
+  float* vpack = kpack + tile::kWidth * dqk_pad;                             // (kDecodeBlock, Dv_pad)
+
+  // Row r = hh * Sq + i is query row i of head g * G + hh.
+  for (index_t hh = 0; hh < G; ++hh)
+    tile::pack_rows(qpad + hh * Sq * dqk_pad, dqk_pad, a.q.ptr(b, 0, g * G + hh), a.q.stride[1], a.q.stride[3], Sq,
+                    p.dim_qk, dqk_pad);
+  tile::zero(acc, dv_pad, R, dv_pad);
+  typename Norm::RowState state[kDecodeMaxRows];
+
+  const bool k_inplace = a.k.stride[3] == 1 && p.dim_qk % tile::kWidth == 0;
+  const bool v_inplace = a.v.stride[3] == 1 && p.dim_v % tile::kWidth == 0;
+  const index_t lo = std::max(k_lo, mask.kv_begin(0, Sq)), hi = std::min(k_hi, mask.kv_end(0, Sq));
+
+  for (index_t j0 = lo; j0 < hi; j0 += kDecodeBlock) {
+    const index_t j1 = std::min(j0 + kDecodeBlock, hi), nk = j1 - j0;
+    const policy::BlockKind kind = mask.classify(0, Sq, j0, j1);
+    if (kind == policy::BlockKind::empty) continue;
+    const int nvec = static_cast<int>((nk + tile::kWidth - 1) / tile::kWidth);
+
+    for (int grp = 0; grp < nvec; ++grp) {
+      const index_t jg = j0 + grp * tile::kWidth, ng = std::min<index_t>(tile::kWidth, j1 - jg);
+      const float* kp = a.k.ptr(b, jg, g);
+      index_t ld_k = a.k.stride[1];
+      if (!k_inplace || ng < tile::kWidth) {
+        tile::pack_rows(kpack, dqk_pad, kp, ld_k, a.k.stride[3], ng, p.dim_qk, dqk_pad);
+        tile::zero(kpack + ng * dqk_pad, dqk_pad, tile::kWidth - ng, dqk_pad);
+        kp = kpack;
+        ld_k = dqk_pad;
+      }
+      for (index_t r = 0; r < R; ++r)
+        tile::dot_keys(s + r * ld_s + grp * tile::kWidth, qpad + r * dqk_pad, kp, ld_k, dqk_vecs);
+    }
+
+    for (index_t hh = 0; hh < G; ++hh) {
+      const policy::ScoreTile t{s + hh * Sq * ld_s, ld_s, Sq, nvec, b, g * G + hh, 0, Sq, j0, nk, ld_s, 1};
+      V::Score::apply(a, t);
+      if (kind == policy::BlockKind::partial) policy::apply_mask(mask, t);
+    }
+    // Lanes past the last key: after the score policy, which may map -inf to a finite value.
+    for (index_t r = 0; r < R; ++r)
+      for (index_t x = nk; x < nvec * tile::kWidth; ++x) s[r * ld_s + x] = kNegInf;
+
+    for (index_t r = 0; r < R; ++r) {
+      const float alpha = Norm::update_row(state[r], s + r * ld_s, nvec);
+      if (alpha != 1.f) tile::scale_rows(acc + r * dv_pad, dv_pad, 1, dv_vecs, &alpha);
+    }
+
+    const float* vp = a.v.ptr(b, j0, g);
+    index_t ld_v = a.v.stride[1];
+    if (!v_inplace) {
+      tile::pack_rows(vpack, dv_pad, vp, ld_v, a.v.stride[3], nk, p.dim_v, dv_pad);
+      vp = vpack;
+      ld_v = dv_pad;
+    }
+    tile::mma_pv(acc, dv_pad, R, s, 1, ld_s, vp, ld_v, nk, dv_vecs);
+  }
+
+  // Partial result per row: [m, l, acc(Dv_pad)].
+  for (index_t r = 0; r < R; ++r) {
+    float* dst = part + r * (dv_pad + 2);
+    dst[0] = state[r].m;
+    dst[1] = state[r].l;
+    std::copy(acc + r * dv_pad, acc + (r + 1) * dv_pad, dst + 2);
+  }
+}
+
+template <class V>
+void run_decode(const KernelArgs& a, const typename V::Mask& mask, const Executor& ex) {
+  using Norm = typename V::Norm;
+  const Problem& p = a.p;
+  const index_t G = p.group_size(), Sq = p.seq_q, R = G * Sq;
+  const index_t dv_pad = tile::round_up(p.dim_v, tile::kWidth);
+  const index_t splits = std::max<index_t>(1, (p.seq_kv + kDecodeSplitKeys - 1) / kDecodeSplitKeys);
+  const index_t row_floats = dv_pad + 2;
+  const index_t tasks = p.batch * p.heads_kv * splits;
+  // Partials of every split, then one merged row (aligned: the epilogue loads it by vectors).
+  float* parts = partials_workspace().floats(static_cast<std::size_t>(tasks * R * row_floats + dv_pad + tile::kWidth));
+  float* out = parts + tile::round_up(tasks * R * row_floats, tile::kWidth);
+
+  ex.run(tasks, [&](index_t t) {
+    const index_t sp = t % splits, g = (t / splits) % p.heads_kv, b = t / (splits * p.heads_kv);
+    const index_t k_lo = sp * kDecodeSplitKeys, k_hi = std::min(p.seq_kv, k_lo + kDecodeSplitKeys);
+    decode_task<V>(a, mask, b, g, k_lo, k_hi, parts + t * R * row_floats, thread_workspace());
+  });
+
+  // Merge the splits of each row in split order, then sink, normalisation and epilogue once.
+  for (index_t b = 0; b < p.batch; ++b)
+    for (index_t g = 0; g < p.heads_kv; ++g)
+      for (index_t r = 0; r < R; ++r) {
+        const index_t h = g * G + r / Sq, i = r % Sq;
+        typename Norm::RowState st;
+        std::fill(out, out + dv_pad, 0.f);
+        for (index_t sp = 0; sp < splits; ++sp) {
+          const float* src = parts + (((b * p.heads_kv + g) * splits + sp) * R + r) * row_floats;
+          typename Norm::RowState part;
+          part.m = src[0];
+          part.l = src[1];
+          float s_into = 1.f, s_part = 1.f;
+          Norm::merge(st, part, s_into, s_part);
+          for (index_t x = 0; x < dv_pad; ++x) out[x] = out[x] * s_into + (s_part == 0.f ? 0.f : src[2 + x] * s_part);
+        }
+        float scale = 0.f, lse = 0.f;
+        Norm::finalize_row(st.m, st.l, V::Sink::logit2(a, h), scale, lse);
+        V::Gate::store(a, b, i, h, out, scale);
+        if (a.want_lse()) a.lse(b, h, i, 0) = lse;
+      }
+}
+
+}  // namespace sinkattn::detail

@@ -1,0 +1,122 @@
+#pragma once
+// The fused forward loop (flash attention on the CPU): one task = one query tile of one
+// (batch, query head); it streams the visible KV blocks through
+//
+//     S^T = K . Q^T                 tile::mma_kqt        (keys x query lanes)
+//     Score::apply                  scale/softcap/bias/ALiBi -> log2 units
+//     apply_mask                    Partial blocks only
+//     Norm::update                  online softmax: weights in place, rescale factors
+//     O *= alpha                    only when some lane's max moved
+//     O += P . V                    tile::mma_pv
+//
+// and finishes with Sink (extra logit), Norm::finalize (1/l, LSE) and the Gate epilogue.
+// Nothing of size Sq x Skv is ever materialised; the workspace is O(tile).
+
+#include <algorithm>
+#include <cstring>
+
+#include "sinkattn/kernel/args.hpp"
+#include "sinkattn/kernel/config.hpp"
+#include "sinkattn/kernel/workspace.hpp"
+#include "sinkattn/policy/mask.hpp"
+#include "sinkattn/policy/normalize.hpp"
+#include "sinkattn/policy/score.hpp"
+#include "sinkattn/tile/gemm.hpp"
+#include "sinkattn/tile/ops.hpp"
+
+namespace sinkattn {
+
+// A compile-time bundle of policies: one specialisation of the fused loop.
+template <class ScoreP, class MaskP, class NormP, class SinkP, class GateP>
+struct Variant {
+  using Score = ScoreP;
+  using Mask = MaskP;
+  using Norm = NormP;
+  using Sink = SinkP;
+  using Gate = GateP;
+};
+
+namespace detail {
+
+// Floats of workspace one prefill task needs.
+inline index_t prefill_workspace_floats(const Problem& p) {
+  const index_t dv_pad = tile::round_up(std::max<index_t>(p.dim_v, 1), tile::kWidth);
+  const index_t dqk_pad = tile::round_up(std::max<index_t>(p.dim_qk, 1), tile::kWidth);
+  return p.dim_qk * kBlockQ     // Q^T
+         + kBlockKV * kBlockQ   // S^T
+         + kBlockQ * dv_pad     // O accumulator
+         + kBlockKV * dv_pad    // packed V (strided or tail-y V only)
+         + kBlockKV * dqk_pad;  // packed K (strided K only)
+}
+
+template <class V>
+void prefill_task(const KernelArgs& a, const typename V::Mask& mask, index_t b, index_t h, index_t qb, Workspace& ws) {
+  const Problem& p = a.p;
+  const index_t i0 = qb * kBlockQ;
+  const index_t nq = std::min(kBlockQ, p.seq_q - i0);
+  const int vecs = static_cast<int>((nq + tile::kWidth - 1) / tile::kWidth);
+  const index_t g = p.kv_head(h);
+  const index_t dv_pad = tile::round_up(p.dim_v, tile::kWidth);
+  const index_t dv_vecs = dv_pad / tile::kWidth;
+  const index_t dqk_pad = tile::round_up(p.dim_qk, tile::kWidth);
+
+  float* qt = ws.floats(static_cast<std::size_t>(prefill_workspace_floats(p)));  // (Dqk, BQ)
+  float* st = qt + p.dim_qk * kBlockQ;                                           // (BKV, BQ)
+  float* acc = st + kBlockKV * kBlockQ;                                          // (BQ, Dv_pad)
+  float* vpack = acc + kBlockQ * dv_pad;                                         // (BKV, Dv_pad)
+  float* kpack = vpack + kBlockKV * dv_pad;                                      // (BKV, Dqk_pad)
+
+  tile::pack_transposed(qt, a.q.ptr(b, i0, h), a.q.stride[1], a.q.stride[3], nq, p.dim_qk);
+  tile::zero(acc, dv_pad, nq, dv_pad);
+
+  // K is read in place when its head dim is contiguous, V when also a multiple of the width.
+  const bool k_inplace = a.k.stride[3] == 1;
+  const bool v_inplace = a.v.stride[3] == 1 && p.dim_v % tile::kWidth == 0;
+
+  typename V::Norm::State state;
+  tile::Lanes alpha;
+  alignas(64) float alpha_rows[kBlockQ];
+
+  policy::for_each_kv_block(mask, i0, i0 + nq, kBlockKV, [&](index_t j0, index_t j1, policy::BlockKind kind) {
+    const index_t nk = j1 - j0;
+    const float* kp = a.k.ptr(b, j0, g);
+    index_t ld_k = a.k.stride[1];
+    if (!k_inplace) {
+      tile::pack_rows(kpack, dqk_pad, kp, ld_k, a.k.stride[3], nk, p.dim_qk, dqk_pad);
+      kp = kpack;
+      ld_k = dqk_pad;
+    }
+    tile::mma_kqt(st, kBlockQ, kp, ld_k, nk, qt, p.dim_qk, vecs);
+
+    const policy::ScoreTile t{st, kBlockQ, nk, vecs, b, h, i0, nq, j0, nk, 1, kBlockQ};
+    V::Score::apply(a, t);
+    if (kind == policy::BlockKind::partial) policy::apply_mask(mask, t);
+
+    const bool rescale = V::Norm::update(state, st, kBlockQ, nk, vecs, alpha);
+    if constexpr (V::Norm::kRescales) {
+      if (rescale) {
+        alpha.store(alpha_rows);
+        tile::scale_rows(acc, dv_pad, nq, dv_vecs, alpha_rows);
+      }
+    }
+
+    const float* vp = a.v.ptr(b, j0, g);
+    index_t ld_v = a.v.stride[1];
+    if (!v_inplace) {
+      tile::pack_rows(vpack, dv_pad, vp, ld_v, a.v.stride[3], nk, p.dim_v, dv_pad);
+      vp = vpack;
+      ld_v = dv_pad;
+    }
+    tile::mma_pv(acc, dv_pad, nq, st, kBlockQ, 1, vp, ld_v, nk, dv_vecs);
+  });
+
+  policy::RowFinal fin;
+  V::Norm::finalize(state, V::Sink::logit2(a, h), fin);
+  for (index_t r = 0; r < nq; ++r) {
+    V::Gate::store(a, b, i0 + r, h, acc + r * dv_pad, fin.out_scale[r]);
+    if (a.want_lse()) a.lse(b, h, i0 + r, 0) = fin.lse[r];
+  }
+}
+
+}  // namespace detail
+}  // namespace sinkattn

@@ -1,0 +1,66 @@
+#pragma once
+// Mask policies: which KV blocks a query tile visits, how each block is classified, and the
+// element test for Partial blocks. Full blocks skip masking; Empty blocks are never loaded:
+// that is where sparsity becomes speed.
+//
+// Interface of a mask M (CUTLASS fmha_fusion / FlashAttention mask.h style):
+//   bool      M::visible(i, j)                 the scalar truth, used by property tests
+//   BlockKind M::classify(i0, i1, j0, j1)      for query rows [i0, i1) x keys [j0, j1)
+//   index_t   M::kv_begin(i0, i1), kv_end(...) the key range worth visiting
+// and the free functions below build the loop and the Partial masking from those.
+
+#include <algorithm>
+#include <limits>
+
+#include "sinkattn/core/types.hpp"
+#include "sinkattn/policy/score.hpp"
+
+namespace sinkattn::policy {
+
+enum class BlockKind { empty, partial, full };
+
+// Every key.
+struct FullMaskPolicy {
+  index_t seq_kv = 0;
+  bool visible(index_t, index_t) const { return true; }
+  BlockKind classify(index_t, index_t, index_t, index_t) const { return BlockKind::full; }
+  index_t kv_begin(index_t, index_t) const { return 0; }
+  index_t kv_end(index_t, index_t) const { return seq_kv; }
+};
+
+// j <= i + shift, shift = Skv - Sq + offset (bottom-right aligned).
+struct CausalMaskPolicy {
+  index_t seq_kv = 0;
+  index_t shift = 0;
+  bool visible(index_t i, index_t j) const { return j <= i + shift; }
+  BlockKind classify(index_t i0, index_t i1, index_t j0, index_t j1) const {
+    if (j1 - 1 <= i0 + shift) return BlockKind::full;  // the tile's first row already sees the block's last key
+    if (j0 > i1 - 1 + shift) return BlockKind::empty;  // not even the last row sees the first key
+    return BlockKind::partial;
+  }
+  index_t kv_begin(index_t, index_t) const { return 0; }
+  index_t kv_end(index_t, index_t i1) const { return std::clamp<index_t>(i1 - 1 + shift + 1, 0, seq_kv); }
+};
+
+// Calls f(j0, j1, kind) for every non-empty block of at most bkv keys that query rows
+// [i0, i1) must visit, in ascending key order.
+template <class Mask, class F>
+inline void for_each_kv_block(const Mask& m, index_t i0, index_t i1, index_t bkv, F&& f) {
+  const index_t end = m.kv_end(i0, i1);
+  for (index_t j0 = m.kv_begin(i0, i1); j0 < end; j0 += bkv) {
+    const index_t j1 = std::min(j0 + bkv, end);
+    const BlockKind kind = m.classify(i0, i1, j0, j1);
+    if (kind != BlockKind::empty) f(j0, j1, kind);
+  }
+}
+
+// Sets the logits of invisible pairs of a Partial tile to -inf (they then weigh exactly 0).
+template <class Mask>
+inline void apply_mask(const Mask& m, const ScoreTile& t) {
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  for (index_t l = 0; l < t.nq; ++l)
+    for (index_t r = 0; r < t.nk; ++r)
+      if (!m.visible(t.i0 + l, t.j0 + r)) t.at(l, r) = kNegInf;
+}
+
+}  // namespace sinkattn::policy

@@ -1,0 +1,62 @@
+#pragma once
+// Score policies: turn the raw dot products of an S^T tile (keys x query lanes) into logits
+// in log2 units (x * log2(e)), so that the normalization can use exp2 (scale and log2(e)
+// folded into one multiply, as FlashAttention and ThunderKittens do).
+// Order (SEMANTICS 1): scale, softcap, bias / ALiBi; masking comes after, in the mask policy.
+
+#include <cmath>
+#include <cstdlib>
+
+#include "sinkattn/kernel/args.hpp"
+#include "sinkattn/tile/math.hpp"
+#include "sinkattn/tile/ops.hpp"
+
+namespace sinkattn::policy {
+
+// A score tile: element (query i0 + l, key j0 + r), l < nq, r < nk, lives at
+// st[l * q_step + r * k_step]. Storage is `rows` rows of `vecs` vectors, leading dimension
+// ld. The prefill loop keeps S^T (rows = keys, q_step = 1); the decode loop keeps keys on
+// the lanes (rows = query rows, k_step = 1). Elementwise policies only use at().
+struct ScoreTile {
+  float* st;
+  index_t ld;
+  index_t rows;
+  int vecs;
+  index_t b, h, i0, nq, j0, nk;
+  index_t q_step, k_step;
+  float& at(index_t l, index_t r) const { return st[l * q_step + r * k_step]; }
+};
+
+template <bool kSoftcap, bool kBias, bool kAlibi>
+struct Score {
+  static void apply(const detail::KernelArgs& a, const ScoreTile& t) {
+    using tile::vf;
+    if constexpr (!kSoftcap) {
+      // x = scale * s, in log2 units; bias and ALiBi (natural units) are added below.
+      tile::scale(t.st, t.ld, t.rows, t.vecs, a.scale * detail::kLog2e);
+    } else {
+      // x = c * tanh(scale * s / c), before any additive term (so -inf stays -inf).
+      const vf pre(a.scale / a.softcap), post(a.softcap * detail::kLog2e);
+      for (index_t r = 0; r < t.rows; ++r)
+        for (int c = 0; c < t.vecs; ++c) {
+          float* p = t.st + r * t.ld + c * tile::kWidth;
+          (tile::tanh(vf::load_aligned(p) * pre) * post).store_aligned(p);
+        }
+    }
+    if constexpr (kBias) {
+      for (index_t l = 0; l < t.nq; ++l) {
+        const float* src = a.bias.ptr(t.b, t.h, t.i0 + l, t.j0);
+        for (index_t r = 0; r < t.nk; ++r) t.at(l, r) += src[r * a.bias.stride[3]] * detail::kLog2e;
+      }
+    }
+    if constexpr (kAlibi) {
+      const float slope = a.alibi_slopes[t.h] * detail::kLog2e;
+      const index_t shift = a.p.seq_kv - a.p.seq_q;
+      for (index_t l = 0; l < t.nq; ++l)
+        for (index_t r = 0; r < t.nk; ++r)
+          t.at(l, r) -= slope * static_cast<float>(std::llabs(t.i0 + l + shift - (t.j0 + r)));
+    }
+  }
+};
+
+}  // namespace sinkattn::policy

@@ -1,0 +1,190 @@
+#pragma once
+// The two micro-kernels of the fused loop, written as register-blocked outer products.
+//
+// Layout choice: the score tile is kept TRANSPOSED, S^T (keys x queries), with the query
+// rows along the SIMD lanes. Then
+//   - S^T = K . Q^T broadcasts one K element against vectors of a packed Q^T; K is read in
+//     place (any row stride, any head dim, no tail handling), and Q^T is packed once per
+//     query tile and reused over the whole KV sequence;
+//   - the per-query max and sum of the online softmax are lane-wise (vertical) operations
+//     over the rows of S^T: no horizontal reductions in the loop;
+//   - O += P . V broadcasts one P element (= S^T[j][i]) against vectors of a V row.
+// Both are the classic broadcast-FMA GEMM micro-kernel. Register budget on AVX-512
+// (32 zmm): 6 rows x 4 vectors = 24 accumulators + 4 operand vectors + 1 broadcast = 29.
+// Zen 4 retires one 512-bit FMA per cycle with latency 4, so 24 independent chains keep the
+// FMA pipes busy with room to spare; with 16 registers (AVX2/SSE) 2 x 4 = 8 accumulators +
+// 4 + 1 fit without spills.
+
+#include <type_traits>
+#include <utility>
+
+#include "sinkattn/tile/simd.hpp"
+
+namespace sinkattn::tile {
+
+// Query lanes of one tile = kQVecs vectors (64 rows on AVX-512).
+inline constexpr int kQVecs = 4;
+inline constexpr index_t kQRows = kQVecs * kWidth;
+// Register tile heights of the two micro-kernels (rows of K resp. query rows of O).
+inline constexpr int kRowsQK = kRegisters >= 32 ? 6 : 2;
+inline constexpr int kRowsPV = kRegisters >= 32 ? 6 : 2;
+// Register tile width of O += P.V, in vectors of the value dimension.
+inline constexpr int kColsPV = 4;
+
+namespace detail {
+
+// Calls f(std::integral_constant<int, n>) for a runtime n in [1, Max]: how remainders reach
+// a fully unrolled kernel.
+template <int Max, class F>
+inline void dispatch_upto(int n, F&& f) {
+  if constexpr (Max >= 1) {
+    if (n == Max) {
+      f(std::integral_constant<int, Max>{});
+      return;
+    }
+    dispatch_upto<Max - 1>(n, std::forward<F>(f));
+  }
+}
+
+// st[R][C vectors] = k[R rows] . qt   (qt: d rows of kQRows lanes, aligned)
+template <int R, int C>
+inline void kqt_block(float* st, index_t ld_st, const float* k, index_t ld_k, const float* qt, index_t d) {
+  vf acc[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c] = vf(0.f);
+  for (index_t x = 0; x < d; ++x) {
+    const float* qrow = qt + x * kQRows;
+    vf q[C];
+    for (int c = 0; c < C; ++c) q[c] = vf::load_aligned(qrow + c * kWidth);
+    for (int r = 0; r < R; ++r) {
+      const vf kb(k[r * ld_k + x]);
+      for (int c = 0; c < C; ++c) acc[r][c] = xsimd::fma(kb, q[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c].store_aligned(st + r * ld_st + c * kWidth);
+}
+
+// o[R rows][C vectors] += sum_j P(r, j) * v[j][C vectors], P(r, j) = p[j * pj + r * pr]
+template <int R, int C>
+inline void pv_block(float* o, index_t ld_o, const float* p, index_t pj, index_t pr, const float* v, index_t ld_v,
+                     index_t nk) {
+  vf acc[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c] = vf::load_aligned(o + r * ld_o + c * kWidth);
+  for (index_t j = 0; j < nk; ++j) {
+    const float* vrow = v + j * ld_v;
+    const float* prow = p + j * pj;
+    vf vv[C];
+    for (int c = 0; c < C; ++c) vv[c] = vf::load_unaligned(vrow + c * kWidth);
+    for (int r = 0; r < R; ++r) {
+      const vf w(prow[r * pr]);
+      for (int c = 0; c < C; ++c) acc[r][c] = xsimd::fma(w, vv[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c].store_aligned(o + r * ld_o + c * kWidth);
+}
+
+}  // namespace detail
+
+// S^T = K . Q^T for one (key block, query tile).
+//   st  (nk, kQRows)  aligned, leading dimension ld_st (a multiple of kWidth)
+//   k   (nk, d)       row j at k + j * ld_k, unit stride along d (read in place)
+//   qt  (d, kQRows)   packed Q^T, aligned; only the first `vecs` vectors of lanes are used
+// vecs = ceil(query rows / kWidth) in [1, kQVecs]: a short query tile costs proportionally less.
+inline void mma_kqt(float* st, index_t ld_st, const float* k, index_t ld_k, index_t nk, const float* qt, index_t d,
+                    int vecs) {
+  detail::dispatch_upto<kQVecs>(vecs, [&](auto cc) {
+    constexpr int C = decltype(cc)::value;
+    index_t j = 0;
+    for (; j + kRowsQK <= nk; j += kRowsQK)
+      detail::kqt_block<kRowsQK, C>(st + j * ld_st, ld_st, k + j * ld_k, ld_k, qt, d);
+    if (j < nk)
+      detail::dispatch_upto<kRowsQK - 1>(static_cast<int>(nk - j), [&](auto rr) {
+        detail::kqt_block<decltype(rr)::value, C>(st + j * ld_st, ld_st, k + j * ld_k, ld_k, qt, d);
+      });
+  });
+}
+
+// O += P . V, P (nq x nk) addressed as P(r, j) = p[j * pj + r * pr]: the prefill loop
+// passes the S^T tile (pj = kQRows, pr = 1), the decode loop its row-major scores (pj = 1).
+//   o   (nq, dv_vecs * kWidth) aligned, leading dimension ld_o
+//   v   (nk, dv_vecs * kWidth) row j at v + j * ld_v, unit stride (padded by the caller
+//       when the value dimension is not a multiple of kWidth)
+inline void mma_pv(float* o, index_t ld_o, index_t nq, const float* p, index_t pj, index_t pr, const float* v,
+                   index_t ld_v, index_t nk, index_t dv_vecs) {
+  auto columns = [&](float* orow, const float* prow, auto rr) {
+    constexpr int R = decltype(rr)::value;
+    index_t c = 0;
+    for (; c + kColsPV <= dv_vecs; c += kColsPV)
+      detail::pv_block<R, kColsPV>(orow + c * kWidth, ld_o, prow, pj, pr, v + c * kWidth, ld_v, nk);
+    if (c < dv_vecs)
+      detail::dispatch_upto<kColsPV - 1>(static_cast<int>(dv_vecs - c), [&](auto cc) {
+        detail::pv_block<R, decltype(cc)::value>(orow + c * kWidth, ld_o, prow, pj, pr, v + c * kWidth, ld_v, nk);
+      });
+  };
+  index_t i = 0;
+  for (; i + kRowsPV <= nq; i += kRowsPV) columns(o + i * ld_o, p + i * pr, std::integral_constant<int, kRowsPV>{});
+  if (i < nq)
+    detail::dispatch_upto<kRowsPV - 1>(static_cast<int>(nq - i),
+                                       [&](auto rr) { columns(o + i * ld_o, p + i * pr, rr); });
+}
+
+// r[i] = sum of the lanes of v[i], for kWidth vectors: a transposing horizontal add.
+// (xsimd 8.1's haddp permutes its result on AVX-512, so we do not use it.)
+inline vf transpose_sum(const vf* v) {
+#if defined(__AVX512F__)
+  static_assert(kWidth == 16, "AVX-512 float vectors have 16 lanes");
+  // Level 1, within 128-bit lanes: pairs (a, b) -> [a0+a2, b0+b2, a1+a3, b1+b3] per lane.
+  __m512 t[8];
+  for (int i = 0; i < 8; ++i) {
+    const __m512 a = v[2 * i], b = v[2 * i + 1];
+    t[i] = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+  }
+  // Level 2: 128-bit lane L of w[k] = the lane-L sums of v[4k .. 4k+3].
+  __m512 w[4];
+  for (int k = 0; k < 4; ++k) {
+    const __m512 x = t[2 * k], y = t[2 * k + 1];
+    w[k] = _mm512_add_ps(_mm512_shuffle_ps(x, y, _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm512_shuffle_ps(x, y, _MM_SHUFFLE(3, 2, 3, 2)));
+  }
+  // Levels 3-4, across 128-bit lanes: lane k of the result = w[k] summed over its 4 lanes.
+  const __m512 s01 = _mm512_add_ps(_mm512_shuffle_f32x4(w[0], w[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                   _mm512_shuffle_f32x4(w[0], w[1], _MM_SHUFFLE(3, 1, 3, 1)));
+  const __m512 s23 = _mm512_add_ps(_mm512_shuffle_f32x4(w[2], w[3], _MM_SHUFFLE(2, 0, 2, 0)),
+                                   _mm512_shuffle_f32x4(w[2], w[3], _MM_SHUFFLE(3, 1, 3, 1)));
+  return vf(_mm512_add_ps(_mm512_shuffle_f32x4(s01, s23, _MM_SHUFFLE(2, 0, 2, 0)),
+                          _mm512_shuffle_f32x4(s01, s23, _MM_SHUFFLE(3, 1, 3, 1))));
+#else
+  // Portable: through memory. Narrow ISAs have few lanes, so this costs little.
+  alignas(64) float buf[kWidth][kWidth];
+  alignas(64) float r[kWidth];
+  for (int i = 0; i < kWidth; ++i) v[i].store_aligned(buf[i]);
+  for (int i = 0; i < kWidth; ++i) {
+    float s = 0.f;
+    for (int j = 0; j < kWidth; ++j) s += buf[i][j];
+    r[i] = s;
+  }
+  return vf::load_aligned(r);
+#endif
+}
+
+// Decode-shaped scores, keys on the lanes: s[j] = <q, k_j> for kWidth key rows. One query
+// row against a group of key rows; the kWidth partial-sum vectors are reduced in one go by a
+// transposing horizontal add (transpose_sum), so each score costs Dqk / kWidth FMAs plus
+// 1/kWidth of a reduction.
+//   s  kWidth floats, aligned
+//   q  (dqk_vecs * kWidth) aligned, zero-padded
+//   k  row j at k + j * ld_k, dqk_vecs * kWidth readable floats each (the caller pads tails)
+inline void dot_keys(float* s, const float* q, const float* k, index_t ld_k, index_t dqk_vecs) {
+  vf acc[kWidth];
+  for (int j = 0; j < kWidth; ++j) acc[j] = vf(0.f);
+  for (index_t c = 0; c < dqk_vecs; ++c) {
+    const vf qc = vf::load_aligned(q + c * kWidth);
+    for (int j = 0; j < kWidth; ++j) acc[j] = xsimd::fma(vf::load_unaligned(k + j * ld_k + c * kWidth), qc, acc[j]);
+  }
+  transpose_sum(acc).store_aligned(s);
+}
+
+}  // namespace sinkattn::tile

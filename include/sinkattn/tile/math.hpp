@@ -1,0 +1,55 @@
+#pragma once
+// Vectorised transcendental helpers on one register: exp2 (the hot one: one per score),
+// sigmoid and tanh built on it.
+
+#include <cmath>
+#include <limits>
+
+#include "sinkattn/tile/simd.hpp"
+
+namespace sinkattn::tile {
+
+// 2^x for any float x, with -inf -> exactly 0 and everything below -126 flushed to 0
+// (masked keys must contribute exactly nothing), +inf/large -> +inf, NaN -> NaN.
+//
+// x = n + f with n = round(x), |f| <= 1/2; 2^f by a degree-6 polynomial (Taylor terms of
+// e^(f ln 2); truncation error (ln2/2)^7/7! ~ 1.2e-7, i.e. about 1 ulp), 2^n by adding n to
+// the exponent field. about 14 vector ops, no table, no division.
+inline vf exp2(const vf& x) {
+  const vf xc = xsimd::min(xsimd::max(x, vf(-126.f)), vf(127.f));
+  const vf n = xsimd::nearbyint(xc);
+  const vf f = xc - n;
+  vf p(1.5403530393381609e-4f);                      // ln2^6 / 6!
+  p = xsimd::fma(p, f, vf(1.3333558146428443e-3f));  // ln2^5 / 5!
+  p = xsimd::fma(p, f, vf(9.6181291076284772e-3f));  // ln2^4 / 4!
+  p = xsimd::fma(p, f, vf(5.5504108664821580e-2f));  // ln2^3 / 3!
+  p = xsimd::fma(p, f, vf(2.4022650695910071e-1f));  // ln2^2 / 2!
+  p = xsimd::fma(p, f, vf(6.9314718055994531e-1f));  // ln2
+  p = xsimd::fma(p, f, vf(1.f));
+  const vi bits = (xsimd::batch_cast<std::int32_t>(n) + vi(127)) << 23;
+  vf r = p * xsimd::bitwise_cast<vf>(bits);
+  r = xsimd::select(x < vf(-126.f), vf(0.f), r);
+  r = xsimd::select(x > vf(127.f), vf(std::numeric_limits<float>::infinity()), r);
+  return xsimd::select(xsimd::isnan(x), x, r);  // NaN in, NaN out
+}
+
+// Horizontal sum and max of one register (xsimd 8.1 has hadd but no max reducer).
+inline float hsum(const vf& x) { return xsimd::hadd(x); }
+inline float hmax(const vf& x) {
+  alignas(64) float t[kWidth];
+  x.store_aligned(t);
+  float m = t[0];
+  for (int i = 1; i < kWidth; ++i) m = std::fmax(m, t[i]);
+  return m;
+}
+
+// e^x.
+inline vf exp(const vf& x) { return exp2(x * vf(1.4426950408889634f)); }
+
+// 1 / (1 + e^-x), exact 0 at -inf and 1 at +inf.
+inline vf sigmoid(const vf& x) { return vf(1.f) / (vf(1.f) + exp(-x)); }
+
+// tanh(x) = 1 - 2 / (e^{2x} + 1): saturates cleanly to +-1 for large |x|.
+inline vf tanh(const vf& x) { return vf(1.f) - vf(2.f) / (exp(x + x) + vf(1.f)); }
+
+}  // namespace sinkattn::tile

@@ -1,0 +1,115 @@
+#pragma once
+// Tile-level operations around the micro-kernels: packing with tails, lane-wise (per query)
+// reductions over the S^T tile, row rescales and the strided output store.
+//
+// Shapes: a score tile is S^T (nk, kQRows) with `vecs` used vectors of query lanes; an
+// accumulator tile is O (nq, dv_vecs * kWidth); both aligned with a leading dimension that
+// is a multiple of kWidth.
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+
+#include "sinkattn/tile/gemm.hpp"
+#include "sinkattn/tile/math.hpp"
+#include "sinkattn/tile/simd.hpp"
+
+namespace sinkattn::tile {
+
+// Lane vectors of one query tile: one value per query row (max, sum, rescale factor, ...).
+struct Lanes {
+  vf v[kQVecs];
+  static Lanes fill(float x) {
+    Lanes l;
+    for (auto& e : l.v) e = vf(x);
+    return l;
+  }
+  void store(float* dst) const {
+    for (int c = 0; c < kQVecs; ++c) v[c].store_unaligned(dst + c * kWidth);
+  }
+};
+
+// qt (d, kQRows) = transpose of nrows rows of src (row r at src + r * ld_src, element x at
+// x * stride_d), lanes >= nrows zero so that padded lanes stay finite.
+inline void pack_transposed(float* qt, const float* src, index_t ld_src, index_t stride_d, index_t nrows, index_t d) {
+  for (index_t x = 0; x < d; ++x) {
+    float* dst = qt + x * kQRows;
+    for (index_t r = 0; r < nrows; ++r) dst[r] = src[r * ld_src + x * stride_d];
+    for (index_t r = nrows; r < kQRows; ++r) dst[r] = 0.f;
+  }
+}
+
+// dst (nrows, cols_pad) = src rows (row r at src + r * ld_src, element x at x * stride_d),
+// columns [cols, cols_pad) zero: a contiguous, padded copy for strided or tail-y inputs.
+inline void pack_rows(float* dst, index_t ld_dst, const float* src, index_t ld_src, index_t stride_d, index_t nrows,
+                      index_t cols, index_t cols_pad) {
+  for (index_t r = 0; r < nrows; ++r) {
+    float* d = dst + r * ld_dst;
+    const float* s = src + r * ld_src;
+    if (stride_d == 1) {
+      std::memcpy(d, s, sizeof(float) * static_cast<std::size_t>(cols));
+    } else {
+      for (index_t x = 0; x < cols; ++x) d[x] = s[x * stride_d];
+    }
+    for (index_t x = cols; x < cols_pad; ++x) d[x] = 0.f;
+  }
+}
+
+inline void zero(float* o, index_t ld_o, index_t nrows, index_t cols_pad) {
+  for (index_t r = 0; r < nrows; ++r) std::fill(o + r * ld_o, o + r * ld_o + cols_pad, 0.f);
+}
+
+// m = max(m, max over rows of st), lane-wise.
+inline void col_max(Lanes& m, const float* st, index_t ld, index_t nk, int vecs) {
+  for (int c = 0; c < vecs; ++c) {
+    vf acc = m.v[c];
+    for (index_t j = 0; j < nk; ++j) acc = xsimd::max(acc, vf::load_aligned(st + j * ld + c * kWidth));
+    m.v[c] = acc;
+  }
+}
+
+// st = 2^(st - m) in place, and sum += column sums of the result.
+inline void exp2_sub_colsum(float* st, index_t ld, index_t nk, int vecs, const Lanes& m, Lanes& sum) {
+  for (int c = 0; c < vecs; ++c) {
+    vf acc(0.f);
+    const vf mc = m.v[c];
+    for (index_t j = 0; j < nk; ++j) {
+      float* p = st + j * ld + c * kWidth;
+      const vf e = exp2(vf::load_aligned(p) - mc);
+      e.store_aligned(p);
+      acc += e;
+    }
+    sum.v[c] += acc;
+  }
+}
+
+// Every element of the tile times s.
+inline void scale(float* st, index_t ld, index_t nk, int vecs, float s) {
+  const vf sv(s);
+  for (index_t j = 0; j < nk; ++j)
+    for (int c = 0; c < vecs; ++c)
+      (vf::load_aligned(st + j * ld + c * kWidth) * sv).store_aligned(st + j * ld + c * kWidth);
+}
+
+// Row r of O times factor[r] (the online-softmax rescale).
+inline void scale_rows(float* o, index_t ld_o, index_t nq, index_t dv_vecs, const float* factor) {
+  for (index_t r = 0; r < nq; ++r) {
+    const vf f(factor[r]);
+    float* row = o + r * ld_o;
+    for (index_t c = 0; c < dv_vecs; ++c) (vf::load_aligned(row + c * kWidth) * f).store_aligned(row + c * kWidth);
+  }
+}
+
+// dst[x * stride] = src[x] * f for x < n (the epilogue's write into the caller's O).
+inline void store_scaled(float* dst, index_t stride, const float* src, index_t n, float f) {
+  if (stride == 1) {
+    const vf fv(f);
+    index_t x = 0;
+    for (; x + kWidth <= n; x += kWidth) (vf::load_aligned(src + x) * fv).store_unaligned(dst + x);
+    for (; x < n; ++x) dst[x] = src[x] * f;
+  } else {
+    for (index_t x = 0; x < n; ++x) dst[x * stride] = src[x] * f;
+  }
+}
+
+}  // namespace sinkattn::tile

@@ -1,0 +1,46 @@
+#pragma once
+// The SIMD vocabulary of sinkattn. This folder (tile/) is the only place that touches SIMD
+// types; everything above it speaks in tiles and rows.
+//
+// The architecture is the one the consumer compiles for (xsimd::default_arch follows -m
+// flags), so a header-only build for x86-64-v2 gets SSE4.2 code and -march=native on Zen 4
+// gets AVX-512.
+
+// GCC 12 warns "__Y is used uninitialized" inside its own AVX-512 intrinsic headers
+// (_mm512_undefined_ps; GCC bug 105593, fixed in GCC 13). The warning is located in those
+// headers, so silencing it around their first inclusion keeps -Wall clean without hiding
+// anything in our code.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+#endif
+#include <xsimd/xsimd.hpp>
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
+#include "sinkattn/core/types.hpp"
+
+namespace sinkattn::tile {
+
+using arch = xsimd::default_arch;
+using vf = xsimd::batch<float, arch>;
+using vi = xsimd::batch<std::int32_t, arch>;
+
+// Lanes per vector: 16 on AVX-512, 8 on AVX2, 4 on SSE/NEON.
+inline constexpr int kWidth = static_cast<int>(vf::size);
+
+// Architectural vector registers: 32 with AVX-512 (zmm0-31), 16 otherwise (x86-64 ymm/xmm;
+// NEON has 32 but 128-bit, where the 16-register budget is a safe choice).
+inline constexpr int kRegisters = kWidth >= 16 ? 32 : 16;
+
+// Byte alignment of every workspace buffer: one vector (and at least a cache line).
+inline constexpr std::size_t kAlign = sizeof(float) * kWidth > 64 ? sizeof(float) * kWidth : 64;
+
+inline index_t round_up(index_t n, index_t m) { return (n + m - 1) / m * m; }
+
+}  // namespace sinkattn::tile
