@@ -114,21 +114,22 @@ inline void mma_kqt(float* st, index_t ld_st, const float* k, index_t ld_k, inde
 //       when the value dimension is not a multiple of kWidth)
 inline void mma_pv(float* o, index_t ld_o, index_t nq, const float* p, index_t pj, index_t pr, const float* v,
                    index_t ld_v, index_t nk, index_t dv_vecs) {
-  auto columns = [&](float* orow, const float* prow, auto rr) {
-    constexpr int R = decltype(rr)::value;
-    index_t c = 0;
-    for (; c + kColsPV <= dv_vecs; c += kColsPV)
-      detail::pv_block<R, kColsPV>(orow + c * kWidth, ld_o, prow, pj, pr, v + c * kWidth, ld_v, nk);
-    if (c < dv_vecs)
-      detail::dispatch_upto<kColsPV - 1>(static_cast<int>(dv_vecs - c), [&](auto cc) {
-        detail::pv_block<R, decltype(cc)::value>(orow + c * kWidth, ld_o, prow, pj, pr, v + c * kWidth, ld_v, nk);
+  // Column chunks outermost: one V panel (nk x kColsPV vectors) stays in L1 while every
+  // register tile of query rows streams over it.
+  auto rows = [&](index_t c, auto cc) {
+    constexpr int C = decltype(cc)::value;
+    index_t i = 0;
+    for (; i + kRowsPV <= nq; i += kRowsPV)
+      detail::pv_block<kRowsPV, C>(o + i * ld_o + c * kWidth, ld_o, p + i * pr, pj, pr, v + c * kWidth, ld_v, nk);
+    if (i < nq)
+      detail::dispatch_upto<kRowsPV - 1>(static_cast<int>(nq - i), [&](auto rr) {
+        detail::pv_block<decltype(rr)::value, C>(o + i * ld_o + c * kWidth, ld_o, p + i * pr, pj, pr, v + c * kWidth,
+                                                 ld_v, nk);
       });
   };
-  index_t i = 0;
-  for (; i + kRowsPV <= nq; i += kRowsPV) columns(o + i * ld_o, p + i * pr, std::integral_constant<int, kRowsPV>{});
-  if (i < nq)
-    detail::dispatch_upto<kRowsPV - 1>(static_cast<int>(nq - i),
-                                       [&](auto rr) { columns(o + i * ld_o, p + i * pr, rr); });
+  index_t c = 0;
+  for (; c + kColsPV <= dv_vecs; c += kColsPV) rows(c, std::integral_constant<int, kColsPV>{});
+  if (c < dv_vecs) detail::dispatch_upto<kColsPV - 1>(static_cast<int>(dv_vecs - c), [&](auto cc) { rows(c, cc); });
 }
 
 // r[i] = sum of the lanes of v[i], for kWidth vectors: a transposing horizontal add.

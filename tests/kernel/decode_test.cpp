@@ -1,0 +1,142 @@
+// The split-KV decode path (few query rows per KV head) against the fp64 reference, against
+// the prefill path, and across thread counts.
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "harness.hpp"
+#include "sinkattn/kernel/forward.hpp"
+#include "threads.hpp"
+
+namespace sinkattn {
+namespace {
+
+using test::Layout;
+
+::testing::AssertionResult run_and_compare(const test::Data& d, Options opt, const Executor& ex = Executor::serial()) {
+  test::Out out = test::make_out(d.p, Layout::BSHD, true);
+  opt.lse = out.lse;
+  const Status s = forward(d.p, d.q, d.k, d.v, out.o, opt, ex);
+  if (!s.ok()) return ::testing::AssertionFailure() << "forward failed: " << s.message();
+  return test::matches_reference(d, opt, out);
+}
+
+Options causal(index_t offset = 0) {
+  Options o;
+  o.mask = CausalMask{offset};
+  return o;
+}
+
+TEST(Decode, TakesTheDecodePathForFewRowsPerKvHead) {
+  EXPECT_TRUE(detail::use_decode(Problem{1, 32, 8, 1, 100, 128, 128}));
+  EXPECT_TRUE(detail::use_decode(Problem{1, 8, 1, 1, 100, 128, 128}));
+  EXPECT_FALSE(detail::use_decode(Problem{1, 8, 8, 64, 100, 128, 128}));
+}
+
+TEST(Decode, LengthsAcrossBlocksAndSplits) {
+  // Crosses the lane groups (16), the key blocks (64) and the split size (2048).
+  for (index_t skv : {1, 15, 16, 17, 63, 64, 65, 130, 2047, 2048, 2049, 5000}) {
+    const auto data = test::make_data(Problem{1, 8, 2, 1, skv, 64, 64}, Layout::BSHD, skv);
+    EXPECT_TRUE(run_and_compare(data, Options{})) << "skv=" << skv;
+    EXPECT_TRUE(run_and_compare(data, causal())) << "skv=" << skv;
+  }
+}
+
+TEST(Decode, HeadDimsGroupsAndRows) {
+  for (index_t d : {1, 8, 72, 128, 257})
+    for (index_t group : {1, 2, 4, 8})
+      for (index_t sq : {1, 2}) {
+        if (sq * group > detail::kDecodeMaxRows) continue;
+        const auto data =
+            test::make_data(Problem{2, 2 * group, 2, sq, 300, d, d}, Layout::BSHD, d * 100 + group * 10 + sq);
+        EXPECT_TRUE(run_and_compare(data, causal())) << "d=" << d << " group=" << group << " sq=" << sq;
+      }
+  EXPECT_TRUE(run_and_compare(test::make_data(Problem{1, 4, 1, 1, 200, 96, 40}), Options{}));
+}
+
+TEST(Decode, BhsdLayoutAndScoreModifiers) {
+  const auto data =
+      test::relayout(test::make_data(Problem{1, 8, 2, 2, 2100, 64, 64}, Layout::BSHD, 7, 2.f), Layout::BHSD);
+  Options opt = causal(-3);
+  opt.score.softcap = 4.f;
+  std::vector<float> slopes(8, 0.01f);
+  opt.score.alibi_slopes = slopes.data();
+  EXPECT_TRUE(run_and_compare(data, opt));
+  auto bias = test::make_tensor({1, 8, 2, 2100}, 3, -2, 2);
+  Options ob;
+  ob.score.bias = bias.cview();
+  EXPECT_TRUE(run_and_compare(data, ob));
+}
+
+TEST(Decode, SinkLogitAppliedOnceAcrossSplits) {
+  const auto data = test::make_data(Problem{1, 4, 1, 1, 7000, 64, 64}, Layout::BSHD, 11);
+  std::vector<float> sinks = {0.f, 3.f, -std::numeric_limits<float>::infinity(), 10.f};
+  Options opt;
+  opt.norm = SinkSoftmax{sinks.data()};
+  EXPECT_TRUE(run_and_compare(data, opt));
+  EXPECT_TRUE(run_and_compare(data, opt, test::thread_executor(2)));
+}
+
+TEST(Decode, FullyMaskedRowsAndEmptyKv) {
+  // Offset -10 with Sq = 1, Skv = 5: p = -6, nothing visible.
+  const auto data = test::make_data(Problem{1, 4, 2, 1, 5, 16, 16});
+  EXPECT_TRUE(run_and_compare(data, causal(-10)));
+  const auto empty = test::make_data(Problem{1, 4, 2, 1, 0, 16, 16});
+  EXPECT_TRUE(run_and_compare(empty, Options{}));
+}
+
+TEST(Decode, HugeLogits) {
+  // O to the tolerance rule, LSE (~1e4) to a few fp32 ulps (see the prefill test).
+  const auto data = test::make_data(Problem{1, 4, 1, 1, 3000, 32, 32}, Layout::BSHD, 13);
+  for (float scale : {1e4f, -1e4f}) {
+    Options opt;
+    opt.score.scale = scale;
+    test::Out out = test::make_out(data.p, Layout::BSHD, true);
+    opt.lse = out.lse;
+    ASSERT_TRUE(forward(data.p, data.q, data.k, data.v, out.o, opt).ok());
+    test::Out o_only = out;
+    o_only.lse = {};
+    EXPECT_TRUE(test::matches_reference(data, opt, o_only)) << scale;
+    const auto ref = test::run_reference<double>(data, opt, true);
+    for (index_t h = 0; h < 4; ++h)
+      EXPECT_NEAR(out.lse(0, h, 0, 0), ref.lse(0, h, 0, 0), 5e-7 * std::abs(ref.lse(0, h, 0, 0))) << scale;
+  }
+}
+
+TEST(Decode, BitIdenticalAcrossThreadCounts) {
+  const Problem p{2, 16, 4, 1, 9000, 128, 128};
+  const auto data = test::make_data(p, Layout::BSHD, 17);
+  test::Out one = test::make_out(p, Layout::BSHD, true), two = test::make_out(p, Layout::BSHD, true);
+  Options o1 = causal(), o2 = causal();
+  o1.lse = one.lse;
+  o2.lse = two.lse;
+  ASSERT_TRUE(forward(p, data.q, data.k, data.v, one.o, o1).ok());
+  ASSERT_TRUE(forward(p, data.q, data.k, data.v, two.o, o2, test::thread_executor(2)).ok());
+  EXPECT_EQ(0, std::memcmp(one.obuf.data(), two.obuf.data(), one.obuf.size() * sizeof(float)));
+  EXPECT_EQ(0, std::memcmp(one.lsebuf.data(), two.lsebuf.data(), one.lsebuf.size() * sizeof(float)));
+}
+
+// The last row of a causal prefill is a decode step over the same keys: both paths agree.
+TEST(Decode, AgreesWithPrefill) {
+  const index_t n = 700, d = 64;
+  const Problem pre{1, 4, 1, n, n, d, d};
+  const auto data = test::make_data(pre, Layout::BSHD, 19);
+  test::Out full = test::make_out(pre);
+  ASSERT_FALSE(detail::use_decode(pre));
+  ASSERT_TRUE(forward(pre, data.q, data.k, data.v, full.o, causal()).ok());
+
+  const Problem dec{1, 4, 1, 1, n, d, d};
+  ASSERT_TRUE(detail::use_decode(dec));
+  TensorView<const float> q_last{data.q.ptr(0, n - 1, 0), {1, 1, 4, d}, data.q.stride};
+  test::Out step = test::make_out(dec);
+  ASSERT_TRUE(forward(dec, q_last, data.k, data.v, step.o, causal()).ok());
+  for (index_t h = 0; h < 4; ++h)
+    for (index_t x = 0; x < d; ++x) EXPECT_NEAR(step.o(0, 0, h, x), full.o(0, n - 1, h, x), 2e-6);
+}
+
+}  // namespace
+}  // namespace sinkattn

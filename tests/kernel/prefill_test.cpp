@@ -1,0 +1,287 @@
+// The fused prefill loop (and everything it dispatches to) against the fp64 reference, with
+// the tolerance rule |ours - ref64| <= 2 |naive fp32 - ref64| + atol.
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "harness.hpp"
+#include "sinkattn/kernel/forward.hpp"
+#include "threads.hpp"
+
+namespace sinkattn {
+namespace {
+
+using test::Layout;
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+Problem problem(index_t b, index_t hq, index_t hkv, index_t sq, index_t skv, index_t dqk, index_t dv) {
+  return Problem{b, hq, hkv, sq, skv, dqk, dv};
+}
+
+// Runs forward() on d with opt (+ LSE), checks the status and the tolerance rule.
+::testing::AssertionResult run_and_compare(const test::Data& d, Options opt, Layout out_layout = Layout::BSHD,
+                                           const Executor& ex = Executor::serial(), double atol = 1e-5) {
+  test::Out out = test::make_out(d.p, out_layout, /*with_lse=*/true);
+  opt.lse = out.lse;
+  const Status s = forward(d.p, d.q, d.k, d.v, out.o, opt, ex);
+  if (!s.ok()) return ::testing::AssertionFailure() << "forward failed: " << s.message();
+  return test::matches_reference(d, opt, out, atol);
+}
+
+Options causal(index_t offset = 0) {
+  Options o;
+  o.mask = CausalMask{offset};
+  return o;
+}
+
+TEST(Prefill, LengthsStraddlingTheTiles) {
+  std::uint64_t seed = 1;
+  for (index_t sq : test::kLengths)
+    for (index_t skv : test::kLengths) {
+      const index_t d = (sq + skv) % 2 ? 72 : 33;
+      const auto data = test::make_data(problem(1, 2, 1, sq, skv, d, d), Layout::BSHD, seed++);
+      EXPECT_TRUE(run_and_compare(data, Options{})) << "dense sq=" << sq << " skv=" << skv;
+      EXPECT_TRUE(run_and_compare(data, causal())) << "causal sq=" << sq << " skv=" << skv;
+    }
+}
+
+TEST(Prefill, FlashAttentionPairs) {
+  for (auto [sq, skv] : test::kFlashPairs) {
+#ifdef SINKATTN_TEST_QUICK
+    if (sq > 512) continue;
+#endif
+    const auto data = test::make_data(problem(1, 2, 1, sq, skv, 64, 64), Layout::BSHD, sq * 7 + skv);
+    EXPECT_TRUE(run_and_compare(data, Options{})) << "dense " << sq << "x" << skv;
+    EXPECT_TRUE(run_and_compare(data, causal())) << "causal " << sq << "x" << skv;
+  }
+}
+
+TEST(Prefill, HeadDims) {
+  for (index_t d : {1, 8, 32, 64, 72, 80, 96, 128, 256}) {
+    const auto data = test::make_data(problem(1, 2, 2, 70, 83, d, d), Layout::BSHD, d);
+    EXPECT_TRUE(run_and_compare(data, causal())) << "d=" << d;
+  }
+  // Dqk != Dv, both ways.
+  EXPECT_TRUE(run_and_compare(test::make_data(problem(1, 1, 1, 40, 77, 96, 40)), Options{}));
+  EXPECT_TRUE(run_and_compare(test::make_data(problem(1, 1, 1, 40, 77, 17, 128)), causal()));
+}
+
+TEST(Prefill, GqaRatiosAndBatches) {
+  for (index_t ratio : {1, 2, 4, 8})
+    for (index_t hkv : {1, 2}) {
+      const auto data = test::make_data(problem(2, hkv * ratio, hkv, 65, 65, 64, 64), Layout::BSHD, ratio * 10 + hkv);
+      EXPECT_TRUE(run_and_compare(data, causal())) << "ratio=" << ratio << " hkv=" << hkv;
+    }
+}
+
+TEST(Prefill, LayoutsBshdAndBhsdInAndOut) {
+  const auto bshd = test::make_data(problem(2, 4, 2, 67, 90, 48, 48), Layout::BSHD, 5);
+  const auto bhsd = test::relayout(bshd, Layout::BHSD);
+  for (Layout out : {Layout::BSHD, Layout::BHSD}) {
+    EXPECT_TRUE(run_and_compare(bshd, causal(), out));
+    EXPECT_TRUE(run_and_compare(bhsd, causal(), out));
+  }
+}
+
+// K and V whose head dim is not contiguous take the packing path.
+TEST(Prefill, StridedHeadDim) {
+  const Problem p = problem(1, 2, 1, 30, 45, 20, 24);
+  auto data = test::make_data(p, Layout::BSHD, 3);
+  std::vector<float> kbuf(static_cast<std::size_t>(p.seq_kv * p.dim_qk * 2)),
+      vbuf(static_cast<std::size_t>(p.seq_kv * p.dim_v * 3));
+  TensorView<float> k{kbuf.data(), {1, p.seq_kv, 1, p.dim_qk}, {0, p.dim_qk * 2, 0, 2}};
+  TensorView<float> v{vbuf.data(), {1, p.seq_kv, 1, p.dim_v}, {0, p.dim_v * 3, 0, 3}};
+  for (index_t j = 0; j < p.seq_kv; ++j) {
+    for (index_t x = 0; x < p.dim_qk; ++x) k(0, j, 0, x) = data.k(0, j, 0, x);
+    for (index_t x = 0; x < p.dim_v; ++x) v(0, j, 0, x) = data.v(0, j, 0, x);
+  }
+  data.k = k;
+  data.v = v;
+  EXPECT_TRUE(run_and_compare(data, causal()));
+}
+
+TEST(Prefill, CausalOffsetsAndFullyMaskedRows) {
+  // Sq > Skv: the first rows see no key at all (bottom-right alignment): 0 and LSE -inf.
+  for (index_t offset : {-7, -1, 0, 2, 50}) {
+    const auto data = test::make_data(problem(1, 2, 1, 90, 40, 32, 32), Layout::BSHD, 40 + offset);
+    EXPECT_TRUE(run_and_compare(data, causal(offset))) << "offset=" << offset;
+  }
+  const Problem p = problem(1, 1, 1, 90, 40, 16, 16);
+  const auto data = test::make_data(p);
+  test::Out out = test::make_out(p, Layout::BSHD, true);
+  Options opt = causal();
+  opt.lse = out.lse;
+  ASSERT_TRUE(forward(p, data.q, data.k, data.v, out.o, opt).ok());
+  for (index_t i = 0; i < 50; ++i) {
+    EXPECT_EQ(out.lse(0, 0, i, 0), -kInf) << i;
+    for (index_t x = 0; x < p.dim_v; ++x) ASSERT_EQ(out.o(0, i, 0, x), 0.f);
+  }
+  EXPECT_TRUE(std::isfinite(out.lse(0, 0, 50, 0)));
+}
+
+TEST(Prefill, ZeroLengths) {
+  for (const Problem& p : {problem(1, 2, 1, 5, 0, 8, 8), problem(1, 2, 1, 0, 5, 8, 8), problem(0, 2, 1, 5, 5, 8, 8)}) {
+    const auto data = test::make_data(p);
+    test::Out out = test::make_out(p, Layout::BSHD, true);
+    Options opt;
+    opt.lse = out.lse;
+    ASSERT_TRUE(forward(p, data.q, data.k, data.v, out.o, opt).ok());
+    for (float x : out.obuf) EXPECT_EQ(x, 0.f);  // Skv = 0: every row fully masked
+    for (float x : out.lsebuf) EXPECT_EQ(x, -kInf);
+  }
+}
+
+TEST(Prefill, ScoreModifiersBiasSoftcapAlibi) {
+  const Problem p = problem(2, 4, 2, 70, 90, 40, 40);
+  const auto data = test::make_data(p, Layout::BSHD, 9, 2.f);
+  // Bias broadcast over batch and heads (zero strides), full per (i, j).
+  auto bias = test::make_tensor({1, 1, p.seq_q, p.seq_kv}, 17, -3, 3);
+  TensorView<const float> bview{bias.buf.data(), {p.batch, p.heads_q, p.seq_q, p.seq_kv}, {0, 0, p.seq_kv, 1}};
+  auto bias_full = test::make_tensor({p.batch, p.heads_q, p.seq_q, p.seq_kv}, 18, -3, 3);
+  bias_full.buf[5] = -kInf;  // a -inf bias entry is legal and masks that pair
+  std::vector<float> slopes = {0.5f, 0.25f, 0.125f, 0.0625f};
+
+  for (int combo = 0; combo < 8; ++combo) {
+    Options opt = combo % 2 ? causal() : Options{};
+    if (combo & 2) opt.score.softcap = 5.f;
+    if (combo & 4) opt.score.bias = combo % 2 ? bview : bias_full.cview();
+    if (combo == 6 || combo == 3) opt.score.alibi_slopes = slopes.data();
+    opt.score.scale = 0.3f;
+    EXPECT_TRUE(run_and_compare(data, opt)) << "combo " << combo;
+  }
+}
+
+TEST(Prefill, LearnedSinkLogits) {
+  const Problem p = problem(1, 4, 2, 70, 70, 32, 32);
+  const auto data = test::make_data(p, Layout::BSHD, 21);
+  std::vector<float> sinks = {0.f, 2.5f, -kInf, -3.f};
+  Options opt = causal();
+  opt.norm = SinkSoftmax{sinks.data()};
+  EXPECT_TRUE(run_and_compare(data, opt));
+  opt.score.softcap = 8.f;
+  EXPECT_TRUE(run_and_compare(data, opt));
+  // The identity O_sink = O_softmax * sigmoid(LSE - S), from our own two outputs.
+  test::Out plain = test::make_out(p, Layout::BSHD, true), sink = test::make_out(p, Layout::BSHD, true);
+  Options po = causal();
+  po.lse = plain.lse;
+  Options so = causal();
+  so.norm = SinkSoftmax{sinks.data()};
+  ASSERT_TRUE(forward(p, data.q, data.k, data.v, plain.o, po).ok());
+  ASSERT_TRUE(forward(p, data.q, data.k, data.v, sink.o, so).ok());
+  for (index_t h = 0; h < p.heads_q; ++h)
+    for (index_t i = 0; i < p.seq_q; ++i) {
+      const double g = 1.0 / (1.0 + std::exp(double(sinks[h]) - plain.lse(0, h, i, 0)));
+      for (index_t x = 0; x < p.dim_v; ++x) ASSERT_NEAR(sink.o(0, i, h, x), plain.o(0, i, h, x) * g, 2e-6);
+    }
+}
+
+// Logits of magnitude ~1e4: nothing overflows. O is held to the tolerance rule; the LSE
+// (~3e4, where one fp32 ulp is 0.002) to a few ulps, since computing it through log2 units
+// costs one or two roundings more than the naive path.
+::testing::AssertionResult huge_logits_match(const test::Data& data, Options opt) {
+  test::Out out = test::make_out(data.p, Layout::BSHD, true);
+  opt.lse = out.lse;
+  const Status s = forward(data.p, data.q, data.k, data.v, out.o, opt);
+  if (!s.ok()) return ::testing::AssertionFailure() << s.message();
+  test::Out o_only = out;
+  o_only.lse = {};
+  const auto o_ok = test::matches_reference(data, opt, o_only);
+  if (!o_ok) return o_ok;
+  const auto ref = test::run_reference<double>(data, opt, true);
+  for (index_t h = 0; h < data.p.heads_q; ++h)
+    for (index_t i = 0; i < data.p.seq_q; ++i) {
+      const double want = ref.lse(0, h, i, 0), got = out.lse(0, h, i, 0);
+      if (!std::isfinite(got) || std::abs(got - want) > 5e-7 * std::abs(want) + 1e-5)
+        return ::testing::AssertionFailure() << "lse[h=" << h << ", i=" << i << "]: ours " << got << " ref64 " << want;
+    }
+  return ::testing::AssertionSuccess();
+}
+
+TEST(Prefill, HugeLogitsStayFinite) {
+  const Problem p = problem(1, 2, 1, 80, 100, 16, 16);
+  const auto data = test::make_data(p, Layout::BSHD, 31);
+  for (float scale : {1e4f, -1e4f, 3e3f}) {
+    Options opt = causal();
+    opt.score.scale = scale;  // logits of magnitude ~1e4
+    EXPECT_TRUE(huge_logits_match(data, opt)) << scale;
+  }
+}
+
+TEST(Prefill, ThreadsGiveBitIdenticalResults) {
+  const Problem p = problem(2, 4, 2, 200, 260, 64, 64);
+  const auto data = test::make_data(p, Layout::BSHD, 41);
+  for (Options opt : {Options{}, causal()}) {
+    test::Out one = test::make_out(p, Layout::BSHD, true), two = test::make_out(p, Layout::BSHD, true);
+    Options o1 = opt, o2 = opt;
+    o1.lse = one.lse;
+    o2.lse = two.lse;
+    ASSERT_TRUE(forward(p, data.q, data.k, data.v, one.o, o1, Executor::serial()).ok());
+    ASSERT_TRUE(forward(p, data.q, data.k, data.v, two.o, o2, test::thread_executor(2)).ok());
+    EXPECT_EQ(0, std::memcmp(one.obuf.data(), two.obuf.data(), one.obuf.size() * sizeof(float)));
+    EXPECT_EQ(0, std::memcmp(one.lsebuf.data(), two.lsebuf.data(), one.lsebuf.size() * sizeof(float)));
+    EXPECT_TRUE(test::matches_reference(data, o1, one));
+  }
+#if defined(_OPENMP)
+  test::Out omp = test::make_out(p), ser = test::make_out(p);
+  ASSERT_TRUE(forward(p, data.q, data.k, data.v, omp.o, causal(), Executor::openmp(2)).ok());
+  ASSERT_TRUE(forward(p, data.q, data.k, data.v, ser.o, causal()).ok());
+  EXPECT_EQ(0, std::memcmp(omp.obuf.data(), ser.obuf.data(), ser.obuf.size() * sizeof(float)));
+#endif
+}
+
+TEST(Prefill, NanInOneHeadStaysInThatHead) {
+  const Problem p = problem(1, 2, 2, 20, 30, 16, 16);
+  auto data = test::make_data(p, Layout::BSHD, 51);
+  data.mk()(0, 3, 1, 2) = std::nanf("");  // a key of KV head 1 only
+  test::Out out = test::make_out(p);
+  ASSERT_TRUE(forward(p, data.q, data.k, data.v, out.o).ok());
+  for (index_t i = 0; i < p.seq_q; ++i)
+    for (index_t x = 0; x < p.dim_v; ++x) {
+      EXPECT_FALSE(std::isnan(out.o(0, i, 0, x)));
+      EXPECT_TRUE(std::isnan(out.o(0, i, 1, x)));
+    }
+}
+
+TEST(Prefill, ErrorsNameTheArgument) {
+  const Problem p = problem(1, 3, 2, 4, 4, 8, 8);
+  const auto data = test::make_data(problem(1, 2, 2, 4, 4, 8, 8));
+  test::Out out = test::make_out(problem(1, 2, 2, 4, 4, 8, 8));
+  Status s = forward(p, data.q, data.k, data.v, out.o);
+  EXPECT_EQ(s.code(), Errc::heads_not_divisible);
+  EXPECT_NE(s.message().find("heads_q"), std::string::npos) << s.message();
+
+  const Problem ok = problem(1, 2, 2, 4, 4, 8, 8);
+  Options sig;
+  sig.norm = Sigmoid{};
+  s = forward(ok, data.q, data.k, data.v, out.o, sig);
+  EXPECT_EQ(s.code(), Errc::unsupported) << s.message();
+  EXPECT_NE(s.message().find("norm"), std::string::npos);
+  Options sw;
+  sw.mask = SlidingWindowMask{16, 0, 4};
+  s = forward(ok, data.q, data.k, data.v, out.o, sw);
+  EXPECT_EQ(s.code(), Errc::unsupported);
+  EXPECT_NE(s.message().find("mask"), std::string::npos);
+#if SINKATTN_HAS_EXCEPTIONS
+  EXPECT_THROW(check(forward(p, data.q, data.k, data.v, out.o)), Error);
+#endif
+}
+
+// The compile-time entry point runs exactly one specialisation.
+TEST(Prefill, CompileTimeVariant) {
+  using V = Variant<policy::Score<false, false, false>, policy::CausalMaskPolicy, policy::OnlineSoftmax, policy::NoSink,
+                    policy::NoGate>;
+  const Problem p = problem(1, 2, 1, 50, 60, 24, 24);
+  const auto data = test::make_data(p, Layout::BSHD, 61);
+  test::Out out = test::make_out(p);
+  ASSERT_TRUE(
+      forward<V>(p, data.q, data.k, data.v, out.o, policy::CausalMaskPolicy{p.seq_kv, p.seq_kv - p.seq_q}).ok());
+  EXPECT_TRUE(test::matches_reference(data, causal(), out));
+}
+
+}  // namespace
+}  // namespace sinkattn

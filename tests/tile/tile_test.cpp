@@ -1,0 +1,221 @@
+// The SIMD tile layer against plain scalar loops, for sizes that straddle the vector width
+// and the register tiles. Built once per ISA (see CMakeLists.txt).
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "harness.hpp"
+#include "sinkattn/kernel/workspace.hpp"
+#include "sinkattn/tile/gemm.hpp"
+#include "sinkattn/tile/math.hpp"
+#include "sinkattn/tile/ops.hpp"
+
+namespace sinkattn {
+namespace {
+
+using tile::kQRows;
+using tile::kWidth;
+using tile::vf;
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// Aligned scratch for one test (the kernels require vector-aligned tiles).
+struct Buf {
+  detail::Workspace ws;
+  float* get(index_t n) { return ws.floats(static_cast<std::size_t>(n)); }
+};
+
+TEST(TileMath, Exp2MatchesStdWithinTwoUlpsOverTheWholeRange) {
+  double worst = 0;
+  for (float x = -126.f; x < 127.f; x += 0.0137f) {
+    const double want = std::exp2(static_cast<double>(x));
+    const double got = tile::exp2(vf(x)).get(0);
+    worst = std::max(worst, std::abs(got - want) / want);
+  }
+  EXPECT_LT(worst, 2.5e-7);
+}
+
+TEST(TileMath, Exp2EdgeValues) {
+  EXPECT_EQ(tile::exp2(vf(-kInf)).get(0), 0.f);  // masked keys weigh exactly nothing
+  EXPECT_EQ(tile::exp2(vf(-1000.f)).get(0), 0.f);
+  EXPECT_EQ(tile::exp2(vf(0.f)).get(0), 1.f);
+  EXPECT_EQ(tile::exp2(vf(3.f)).get(0), 8.f);
+  EXPECT_EQ(tile::exp2(vf(kInf)).get(0), kInf);
+  EXPECT_EQ(tile::exp2(vf(200.f)).get(0), kInf);
+  EXPECT_TRUE(std::isnan(tile::exp2(vf(std::nanf(""))).get(0)));
+}
+
+TEST(TileMath, SigmoidTanhAndReductions) {
+  for (float x : {-30.f, -3.f, -0.5f, 0.f, 0.25f, 2.f, 30.f}) {
+    EXPECT_NEAR(tile::sigmoid(vf(x)).get(0), 1.0 / (1.0 + std::exp(-double(x))), 2e-7) << x;
+    EXPECT_NEAR(tile::tanh(vf(x)).get(0), std::tanh(double(x)), 3e-7) << x;
+  }
+  EXPECT_EQ(tile::sigmoid(vf(-kInf)).get(0), 0.f);
+  EXPECT_EQ(tile::sigmoid(vf(kInf)).get(0), 1.f);
+  alignas(64) float lanes[kWidth];
+  for (int i = 0; i < kWidth; ++i) lanes[i] = static_cast<float>((i * 7) % kWidth) - 3.f;
+  const vf x = vf::load_aligned(lanes);
+  float s = 0, m = -kInf;
+  for (float e : lanes) s += e, m = std::max(m, e);
+  EXPECT_EQ(tile::hsum(x), s);
+  EXPECT_EQ(tile::hmax(x), m);
+}
+
+TEST(TileGemm, TransposeSumPutsTheSumOfVectorIIntoLaneI) {
+  alignas(64) float rows[kWidth][kWidth];
+  vf v[kWidth];
+  for (int i = 0; i < kWidth; ++i) {
+    for (int j = 0; j < kWidth; ++j) rows[i][j] = static_cast<float>(i * 100 + j * j);
+    v[i] = vf::load_aligned(rows[i]);
+  }
+  alignas(64) float out[kWidth];
+  tile::transpose_sum(v).store_aligned(out);
+  for (int i = 0; i < kWidth; ++i) {
+    float want = 0;
+    for (int j = 0; j < kWidth; ++j) want += rows[i][j];
+    EXPECT_EQ(out[i], want) << "lane " << i;
+  }
+}
+
+// S^T = K Q^T for every (nk, d, vecs) in a grid that crosses the register tile heights.
+TEST(TileGemm, MmaKqtMatchesScalarLoops) {
+  Buf b1, b2;
+  for (index_t d : {1, 7, 16, 17, 33, 128})
+    for (index_t nk : {1, 2, 5, 6, 7, 12, 13, 64})
+      for (int vecs = 1; vecs <= tile::kQVecs; ++vecs) {
+        const index_t ld_k = d + 3;  // rows not contiguous with each other
+        const auto k = test::random_vector(static_cast<std::size_t>(nk * ld_k), 11 + d + nk, -1, 1);
+        float* qt = b1.get(d * kQRows);
+        const auto q = test::random_vector(static_cast<std::size_t>(d * kQRows), 7 + d, -1, 1);
+        std::copy(q.begin(), q.end(), qt);
+        float* st = b2.get(nk * kQRows);
+        std::fill(st, st + nk * kQRows, kInf);
+        tile::mma_kqt(st, kQRows, k.data(), ld_k, nk, qt, d, vecs);
+        for (index_t j = 0; j < nk; ++j)
+          for (index_t l = 0; l < kQRows; ++l) {
+            if (l >= vecs * kWidth) {
+              ASSERT_EQ(st[j * kQRows + l], kInf) << "lanes past vecs must be left alone";
+              continue;
+            }
+            double want = 0;
+            for (index_t x = 0; x < d; ++x) want += double(k[j * ld_k + x]) * qt[x * kQRows + l];
+            ASSERT_NEAR(st[j * kQRows + l], want, 1e-5 * (1 + d))
+                << "d=" << d << " nk=" << nk << " j=" << j << " l=" << l;
+          }
+      }
+}
+
+// O += P V in both P orientations, for row counts and value widths that cross the tiles.
+TEST(TileGemm, MmaPvMatchesScalarLoopsInBothOrientations) {
+  Buf bo, bp;
+  for (index_t nq : {1, 2, 5, 6, 7, 13, 64})
+    for (index_t nk : {1, 3, 16, 64})
+      for (index_t dv_vecs : {1, 2, 3, 4, 5, 9})
+        for (bool transposed : {true, false}) {
+          const index_t dv = dv_vecs * kWidth, ld_o = dv, ld_v = dv + 5;
+          const index_t pj = transposed ? kQRows : 1, pr = transposed ? 1 : nk + 2;
+          float* p = bp.get(std::max(nk * kQRows, nq * (nk + 2)));
+          const auto pv = test::random_vector(static_cast<std::size_t>(std::max(nk * kQRows, nq * (nk + 2))), 5, 0, 1);
+          std::copy(pv.begin(), pv.end(), p);
+          const auto v = test::random_vector(static_cast<std::size_t>(nk * ld_v), 9 + nk, -1, 1);
+          float* o = bo.get(nq * ld_o);
+          const auto o0 = test::random_vector(static_cast<std::size_t>(nq * ld_o), 3, -1, 1);
+          std::copy(o0.begin(), o0.end(), o);
+          tile::mma_pv(o, ld_o, nq, p, pj, pr, v.data(), ld_v, nk, dv_vecs);
+          for (index_t r = 0; r < nq; ++r)
+            for (index_t x = 0; x < dv; ++x) {
+              double want = o0[r * ld_o + x];
+              for (index_t j = 0; j < nk; ++j) want += double(p[j * pj + r * pr]) * v[j * ld_v + x];
+              ASSERT_NEAR(o[r * ld_o + x], want, 1e-5 * (1 + nk))
+                  << "nq=" << nq << " nk=" << nk << " dv_vecs=" << dv_vecs << " transposed=" << transposed;
+            }
+        }
+}
+
+TEST(TileGemm, DotKeysMatchesScalarLoops) {
+  Buf bq, bs;
+  for (index_t dvecs : {1, 2, 3, 8}) {
+    const index_t d = dvecs * kWidth, ld_k = d + 1;
+    float* q = bq.get(d);
+    const auto qv = test::random_vector(static_cast<std::size_t>(d), 1, -1, 1);
+    std::copy(qv.begin(), qv.end(), q);
+    const auto k = test::random_vector(static_cast<std::size_t>(kWidth * ld_k), 2 + d, -1, 1);
+    float* s = bs.get(kWidth);
+    tile::dot_keys(s, q, k.data(), ld_k, dvecs);
+    for (index_t j = 0; j < kWidth; ++j) {
+      double want = 0;
+      for (index_t x = 0; x < d; ++x) want += double(q[x]) * k[j * ld_k + x];
+      EXPECT_NEAR(s[j], want, 1e-5 * d) << "j=" << j << " d=" << d;
+    }
+  }
+}
+
+TEST(TileOps, PackingZeroesThePaddingAndHonoursStrides) {
+  Buf b;
+  const index_t rows = 5, cols = 19, stride_d = 3, ld_src = cols * stride_d + 2;
+  const auto src = test::random_vector(static_cast<std::size_t>(rows * ld_src), 4, -1, 1);
+  const index_t pad = tile::round_up(cols, kWidth);
+  float* dst = b.get(rows * pad);
+  std::fill(dst, dst + rows * pad, kInf);
+  tile::pack_rows(dst, pad, src.data(), ld_src, stride_d, rows, cols, pad);
+  for (index_t r = 0; r < rows; ++r)
+    for (index_t x = 0; x < pad; ++x) EXPECT_EQ(dst[r * pad + x], x < cols ? src[r * ld_src + x * stride_d] : 0.f);
+
+  Buf bt;
+  float* qt = bt.get(cols * kQRows);
+  tile::pack_transposed(qt, src.data(), ld_src, stride_d, rows, cols);
+  for (index_t x = 0; x < cols; ++x)
+    for (index_t l = 0; l < kQRows; ++l) EXPECT_EQ(qt[x * kQRows + l], l < rows ? src[l * ld_src + x * stride_d] : 0.f);
+}
+
+TEST(TileOps, LaneReductionsExpAndRowScaling) {
+  Buf b;
+  const index_t nk = 7;
+  float* st = b.get(nk * kQRows);
+  const auto v = test::random_vector(static_cast<std::size_t>(nk * kQRows), 8, -4, 4);
+  std::copy(v.begin(), v.end(), st);
+  st[3 * kQRows + 1] = -kInf;
+  tile::Lanes m = tile::Lanes::fill(-kInf);
+  tile::col_max(m, st, kQRows, nk, tile::kQVecs);
+  alignas(64) float mm[kQRows];
+  m.store(mm);
+  for (index_t l = 0; l < kQRows; ++l) {
+    float want = -kInf;
+    for (index_t j = 0; j < nk; ++j) want = std::max(want, st[j * kQRows + l]);
+    EXPECT_EQ(mm[l], want);
+  }
+  tile::Lanes sum = tile::Lanes::fill(0.f);
+  std::vector<float> before(st, st + nk * kQRows);
+  tile::exp2_sub_colsum(st, kQRows, nk, tile::kQVecs, m, sum);
+  alignas(64) float ss[kQRows];
+  sum.store(ss);
+  for (index_t l = 0; l < kQRows; ++l) {
+    double want = 0;
+    for (index_t j = 0; j < nk; ++j) {
+      const double e = std::exp2(double(before[j * kQRows + l]) - mm[l]);
+      EXPECT_NEAR(st[j * kQRows + l], e, 3e-7);
+      want += e;
+    }
+    EXPECT_NEAR(ss[l], want, 1e-6 * nk);
+  }
+  EXPECT_EQ(st[3 * kQRows + 1], 0.f);
+
+  const index_t dv_vecs = 3, ld = dv_vecs * kWidth;
+  float* o = b.get(4 * ld);
+  for (index_t i = 0; i < 4 * ld; ++i) o[i] = 1.f + static_cast<float>(i);
+  const float f[4] = {2.f, 0.f, 0.5f, -1.f};
+  tile::scale_rows(o, ld, 4, dv_vecs, f);
+  for (index_t r = 0; r < 4; ++r)
+    for (index_t x = 0; x < ld; ++x) EXPECT_EQ(o[r * ld + x], (1.f + static_cast<float>(r * ld + x)) * f[r]);
+
+  std::vector<float> dst(3 * 37, -1.f);
+  tile::store_scaled(dst.data(), 3, o, 37, 2.f);
+  for (index_t x = 0; x < 37; ++x) EXPECT_EQ(dst[x * 3], o[x] * 2.f);
+  EXPECT_EQ(dst[1], -1.f);
+}
+
+}  // namespace
+}  // namespace sinkattn
