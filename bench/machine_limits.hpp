@@ -71,7 +71,8 @@ float fma_chains(std::int64_t iters, float a0, float b0, std::index_sequence<I..
 }  // namespace detail
 
 // Single-thread FMA peak in GFLOP/s (2 flops per lane per FMA), timed over ~`seconds` in
-// chunks of ~10 ms; the best chunk is the peak (robust to a preemption on a shared machine).
+// chunks of ~1 ms; the best chunk is the peak: a chunk shorter than a scheduler time slice often
+// runs undisturbed even when the machine is shared, so the best one is robust to preemption.
 inline FmaPeak measure_fma_peak(double seconds = 0.2) {
   using B = xsimd::batch<float>;
   constexpr std::size_t kAcc = 16;
@@ -83,14 +84,14 @@ inline FmaPeak measure_fma_peak(double seconds = 0.2) {
     sink = sink + detail::fma_chains<B>(iters, va, vb, std::make_index_sequence<kAcc>{});
   };
 
-  // Calibrate a chunk of ~10 ms.
+  // Calibrate a chunk of ~1 ms.
   std::int64_t chunk = 1 << 14;
   for (;;) {
     const auto t0 = detail::Clock::now();
     run(chunk);
     const double t = detail::seconds_since(t0);
-    if (t > 0.005) {
-      chunk = static_cast<std::int64_t>(static_cast<double>(chunk) * 0.01 / t) + 1;
+    if (t > 0.0005) {
+      chunk = static_cast<std::int64_t>(static_cast<double>(chunk) * 0.001 / t) + 1;
       break;
     }
     chunk *= 2;
