@@ -9,16 +9,25 @@
 
 namespace sinkattn::tile {
 
-// 2^x for any float x, with -inf -> exactly 0 and everything below -126 flushed to 0
-// (masked keys must contribute exactly nothing), +inf/large -> +inf, NaN -> NaN.
+// 2^x for any float x, with -inf -> exactly 0 and everything below -126 flushed to 0 or
+// a denormal (masked keys must contribute exactly nothing), +inf/large -> +inf, NaN -> NaN.
 //
 // x = n + f with n = round(x), |f| <= 1/2; 2^f by a degree-6 polynomial (Taylor terms of
-// e^(f ln 2); truncation error (ln2/2)^7/7! ~ 1.2e-7, i.e. about 1 ulp), 2^n by adding n to
-// the exponent field. about 14 vector ops, no table, no division.
+// e^(f ln 2); truncation error (ln2/2)^7/7! ~ 1.2e-7, i.e. about 1 ulp), then 2^n applied
+// to the exponent. This is the one transcendental of the hot loop (one per score), so it
+// is kept short: on AVX-512 the clamp to [-160, 128] makes vscalefps produce exact 0 and
+// inf by itself (11 ops, no select); elsewhere the exponent is built by integer shifts.
 inline vf exp2(const vf& x) {
+#if defined(__AVX512F__)
+  // max/min return their second operand when one is NaN: x goes second so NaN survives.
+  const vf xc = xsimd::min(vf(128.f), xsimd::max(vf(-160.f), x));
+  const vf n = xsimd::nearbyint(xc);
+  const vf f = xc - n;
+#else
   const vf xc = xsimd::min(xsimd::max(x, vf(-126.f)), vf(127.f));
   const vf n = xsimd::nearbyint(xc);
   const vf f = xc - n;
+#endif
   vf p(1.5403530393381609e-4f);                      // ln2^6 / 6!
   p = xsimd::fma(p, f, vf(1.3333558146428443e-3f));  // ln2^5 / 5!
   p = xsimd::fma(p, f, vf(9.6181291076284772e-3f));  // ln2^4 / 4!
@@ -26,11 +35,15 @@ inline vf exp2(const vf& x) {
   p = xsimd::fma(p, f, vf(2.4022650695910071e-1f));  // ln2^2 / 2!
   p = xsimd::fma(p, f, vf(6.9314718055994531e-1f));  // ln2
   p = xsimd::fma(p, f, vf(1.f));
+#if defined(__AVX512F__)
+  return vf(_mm512_scalef_ps(p, n));  // p * 2^n: 2^-160 underflows to exactly 0, 2^128 to inf
+#else
   const vi bits = (xsimd::batch_cast<std::int32_t>(n) + vi(127)) << 23;
   vf r = p * xsimd::bitwise_cast<vf>(bits);
   r = xsimd::select(x < vf(-126.f), vf(0.f), r);
   r = xsimd::select(x > vf(127.f), vf(std::numeric_limits<float>::infinity()), r);
   return xsimd::select(xsimd::isnan(x), x, r);  // NaN in, NaN out
+#endif
 }
 
 // Horizontal sum and max of one register (xsimd 8.1 has hadd but no max reducer).
