@@ -3,6 +3,7 @@
 
 #include <cmath>
 
+#include "sinkattn/core/options.hpp"
 #include "sinkattn/core/tensor_view.hpp"
 #include "sinkattn/core/types.hpp"
 
@@ -21,9 +22,15 @@ struct KernelArgs {
   TensorView<const float> bias;         // [B, Hq, Sq, Skv]
   const float* alibi_slopes = nullptr;  // [Hq]
   const float* sink_logits = nullptr;   // [Hq], raw
-  TensorView<const float> gate;         // [B, Sq, Hq, Dv or 1]
+  TensorView<const float> gate;         // [B, Sq, Hq, Dv or 1]; empty: no gate
+  // Parameters of the non-softmax normalizations (read by the matching policy only).
+  Sigmoid sigmoid;
+  Softpick softpick;
+  ScalableSoftmax ssmax;
+  AffineScaled affine;
 
   bool want_lse() const { return lse.data != nullptr && !lse.empty(); }
+  bool has_gate() const { return gate.data != nullptr && !gate.empty(); }
 };
 
 }  // namespace sinkattn::detail

@@ -38,6 +38,13 @@ inline constexpr index_t kDecodeSplitKeys = 2048;
 
 inline bool use_decode(const Problem& p) { return p.seq_q * p.group_size() <= kDecodeMaxRows; }
 
+// Floats of one row's split-KV partial: [m, l, acc(Dv_pad)], then [vsum(Dv_pad)] when the
+// normalization also sums the visible V rows (affine-scaled).
+template <class Norm>
+inline index_t decode_row_floats(index_t dv_pad) {
+  return dv_pad + 2 + (Norm::kSumsV ? dv_pad : 0);
+}
+
 // Caller-thread buffer for the partial results of the splits (workers write disjoint parts).
 inline Workspace& partials_workspace() {
   thread_local Workspace ws;
@@ -68,6 +75,9 @@ void decode_task(const KernelArgs& a, const typename V::Mask& mask, index_t b, i
                     p.dim_qk, dqk_pad);
   tile::zero(acc, dv_pad, R, dv_pad);
   typename Norm::RowState state[kDecodeMaxRows];
+  for (index_t r = 0; r < R; ++r) state[r] = Norm::init_row(a, mask, b, g * G + r / Sq, r % Sq);
+  [[maybe_unused]] policy::VSums vsums;  // affine-scaled: running sums of the visible V rows
+  if constexpr (Norm::kSumsV) vsums = policy::VSums::make(R, dv_pad, kDecodeBlock);
 
   const bool k_inplace = a.k.stride[3] == 1 && p.dim_qk % tile::kWidth == 0;
   const bool v_inplace = a.v.stride[3] == 1 && p.dim_v % tile::kWidth == 0;
@@ -115,14 +125,18 @@ void decode_task(const KernelArgs& a, const typename V::Mask& mask, index_t b, i
       ld_v = dv_pad;
     }
     tile::mma_pv(acc, dv_pad, R, s, 1, ld_s, vp, ld_v, nk, dv_vecs);
+    if constexpr (Norm::kSumsV) vsums.add(mask, kind, 0, Sq, j0, nk, vp, ld_v);
   }
 
-  // Partial result per row: [m, l, acc(Dv_pad)].
+  // Partial result per row: [m, l, acc(Dv_pad)] (+ [vsum(Dv_pad)], see decode_row_floats).
+  const index_t row_floats = decode_row_floats<Norm>(dv_pad);
+  if constexpr (Norm::kSumsV) vsums.fold();
   for (index_t r = 0; r < R; ++r) {
-    float* dst = part + r * (dv_pad + 2);
+    float* dst = part + r * row_floats;
     dst[0] = state[r].m;
     dst[1] = state[r].l;
     std::copy(acc + r * dv_pad, acc + (r + 1) * dv_pad, dst + 2);
+    if constexpr (Norm::kSumsV) std::copy(vsums.row(r), vsums.row(r) + dv_pad, dst + 2 + dv_pad);
   }
 }
 
@@ -133,11 +147,14 @@ void run_decode(const KernelArgs& a, const typename V::Mask& mask, const Executo
   const index_t G = p.group_size(), Sq = p.seq_q, R = G * Sq;
   const index_t dv_pad = tile::round_up(p.dim_v, tile::kWidth);
   const index_t splits = std::max<index_t>(1, (p.seq_kv + kDecodeSplitKeys - 1) / kDecodeSplitKeys);
-  const index_t row_floats = dv_pad + 2;
+  const index_t row_floats = decode_row_floats<Norm>(dv_pad);
   const index_t tasks = p.batch * p.heads_kv * splits;
-  // Partials of every split, then one merged row (aligned: the epilogue loads it by vectors).
-  float* parts = partials_workspace().floats(static_cast<std::size_t>(tasks * R * row_floats + dv_pad + tile::kWidth));
+  // Partials of every split, then one merged row and its V sum (aligned: the epilogue loads
+  // them by vectors).
+  float* parts =
+      partials_workspace().floats(static_cast<std::size_t>(tasks * R * row_floats + 2 * dv_pad + tile::kWidth));
   float* out = parts + tile::round_up(tasks * R * row_floats, tile::kWidth);
+  [[maybe_unused]] float* vsum = out + dv_pad;
 
   ex.run(tasks, [&](index_t t) {
     const index_t sp = t % splits, g = (t / splits) % p.heads_kv, b = t / (splits * p.heads_kv);
@@ -150,8 +167,9 @@ void run_decode(const KernelArgs& a, const typename V::Mask& mask, const Executo
     for (index_t g = 0; g < p.heads_kv; ++g)
       for (index_t r = 0; r < R; ++r) {
         const index_t h = g * G + r / Sq, i = r % Sq;
-        typename Norm::RowState st;
+        typename Norm::RowState st = Norm::init_row(a, mask, b, h, i);
         std::fill(out, out + dv_pad, 0.f);
+        if constexpr (Norm::kSumsV) std::fill(vsum, vsum + dv_pad, 0.f);
         for (index_t sp = 0; sp < splits; ++sp) {
           const float* src = parts + (((b * p.heads_kv + g) * splits + sp) * R + r) * row_floats;
           typename Norm::RowState part;
@@ -160,9 +178,12 @@ void run_decode(const KernelArgs& a, const typename V::Mask& mask, const Executo
           float s_into = 1.f, s_part = 1.f;
           Norm::merge(st, part, s_into, s_part);
           for (index_t x = 0; x < dv_pad; ++x) out[x] = out[x] * s_into + (s_part == 0.f ? 0.f : src[2 + x] * s_part);
+          if constexpr (Norm::kSumsV)
+            for (index_t x = 0; x < dv_pad; ++x) vsum[x] += src[2 + dv_pad + x];
         }
         float scale = 0.f, lse = 0.f;
-        Norm::finalize_row(st.m, st.l, V::Sink::logit2(a, h), scale, lse);
+        Norm::finalize_row(st, V::Sink::logit2(a, h), scale, lse);
+        if constexpr (Norm::kSumsV) Norm::combine(st, 0, out, vsum, dv_pad, scale);
         V::Gate::store(a, b, i, h, out, scale);
         if (a.want_lse()) a.lse(b, h, i, 0) = lse;
       }

@@ -13,6 +13,7 @@
 #include <variant>
 
 #include "sinkattn/core/executor.hpp"
+#include "sinkattn/core/helpers.hpp"
 #include "sinkattn/core/options.hpp"
 #include "sinkattn/core/status.hpp"
 #include "sinkattn/core/validate.hpp"
@@ -43,6 +44,10 @@ inline KernelArgs make_args(const Problem& p, const TensorView<const float>& q, 
   a.bias = opt.score.bias;
   a.alibi_slopes = opt.score.alibi_slopes;
   if (const auto* s = std::get_if<SinkSoftmax>(&opt.norm)) a.sink_logits = s->sinks;
+  if (const auto* n = std::get_if<Sigmoid>(&opt.norm)) a.sigmoid = *n;
+  if (const auto* n = std::get_if<Softpick>(&opt.norm)) a.softpick = *n;
+  if (const auto* n = std::get_if<ScalableSoftmax>(&opt.norm)) a.ssmax = *n;
+  if (const auto* n = std::get_if<AffineScaled>(&opt.norm)) a.affine = *n;
   if (const auto* g = std::get_if<SigmoidGate>(&opt.gate)) a.gate = g->g;
   return a;
 }
@@ -67,38 +72,35 @@ void run(const KernelArgs& a, const typename V::Mask& mask, const Executor& ex) 
   });
 }
 
-template <class Mask, class Norm, class Sink, class Gate>
-Status dispatch_score(const KernelArgs& a, const Mask& mask, const Executor& ex) {
-  const bool cap = a.softcap > 0.f, bias = a.bias.data != nullptr && !a.bias.empty(), alibi = a.alibi_slopes != nullptr;
-  auto go = [&](auto c, auto b, auto l) {
-    using S = policy::Score<decltype(c)::value, decltype(b)::value, decltype(l)::value>;
-    run<Variant<S, Mask, Norm, Sink, Gate>>(a, mask, ex);
-  };
-  using T = std::true_type;
-  using F = std::false_type;
-  if (cap) {
-    if (bias)
-      alibi ? go(T{}, T{}, T{}) : go(T{}, T{}, F{});
-    else
-      alibi ? go(T{}, F{}, T{}) : go(T{}, F{}, F{});
-  } else {
-    if (bias)
-      alibi ? go(F{}, T{}, T{}) : go(F{}, T{}, F{});
-    else
-      alibi ? go(F{}, F{}, T{}) : go(F{}, F{}, F{});
-  }
-  return {};
-}
-
+// Runtime options -> one specialisation per (mask, normalization). The score modifiers
+// (softcap, bias, ALiBi: policy::RuntimeScore, a branch per tile), the sink of SinkSoftmax and
+// the output gate (policy::OptionalSigmoidGate, a branch per output row) are runtime branches
+// whose cost is nil, so the fused loop is compiled 2 masks x 6 normalizations times, not 2 x
+// 6 x 8 x 2 (FlashAttention's BOOL_SWITCH, applied only where a branch would cost).
 template <class Mask>
 Status dispatch_norm(const KernelArgs& a, const Options& opt, const Mask& mask, const Executor& ex) {
-  if (!std::holds_alternative<NoGate>(opt.gate))
-    return Status(Errc::unsupported, "gate: the sigmoid output gate is not in the fast path yet (use the reference)");
-  if (std::holds_alternative<Softmax>(opt.norm))
-    return dispatch_score<Mask, policy::OnlineSoftmax, policy::NoSink, policy::NoGate>(a, mask, ex);
-  if (std::holds_alternative<SinkSoftmax>(opt.norm))
-    return dispatch_score<Mask, policy::OnlineSoftmax, policy::LearnedSinkLogit, policy::NoGate>(a, mask, ex);
-  return Status(Errc::unsupported, "norm: this normalization is not in the fast path yet (use the reference)");
+  using S = policy::RuntimeScore;
+  using G = policy::OptionalSigmoidGate;
+  return std::visit(
+      [&](const auto& n) -> Status {
+        using N = std::decay_t<decltype(n)>;
+        if constexpr (std::is_same_v<N, Softmax>)
+          run<Variant<S, Mask, policy::OnlineSoftmax, policy::NoSink, G>>(a, mask, ex);
+        else if constexpr (std::is_same_v<N, SinkSoftmax>)
+          run<Variant<S, Mask, policy::OnlineSoftmax, policy::LearnedSinkLogit, G>>(a, mask, ex);
+        else if constexpr (std::is_same_v<N, Sigmoid>)
+          run<Variant<S, Mask, policy::SigmoidNorm, policy::NoSink, G>>(a, mask, ex);
+        else if constexpr (std::is_same_v<N, Softpick>)
+          run<Variant<S, Mask, policy::SoftpickNorm, policy::NoSink, G>>(a, mask, ex);
+        else if constexpr (std::is_same_v<N, ScalableSoftmax>)
+          run<Variant<S, Mask, policy::ScalableSoftmaxNorm, policy::NoSink, G>>(a, mask, ex);
+        else if constexpr (std::is_same_v<N, AffineScaled>)
+          run<Variant<S, Mask, policy::AffineScaledNorm, policy::NoSink, G>>(a, mask, ex);
+        else
+          return Status(Errc::unsupported, "norm: this normalization is not in the fast path yet (use the reference)");
+        return {};
+      },
+      opt.norm);
 }
 
 }  // namespace detail

@@ -77,8 +77,10 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask, index_t b, 
   const bool k_inplace = a.k.stride[3] == 1;
   const bool v_inplace = a.v.stride[3] == 1 && a.v.stride[1] == p.dim_v && p.dim_v % tile::kWidth == 0;
 
-  typename V::Norm::State state;
+  auto state = V::Norm::init(a, mask, b, h, i0, nq);
   tile::Lanes alpha;
+  [[maybe_unused]] policy::VSums vsums;  // affine-scaled: running sums of the visible V rows
+  if constexpr (V::Norm::kSumsV) vsums = policy::VSums::make(nq, dv_pad, kBlockKV);
   alignas(64) float alpha_rows[kBlockQ];
 
   policy::for_each_kv_block(mask, i0, i0 + nq, kBlockKV, [&](index_t j0, index_t j1, policy::BlockKind kind) {
@@ -112,11 +114,14 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask, index_t b, 
       ld_v = dv_pad;
     }
     tile::mma_pv(acc, dv_pad, nq, st, kBlockQ, 1, vp, ld_v, nk, dv_vecs);
+    if constexpr (V::Norm::kSumsV) vsums.add(mask, kind, i0, nq, j0, nk, vp, ld_v);
   });
 
   policy::RowFinal fin;
   V::Norm::finalize(state, V::Sink::logit2(a, h), fin);
+  if constexpr (V::Norm::kSumsV) vsums.fold();
   for (index_t r = 0; r < nq; ++r) {
+    if constexpr (V::Norm::kSumsV) V::Norm::combine(state, r, acc + r * dv_pad, vsums.row(r), dv_pad, fin.out_scale[r]);
     V::Gate::store(a, b, i0 + r, h, acc + r * dv_pad, fin.out_scale[r]);
     if (a.want_lse()) a.lse(b, h, i0 + r, 0) = fin.lse[r];
   }

@@ -7,6 +7,7 @@
 //   bool      M::visible(i, j)                 the scalar truth, used by property tests
 //   BlockKind M::classify(i0, i1, j0, j1)      for query rows [i0, i1) x keys [j0, j1)
 //   index_t   M::kv_begin(i0, i1), kv_end(...) the key range worth visiting
+//   index_t   M::count_visible(i)             visible keys of row i (N_i of SSMax / affine)
 // and the free functions below build the loop and the Partial masking from those.
 
 #include <algorithm>
@@ -26,6 +27,7 @@ struct FullMaskPolicy {
   BlockKind classify(index_t, index_t, index_t, index_t) const { return BlockKind::full; }
   index_t kv_begin(index_t, index_t) const { return 0; }
   index_t kv_end(index_t, index_t) const { return seq_kv; }
+  index_t count_visible(index_t) const { return seq_kv; }
 };
 
 // j <= i + shift, shift = Skv - Sq + offset (bottom-right aligned).
@@ -40,6 +42,7 @@ struct CausalMaskPolicy {
   }
   index_t kv_begin(index_t, index_t) const { return 0; }
   index_t kv_end(index_t, index_t i1) const { return std::clamp<index_t>(i1 - 1 + shift + 1, 0, seq_kv); }
+  index_t count_visible(index_t i) const { return std::clamp<index_t>(i + shift + 1, 0, seq_kv); }
 };
 
 // Calls f(j0, j1, kind) for every non-empty block of at most bkv keys that query rows

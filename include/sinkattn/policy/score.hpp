@@ -59,4 +59,20 @@ struct Score {
   }
 };
 
+// The runtime entry point's score policy: softcap, bias and ALiBi chosen per tile from the
+// arguments. One branch per tile (64 x 64 scores) costs nothing measurable, and the fused loop
+// is compiled once instead of once per flag combination (only this small function is).
+struct RuntimeScore {
+  static void apply(const detail::KernelArgs& a, const ScoreTile& t) {
+    const bool bias = a.bias.data != nullptr && !a.bias.empty(), alibi = a.alibi_slopes != nullptr;
+    const int k = (a.softcap > 0.f ? 4 : 0) + (bias ? 2 : 0) + (alibi ? 1 : 0);
+    using Fn = void (*)(const detail::KernelArgs&, const ScoreTile&);
+    static constexpr Fn kApply[8] = {&Score<false, false, false>::apply, &Score<false, false, true>::apply,
+                                     &Score<false, true, false>::apply,  &Score<false, true, true>::apply,
+                                     &Score<true, false, false>::apply,  &Score<true, false, true>::apply,
+                                     &Score<true, true, false>::apply,   &Score<true, true, true>::apply};
+    kApply[k](a, t);
+  }
+};
+
 }  // namespace sinkattn::policy

@@ -7,6 +7,7 @@
 // is a multiple of kWidth.
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 
@@ -110,6 +111,19 @@ inline void store_scaled(float* dst, index_t stride, const float* src, index_t n
   } else {
     for (index_t x = 0; x < n; ++x) dst[x * stride] = src[x] * f;
   }
+}
+
+// dst[x * stride] = src[x] * f * sigmoid(g[x * g_stride]) for x < n: the epilogue of the
+// elementwise sigmoid output gate (g may be strided, e.g. interleaved with q in one buffer).
+inline void store_scaled_gated(float* dst, index_t stride, const float* src, index_t n, float f, const float* g,
+                               index_t g_stride) {
+  index_t x = 0;
+  if (stride == 1 && g_stride == 1) {
+    const vf fv(f);
+    for (; x + kWidth <= n; x += kWidth)
+      (vf::load_aligned(src + x) * fv * sigmoid(vf::load_unaligned(g + x))).store_unaligned(dst + x);
+  }
+  for (; x < n; ++x) dst[x * stride] = src[x] * f / (1.f + std::exp(-g[x * g_stride]));
 }
 
 }  // namespace sinkattn::tile
