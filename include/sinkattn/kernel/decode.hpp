@@ -3,8 +3,9 @@
 //
 // In decode the query rows of one KV head (group_size heads x Sq rows) are too few to fill
 // the lanes of the prefill tile, and the work is bound by reading K and V. So:
-//   - one task = one (batch, KV head, key split) and handles ALL query rows of that KV head
-//     together: each K/V row is read from memory once per step, not once per query head;
+//   - one task = one (batch, group of KV heads, key split) and handles ALL query rows of
+//     those KV heads together: each K/V row is read from memory once per step, not once per
+//     query head, and the heads of one token are read where they lie together;
 //   - scores keep the keys on the lanes (tile::dot_keys), the online softmax reduces along
 //     a row (Norm::update_row), and O += P.V is the same micro-kernel as in prefill;
 //   - the keys are cut into splits of a fixed size, so short sequences and single queries
@@ -34,7 +35,7 @@ inline constexpr index_t kDecodeMaxRows = 8;
 // Keys per inner block: 4 lane groups, one softmax update per row per block.
 inline constexpr index_t kDecodeBlock = 4 * tile::kWidth;
 // Keys per split task.
-inline constexpr index_t kDecodeSplitKeys = 2048;
+inline constexpr index_t kDecodeSplitKeys = 1024;
 
 inline bool use_decode(const Problem& p) { return p.seq_q * p.group_size() <= kDecodeMaxRows; }
 
@@ -51,32 +52,43 @@ inline Workspace& partials_workspace() {
   return ws;
 }
 
+// KV heads handled by one task. Token-major layouts (BSHD, the usual KV cache) store the
+// rows of all KV heads of one token next to each other, so walking the keys of several heads
+// together reads memory sequentially (a stream the hardware prefetchers follow, one page per
+// token) instead of one row per 4 KiB page and head. Affine-scaled attention keeps one head
+// per task (its V-sum accumulator is per head).
+template <class Norm>
+inline constexpr index_t kDecodeHeads = Norm::kSumsV ? 1 : 8;
+
+// One task: keys [k_lo, k_hi) of KV heads [g0, g0 + ng) of batch b, every query row of those
+// heads. Writes one partial row per query row into part (see decode_row_floats).
 template <class V>
-void decode_task(const KernelArgs& a, const typename V::Mask& mask, index_t b, index_t g, index_t k_lo, index_t k_hi,
-                 float* part, Workspace& ws) {
+void decode_task(const KernelArgs& a, const typename V::Mask& mask, index_t b, index_t g0, index_t ng, index_t k_lo,
+                 index_t k_hi, float* part, Workspace& ws) {
   using Norm = typename V::Norm;
   const Problem& p = a.p;
-  const index_t G = p.group_size(), Sq = p.seq_q, R = G * Sq;
+  const index_t G = p.group_size(), Sq = p.seq_q, R = G * Sq, HR = ng * R;
   const index_t dqk_pad = tile::round_up(p.dim_qk, tile::kWidth), dqk_vecs = dqk_pad / tile::kWidth;
   const index_t dv_pad = tile::round_up(p.dim_v, tile::kWidth), dv_vecs = dv_pad / tile::kWidth;
   constexpr index_t ld_s = kDecodeBlock;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-  float* qpad = ws.floats(static_cast<std::size_t>(R * dqk_pad + R * ld_s + R * dv_pad + tile::kWidth * dqk_pad +
-                                                   kDecodeBlock * dv_pad));  // (R, Dqk_pad)
-  float* s = qpad + R * dqk_pad;                                             // (R, kDecodeBlock) scores, keys on lanes
-  float* acc = s + R * ld_s;                                                 // (R, Dv_pad)
-  float* kpack = acc + R * dv_pad;                                           // (kWidth, Dqk_pad)
-  float* vpack = kpack + tile::kWidth * dqk_pad;                             // (kDecodeBlock, Dv_pad)
+  float* qpad = ws.floats(static_cast<std::size_t>(HR * dqk_pad + R * ld_s + HR * dv_pad + tile::kWidth * dqk_pad +
+                                                   kDecodeBlock * dv_pad));  // (HR, Dqk_pad)
+  float* s = qpad + HR * dqk_pad;                 // (R, kDecodeBlock) scores of one head, keys on lanes
+  float* acc = s + R * ld_s;                      // (HR, Dv_pad)
+  float* kpack = acc + HR * dv_pad;               // (kWidth, Dqk_pad)
+  float* vpack = kpack + tile::kWidth * dqk_pad;  // (kDecodeBlock, Dv_pad)
 
-  // Row r = hh * Sq + i is query row i of head g * G + hh.
-  for (index_t hh = 0; hh < G; ++hh)
-    tile::pack_rows(qpad + hh * Sq * dqk_pad, dqk_pad, a.q.ptr(b, 0, g * G + hh), a.q.stride[1], a.q.stride[3], Sq,
-                    p.dim_qk, dqk_pad);
-  tile::zero(acc, dv_pad, R, dv_pad);
-  typename Norm::RowState state[kDecodeMaxRows];
-  for (index_t r = 0; r < R; ++r) state[r] = Norm::init_row(a, mask, b, g * G + r / Sq, r % Sq);
-  [[maybe_unused]] policy::VSums vsums;  // affine-scaled: running sums of the visible V rows
+  // Row gg * R + hh * Sq + i is query row i of head (g0 + gg) * G + hh.
+  for (index_t gg = 0; gg < ng; ++gg)
+    for (index_t hh = 0; hh < G; ++hh)
+      tile::pack_rows(qpad + (gg * R + hh * Sq) * dqk_pad, dqk_pad, a.q.ptr(b, 0, (g0 + gg) * G + hh), a.q.stride[1],
+                      a.q.stride[3], Sq, p.dim_qk, dqk_pad, a.scale * kLog2e);  // scores come out in log2 units
+  tile::zero(acc, dv_pad, HR, dv_pad);
+  typename Norm::RowState state[kDecodeMaxRows * kDecodeHeads<Norm>];
+  for (index_t r = 0; r < HR; ++r) state[r] = Norm::init_row(a, mask, b, g0 * G + r / Sq, r % Sq);
+  [[maybe_unused]] policy::VSums vsums;  // affine-scaled: running sums of the visible V rows (ng == 1)
   if constexpr (Norm::kSumsV) vsums = policy::VSums::make(R, dv_pad, kDecodeBlock);
 
   const bool k_inplace = a.k.stride[3] == 1 && p.dim_qk % tile::kWidth == 0;
@@ -89,49 +101,54 @@ void decode_task(const KernelArgs& a, const typename V::Mask& mask, index_t b, i
     if (kind == policy::BlockKind::empty) continue;
     const int nvec = static_cast<int>((nk + tile::kWidth - 1) / tile::kWidth);
 
-    for (int grp = 0; grp < nvec; ++grp) {
-      const index_t jg = j0 + grp * tile::kWidth, ng = std::min<index_t>(tile::kWidth, j1 - jg);
-      const float* kp = a.k.ptr(b, jg, g);
-      index_t ld_k = a.k.stride[1];
-      if (!k_inplace || ng < tile::kWidth) {
-        tile::pack_rows(kpack, dqk_pad, kp, ld_k, a.k.stride[3], ng, p.dim_qk, dqk_pad);
-        tile::zero(kpack + ng * dqk_pad, dqk_pad, tile::kWidth - ng, dqk_pad);
-        kp = kpack;
-        ld_k = dqk_pad;
+    for (index_t gg = 0; gg < ng; ++gg) {
+      const index_t g = g0 + gg;
+      typename Norm::RowState* st = state + gg * R;
+      float* acc_g = acc + gg * R * dv_pad;
+      for (int grp = 0; grp < nvec; ++grp) {
+        const index_t jg = j0 + grp * tile::kWidth, ng_keys = std::min<index_t>(tile::kWidth, j1 - jg);
+        const float* kp = a.k.ptr(b, jg, g);
+        index_t ld_k = a.k.stride[1];
+        if (!k_inplace || ng_keys < tile::kWidth) {
+          tile::pack_rows(kpack, dqk_pad, kp, ld_k, a.k.stride[3], ng_keys, p.dim_qk, dqk_pad);
+          tile::zero(kpack + ng_keys * dqk_pad, dqk_pad, tile::kWidth - ng_keys, dqk_pad);
+          kp = kpack;
+          ld_k = dqk_pad;
+        }
+        for (index_t r = 0; r < R; ++r)
+          tile::dot_keys(s + r * ld_s + grp * tile::kWidth, qpad + (gg * R + r) * dqk_pad, kp, ld_k, dqk_vecs);
       }
+
+      for (index_t hh = 0; hh < G; ++hh) {
+        const policy::ScoreTile t{s + hh * Sq * ld_s, ld_s, Sq, nvec, b, g * G + hh, 0, Sq, j0, nk, ld_s, 1};
+        V::Score::apply(a, t);
+        if (kind == policy::BlockKind::partial) policy::apply_mask(mask, t);
+      }
+      // Lanes past the last key: after the score policy, which may map -inf to a finite value.
       for (index_t r = 0; r < R; ++r)
-        tile::dot_keys(s + r * ld_s + grp * tile::kWidth, qpad + r * dqk_pad, kp, ld_k, dqk_vecs);
-    }
+        for (index_t x = nk; x < nvec * tile::kWidth; ++x) s[r * ld_s + x] = kNegInf;
 
-    for (index_t hh = 0; hh < G; ++hh) {
-      const policy::ScoreTile t{s + hh * Sq * ld_s, ld_s, Sq, nvec, b, g * G + hh, 0, Sq, j0, nk, ld_s, 1};
-      V::Score::apply(a, t);
-      if (kind == policy::BlockKind::partial) policy::apply_mask(mask, t);
-    }
-    // Lanes past the last key: after the score policy, which may map -inf to a finite value.
-    for (index_t r = 0; r < R; ++r)
-      for (index_t x = nk; x < nvec * tile::kWidth; ++x) s[r * ld_s + x] = kNegInf;
+      for (index_t r = 0; r < R; ++r) {
+        const float alpha = Norm::update_row(st[r], s + r * ld_s, nvec);
+        if (alpha != 1.f) tile::scale_rows(acc_g + r * dv_pad, dv_pad, 1, dv_vecs, &alpha);
+      }
 
-    for (index_t r = 0; r < R; ++r) {
-      const float alpha = Norm::update_row(state[r], s + r * ld_s, nvec);
-      if (alpha != 1.f) tile::scale_rows(acc + r * dv_pad, dv_pad, 1, dv_vecs, &alpha);
+      const float* vp = a.v.ptr(b, j0, g);
+      index_t ld_v = a.v.stride[1];
+      if (!v_inplace) {
+        tile::pack_rows(vpack, dv_pad, vp, ld_v, a.v.stride[3], nk, p.dim_v, dv_pad);
+        vp = vpack;
+        ld_v = dv_pad;
+      }
+      tile::mma_pv(acc_g, dv_pad, R, s, 1, ld_s, vp, ld_v, nk, dv_vecs);
+      if constexpr (Norm::kSumsV) vsums.add(mask, kind, 0, Sq, j0, nk, vp, ld_v);
     }
-
-    const float* vp = a.v.ptr(b, j0, g);
-    index_t ld_v = a.v.stride[1];
-    if (!v_inplace) {
-      tile::pack_rows(vpack, dv_pad, vp, ld_v, a.v.stride[3], nk, p.dim_v, dv_pad);
-      vp = vpack;
-      ld_v = dv_pad;
-    }
-    tile::mma_pv(acc, dv_pad, R, s, 1, ld_s, vp, ld_v, nk, dv_vecs);
-    if constexpr (Norm::kSumsV) vsums.add(mask, kind, 0, Sq, j0, nk, vp, ld_v);
   }
 
   // Partial result per row: [m, l, acc(Dv_pad)] (+ [vsum(Dv_pad)], see decode_row_floats).
   const index_t row_floats = decode_row_floats<Norm>(dv_pad);
   if constexpr (Norm::kSumsV) vsums.fold();
-  for (index_t r = 0; r < R; ++r) {
+  for (index_t r = 0; r < HR; ++r) {
     float* dst = part + r * row_floats;
     dst[0] = state[r].m;
     dst[1] = state[r].l;
@@ -147,31 +164,33 @@ void run_decode(const KernelArgs& a, const typename V::Mask& mask, const Executo
   const index_t G = p.group_size(), Sq = p.seq_q, R = G * Sq;
   const index_t dv_pad = tile::round_up(p.dim_v, tile::kWidth);
   const index_t splits = std::max<index_t>(1, (p.seq_kv + kDecodeSplitKeys - 1) / kDecodeSplitKeys);
+  const index_t hpt = std::min(kDecodeHeads<Norm>, p.heads_kv), chunks = (p.heads_kv + hpt - 1) / hpt;
   const index_t row_floats = decode_row_floats<Norm>(dv_pad);
-  const index_t tasks = p.batch * p.heads_kv * splits;
+  const index_t task_floats = hpt * R * row_floats;
+  const index_t tasks = p.batch * chunks * splits;
   // Partials of every split, then one merged row and its V sum (aligned: the epilogue loads
   // them by vectors).
-  float* parts =
-      partials_workspace().floats(static_cast<std::size_t>(tasks * R * row_floats + 2 * dv_pad + tile::kWidth));
-  float* out = parts + tile::round_up(tasks * R * row_floats, tile::kWidth);
+  float* parts = partials_workspace().floats(static_cast<std::size_t>(tasks * task_floats + 2 * dv_pad + tile::kWidth));
+  float* out = parts + tile::round_up(tasks * task_floats, tile::kWidth);
   [[maybe_unused]] float* vsum = out + dv_pad;
 
   ex.run(tasks, [&](index_t t) {
-    const index_t sp = t % splits, g = (t / splits) % p.heads_kv, b = t / (splits * p.heads_kv);
+    const index_t sp = t % splits, c = (t / splits) % chunks, b = t / (splits * chunks);
     const index_t k_lo = sp * kDecodeSplitKeys, k_hi = std::min(p.seq_kv, k_lo + kDecodeSplitKeys);
-    decode_task<V>(a, mask, b, g, k_lo, k_hi, parts + t * R * row_floats, thread_workspace());
+    const index_t g0 = c * hpt, ng = std::min(hpt, p.heads_kv - g0);
+    decode_task<V>(a, mask, b, g0, ng, k_lo, k_hi, parts + t * task_floats, thread_workspace());
   });
 
   // Merge the splits of each row in split order, then sink, normalisation and epilogue once.
   for (index_t b = 0; b < p.batch; ++b)
     for (index_t g = 0; g < p.heads_kv; ++g)
       for (index_t r = 0; r < R; ++r) {
-        const index_t h = g * G + r / Sq, i = r % Sq;
+        const index_t h = g * G + r / Sq, i = r % Sq, c = g / hpt, gg = g % hpt;
         typename Norm::RowState st = Norm::init_row(a, mask, b, h, i);
         std::fill(out, out + dv_pad, 0.f);
         if constexpr (Norm::kSumsV) std::fill(vsum, vsum + dv_pad, 0.f);
         for (index_t sp = 0; sp < splits; ++sp) {
-          const float* src = parts + (((b * p.heads_kv + g) * splits + sp) * R + r) * row_floats;
+          const float* src = parts + ((b * chunks + c) * splits + sp) * task_floats + (gg * R + r) * row_floats;
           typename Norm::RowState part;
           part.m = src[0];
           part.l = src[1];
