@@ -66,7 +66,8 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask, index_t b, 
   float* vpack = acc + kBlockQ * dv_pad;                                         // (BKV, Dv_pad)
   float* kpack = vpack + kBlockKV * dv_pad;                                      // (BKV, Dqk_pad)
 
-  tile::pack_transposed(qt, a.q.ptr(b, i0, h), a.q.stride[1], a.q.stride[3], nq, p.dim_qk);
+  // Q^T carries scale * log2(e): S^T comes out of the micro-kernel in log2 units.
+  tile::pack_transposed(qt, a.q.ptr(b, i0, h), a.q.stride[1], a.q.stride[3], nq, p.dim_qk, a.scale * kLog2e);
   tile::zero(acc, dv_pad, nq, dv_pad);
 
   // K is read in place when its head dim is contiguous (its rows are only broadcast from).
@@ -92,7 +93,13 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask, index_t b, 
       kp = kpack;
       ld_k = dqk_pad;
     }
-    tile::mma_kqt(st, kBlockQ, kp, ld_k, nk, qt, p.dim_qk, vecs);
+    // While S^T computes: fetch this block's V rows (packed right after the softmax) and the
+    // next block's K rows (when the mask visits the adjacent block).
+    tile::RowStream pf[2];
+    pf[0] = {a.v.ptr(b, j0, g), a.v.stride[1], nk, p.dim_v * static_cast<index_t>(sizeof(float))};
+    const index_t nn = std::min(kBlockKV, p.seq_kv - j1);
+    if (nn > 0) pf[1] = {a.k.ptr(b, j1, g), a.k.stride[1], nn, p.dim_qk * static_cast<index_t>(sizeof(float))};
+    tile::mma_kqt(st, kBlockQ, kp, ld_k, nk, qt, p.dim_qk, vecs, pf, nn > 0 ? 2 : 1);
 
     const policy::ScoreTile t{st, kBlockQ, nk, vecs, b, h, i0, nq, j0, nk, 1, kBlockQ};
     V::Score::apply(a, t);

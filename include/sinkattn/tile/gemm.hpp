@@ -15,6 +15,7 @@
 // FMA pipes busy with room to spare; with 16 registers (AVX2/SSE) 2 x 4 = 8 accumulators +
 // 4 + 1 fit without spills.
 
+#include <algorithm>
 #include <type_traits>
 #include <utility>
 
@@ -30,6 +31,24 @@ inline constexpr int kRowsQK = kRegisters >= 32 ? 6 : 2;
 inline constexpr int kRowsPV = kRegisters >= 32 ? 6 : 2;
 // Register tile width of O += P.V, in vectors of the value dimension.
 inline constexpr int kColsPV = 4;
+
+// Asks for nrows rows of `bytes` bytes each (row r at p + r * ld floats) to be brought into
+// the cache ahead of use (prefetcht1).
+inline void prefetch_rows(const float* p, index_t ld, index_t nrows, index_t bytes) {
+  for (index_t r = 0; r < nrows; ++r) {
+    const char* row = reinterpret_cast<const char*>(p + r * ld);
+    for (index_t off = 0; off < bytes; off += 64) __builtin_prefetch(row + off, 0, 2);
+  }
+}
+
+// Rows a micro-kernel should prefetch while it runs. Token-major layouts put consecutive
+// K/V rows of a head kilobytes apart, each in its own 4 KiB page, where the hardware
+// prefetchers stop; a block's 1000-odd prefetches issued in one burst would stall on the
+// fill buffers, so the kernel spreads them over its row groups, between the FMAs.
+struct RowStream {
+  const float* p = nullptr;
+  index_t ld = 0, rows = 0, bytes = 0;
+};
 
 namespace detail {
 
@@ -93,17 +112,30 @@ inline void pv_block(float* o, index_t ld_o, const float* p, index_t pj, index_t
 //   k   (nk, d)       row j at k + j * ld_k, unit stride along d (read in place)
 //   qt  (d, kQRows)   packed Q^T, aligned; only the first `vecs` vectors of lanes are used
 // vecs = ceil(query rows / kWidth) in [1, kQVecs]: a short query tile costs proportionally less.
+// pf[0 .. npf): rows to prefetch meanwhile, spread over the row groups.
 inline void mma_kqt(float* st, index_t ld_st, const float* k, index_t ld_k, index_t nk, const float* qt, index_t d,
-                    int vecs) {
+                    int vecs, const RowStream* pf = nullptr, int npf = 0) {
+  const index_t groups = (nk + kRowsQK - 1) / kRowsQK;
+  auto prefetch_share = [&](index_t gi) {  // this row group's share of every stream
+    for (int s = 0; s < npf; ++s) {
+      const index_t per = (pf[s].rows + groups - 1) / groups, r0 = gi * per;
+      if (r0 < pf[s].rows)
+        prefetch_rows(pf[s].p + r0 * pf[s].ld, pf[s].ld, std::min(per, pf[s].rows - r0), pf[s].bytes);
+    }
+  };
   detail::dispatch_upto<kQVecs>(vecs, [&](auto cc) {
     constexpr int C = decltype(cc)::value;
     index_t j = 0;
-    for (; j + kRowsQK <= nk; j += kRowsQK)
+    for (; j + kRowsQK <= nk; j += kRowsQK) {
+      prefetch_share(j / kRowsQK);
       detail::kqt_block<kRowsQK, C>(st + j * ld_st, ld_st, k + j * ld_k, ld_k, qt, d);
-    if (j < nk)
+    }
+    if (j < nk) {
+      prefetch_share(j / kRowsQK);
       detail::dispatch_upto<kRowsQK - 1>(static_cast<int>(nk - j), [&](auto rr) {
         detail::kqt_block<decltype(rr)::value, C>(st + j * ld_st, ld_st, k + j * ld_k, ld_k, qt, d);
       });
+    }
   });
 }
 

@@ -30,24 +30,29 @@ struct Lanes {
   }
 };
 
-// qt (d, kQRows) = transpose of nrows rows of src (row r at src + r * ld_src, element x at
-// x * stride_d), lanes >= nrows zero so that padded lanes stay finite.
-inline void pack_transposed(float* qt, const float* src, index_t ld_src, index_t stride_d, index_t nrows, index_t d) {
+// qt (d, kQRows) = scale * transpose of nrows rows of src (row r at src + r * ld_src,
+// element x at x * stride_d), lanes >= nrows zero so that padded lanes stay finite. The
+// softmax scale rides along here, once per query tile, instead of once per score.
+inline void pack_transposed(float* qt, const float* src, index_t ld_src, index_t stride_d, index_t nrows, index_t d,
+                            float scale = 1.f) {
   for (index_t x = 0; x < d; ++x) {
     float* dst = qt + x * kQRows;
-    for (index_t r = 0; r < nrows; ++r) dst[r] = src[r * ld_src + x * stride_d];
+    for (index_t r = 0; r < nrows; ++r) dst[r] = src[r * ld_src + x * stride_d] * scale;
     for (index_t r = nrows; r < kQRows; ++r) dst[r] = 0.f;
   }
 }
 
-// dst (nrows, cols_pad) = src rows (row r at src + r * ld_src, element x at x * stride_d),
-// columns [cols, cols_pad) zero: a contiguous, padded copy for strided or tail-y inputs.
+// dst (nrows, cols_pad) = scale * src rows (row r at src + r * ld_src, element x at
+// x * stride_d), columns [cols, cols_pad) zero: a contiguous, padded copy for strided or
+// tail-y inputs.
 inline void pack_rows(float* dst, index_t ld_dst, const float* src, index_t ld_src, index_t stride_d, index_t nrows,
-                      index_t cols, index_t cols_pad) {
+                      index_t cols, index_t cols_pad, float scale = 1.f) {
   for (index_t r = 0; r < nrows; ++r) {
     float* d = dst + r * ld_dst;
     const float* s = src + r * ld_src;
-    if (stride_d == 1) {
+    if (scale != 1.f) {
+      for (index_t x = 0; x < cols; ++x) d[x] = s[x * stride_d] * scale;
+    } else if (stride_d == 1) {
       std::memcpy(d, s, sizeof(float) * static_cast<std::size_t>(cols));
     } else {
       for (index_t x = 0; x < cols; ++x) d[x] = s[x * stride_d];
@@ -124,6 +129,17 @@ inline void store_scaled_gated(float* dst, index_t stride, const float* src, ind
       (vf::load_aligned(src + x) * fv * sigmoid(vf::load_unaligned(g + x))).store_unaligned(dst + x);
   }
   for (; x < n; ++x) dst[x * stride] = src[x] * f / (1.f + std::exp(-g[x * g_stride]));
+}
+
+// 1 / (1 + 2^-z), i.e. sigmoid(z ln 2), for z in log2 units: 0 exactly at z = -inf, 1 at +inf,
+// NaN for NaN. The sigmoid-attention weight, one per score, so no division: an approximate
+// reciprocal (rcp14 on AVX-512, 12 bits elsewhere) refined by one Newton step (2 FMAs; error
+// ~1 ulp) where a vector division would cost ~10 cycles of throughput per 16 scores.
+inline vf sigmoid_exp2(const vf& z) {
+  const vf d = vf(1.f) + exp2(-z);
+  const vf r = xsimd::reciprocal(d);
+  const vf rr = xsimd::fma(r, xsimd::fnma(d, r, vf(1.f)), r);  // r + r (1 - d r)
+  return xsimd::select(d == vf(std::numeric_limits<float>::infinity()), vf(0.f), rr);
 }
 
 }  // namespace sinkattn::tile
