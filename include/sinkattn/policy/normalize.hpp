@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "sinkattn/kernel/args.hpp"
 #include "sinkattn/kernel/workspace.hpp"
@@ -43,9 +44,16 @@ struct OnlineSoftmax {
   }
 
   static bool update(State& s, float* st, index_t ld, index_t nk, int vecs, tile::Lanes& alpha) {
-    using tile::vf;
     tile::Lanes m_new = s.m;
     tile::col_max(m_new, st, ld, nk, vecs);
+    return update_from_max(s, st, ld, nk, vecs, m_new, alpha);
+  }
+
+  // The rest of update() once the new lane max m_new (>= s.m) is known: for normalizations
+  // that take the max in a pass of their own (scalable softmax).
+  static bool update_from_max(State& s, float* st, index_t ld, index_t nk, int vecs, const tile::Lanes& m_new,
+                              tile::Lanes& alpha) {
+    using tile::vf;
     tile::Lanes m_safe;
     bool changed = false;
     for (int c = 0; c < vecs; ++c) {
@@ -150,10 +158,8 @@ struct SigmoidNorm {
   static float bias2(const detail::KernelArgs& a, index_t h) {
     return (a.sigmoid.bias + (a.sigmoid.head_bias != nullptr ? a.sigmoid.head_bias[h] : 0.f)) * detail::kLog2e;
   }
-  // nb = -b2.
-  static tile::vf weight(const tile::vf& x2, const tile::vf& nb) {
-    return tile::vf(1.f) / (tile::vf(1.f) + tile::exp2(nb - x2));
-  }
+  // sigmoid(x + b) = 1 / (1 + 2^(nb - x2)) with x2 and nb = -b2 in log2 units.
+  static tile::vf weight(const tile::vf& x2, const tile::vf& nb) { return tile::inv_1p_exp2(nb - x2); }
   static void finalize_row(float l, bool normalize, float eps, float& out_scale, float& lse) {
     lse = std::numeric_limits<float>::quiet_NaN();
     const float den = l + eps;
@@ -177,16 +183,23 @@ struct SigmoidNorm {
   static bool update(State& s, float* st, index_t ld, index_t nk, int vecs, tile::Lanes&) {
     using tile::vf;
     const vf nb(-s.bias2);
-    for (int c = 0; c < vecs; ++c) {
-      vf sum(0.f);
-      for (index_t j = 0; j < nk; ++j) {
-        float* p = st + j * ld + c * tile::kWidth;
-        const vf w = weight(vf::load_aligned(p), nb);
-        w.store_aligned(p);
-        sum += w;
+    auto pass = [&](auto with_sum) {
+      for (int c = 0; c < vecs; ++c) {
+        vf sum(0.f);
+        for (index_t j = 0; j < nk; ++j) {
+          float* p = st + j * ld + c * tile::kWidth;
+          const vf w = weight(vf::load_aligned(p), nb);
+          w.store_aligned(p);
+          if constexpr (decltype(with_sum)::value) sum += w;
+        }
+        s.l.v[c] += sum;
       }
-      s.l.v[c] += sum;
-    }
+    };
+    // The row sum only serves the optional normalization: not computed without it.
+    if (s.normalize)
+      pass(std::true_type{});
+    else
+      pass(std::false_type{});
     return false;
   }
   static void finalize(const State& s, float, RowFinal& out) {
@@ -349,12 +362,20 @@ struct ScalableSoftmaxNorm : OnlineSoftmax {
   }
   static bool update(State& s, float* st, index_t ld, index_t nk, int vecs, tile::Lanes& alpha) {
     using tile::vf;
-    for (index_t j = 0; j < nk; ++j)
-      for (int c = 0; c < vecs; ++c) {
+    // One pass scales the logits and takes the lane max (it replaces the softmax's max pass).
+    tile::Lanes m_new = s.m;
+    for (int c = 0; c < vecs; ++c) {
+      const vf f = s.f.v[c];
+      vf m = m_new.v[c];
+      for (index_t j = 0; j < nk; ++j) {
         float* p = st + j * ld + c * tile::kWidth;
-        scaled(vf::load_aligned(p), s.f.v[c]).store_aligned(p);
+        const vf x = scaled(vf::load_aligned(p), f);
+        x.store_aligned(p);
+        m = xsimd::max(m, x);
       }
-    return OnlineSoftmax::update(s, st, ld, nk, vecs, alpha);
+      m_new.v[c] = m;
+    }
+    return update_from_max(s, st, ld, nk, vecs, m_new, alpha);
   }
 
   struct RowState : OnlineSoftmax::RowState {

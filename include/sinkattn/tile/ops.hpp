@@ -131,12 +131,13 @@ inline void store_scaled_gated(float* dst, index_t stride, const float* src, ind
   for (; x < n; ++x) dst[x * stride] = src[x] * f / (1.f + std::exp(-g[x * g_stride]));
 }
 
-// 1 / (1 + 2^-z), i.e. sigmoid(z ln 2), for z in log2 units: 0 exactly at z = -inf, 1 at +inf,
-// NaN for NaN. The sigmoid-attention weight, one per score, so no division: an approximate
-// reciprocal (rcp14 on AVX-512, 12 bits elsewhere) refined by one Newton step (2 FMAs; error
-// ~1 ulp) where a vector division would cost ~10 cycles of throughput per 16 scores.
-inline vf sigmoid_exp2(const vf& z) {
-  const vf d = vf(1.f) + exp2(-z);
+// 1 / (1 + 2^y), i.e. sigmoid(-y ln 2): exactly 0 at y = +inf, 1 at -inf, NaN for NaN. The
+// sigmoid-attention weight, one per score, so no division: an approximate reciprocal (rcp14
+// on AVX-512, 12 bits elsewhere) refined by one Newton step (2 FMAs; error ~1 ulp) where a
+// vector division would cost ~10 cycles of throughput per 16 scores. The select keeps
+// inf * 0 out of the Newton step (rcp14 would leave denormals, not 0, for huge finite d).
+inline vf inv_1p_exp2(const vf& y) {
+  const vf d = vf(1.f) + exp2(y);
   const vf r = xsimd::reciprocal(d);
   const vf rr = xsimd::fma(r, xsimd::fnma(d, r, vf(1.f)), r);  // r + r (1 - d r)
   return xsimd::select(d == vf(std::numeric_limits<float>::infinity()), vf(0.f), rr);
