@@ -388,6 +388,8 @@ const std::vector<Shape>& shapes() {
     for (index_t s : {1024, 4096})
       for (index_t d : {64, 128})
         for (Mask m : {Mask::full, Mask::causal}) t.push_back(prefill(s, d, m));
+    // The causal-skipping target compares causal and dense GFLOP/s at S2048 D128.
+    for (Mask m : {Mask::full, Mask::causal}) t.push_back(prefill(2048, 128, m));
     for (index_t skv : {4096, 32768}) t.push_back(decode(skv));
     return t;
   }();

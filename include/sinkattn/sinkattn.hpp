@@ -7,4 +7,5 @@
 #include "sinkattn/core/tensor_view.hpp"
 #include "sinkattn/core/types.hpp"
 #include "sinkattn/core/validate.hpp"
+#include "sinkattn/kernel/forward.hpp"
 #include "sinkattn/version.hpp"

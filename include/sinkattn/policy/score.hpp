@@ -1,7 +1,8 @@
 #pragma once
-// Score policies: turn the raw dot products of an S^T tile (keys x query lanes) into logits
-// in log2 units (x * log2(e)), so that the normalization can use exp2 (scale and log2(e)
-// folded into one multiply, as FlashAttention and ThunderKittens do).
+// Score policies: finish the logits of a score tile in log2 units (x * log2(e)), so that the
+// normalization can use exp2. The kernels pack Q pre-multiplied by scale * log2(e) (as
+// FlashAttention and ThunderKittens fold the scale), so the plain score costs nothing here;
+// softcap, bias and ALiBi are applied on top.
 // Order (SEMANTICS 1): scale, softcap, bias / ALiBi; masking comes after, in the mask policy.
 
 #include <cmath>
@@ -31,12 +32,12 @@ template <bool kSoftcap, bool kBias, bool kAlibi>
 struct Score {
   static void apply(const detail::KernelArgs& a, const ScoreTile& t) {
     using tile::vf;
-    if constexpr (!kSoftcap) {
-      // x = scale * s, in log2 units; bias and ALiBi (natural units) are added below.
-      tile::scale(t.st, t.ld, t.rows, t.vecs, a.scale * detail::kLog2e);
-    } else {
-      // x = c * tanh(scale * s / c), before any additive term (so -inf stays -inf).
-      const vf pre(a.scale / a.softcap), post(a.softcap * detail::kLog2e);
+    if constexpr (kSoftcap) {
+      // The kernels hand over y = scale * s * log2(e) (the scale rides in the packed Q).
+      // x = c * tanh(scale * s / c) before any additive term (so a -inf stays -inf), i.e.
+      // in log2 units c' * tanh(y / c') with c' = c * log2(e).
+      const float c2 = a.softcap * detail::kLog2e;
+      const vf pre(1.f / c2), post(c2);
       for (index_t r = 0; r < t.rows; ++r)
         for (int c = 0; c < t.vecs; ++c) {
           float* p = t.st + r * t.ld + c * tile::kWidth;
