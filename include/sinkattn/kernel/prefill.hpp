@@ -77,6 +77,11 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask, index_t b, 
   // packed copy (once per key block, ~2% of the block's FMAs) avoids that.
   const bool k_inplace = a.k.stride[3] == 1;
   const bool v_inplace = a.v.stride[3] == 1 && a.v.stride[1] == p.dim_v && p.dim_v % tile::kWidth == 0;
+  // V rows with a unit stride are packed by plain row copies issued during S^T; the padding
+  // columns of the panel are zeroed once here and never written again.
+  const bool v_copy = !v_inplace && a.v.stride[3] == 1;
+  if (v_copy && dv_pad > p.dim_v)
+    for (index_t r = 0; r < kBlockKV; ++r) std::fill(vpack + r * dv_pad + p.dim_v, vpack + (r + 1) * dv_pad, 0.f);
 
   auto state = V::Norm::init(a, mask, b, h, i0, nq);
   tile::Lanes alpha;
@@ -95,8 +100,13 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask, index_t b, 
     }
     // While S^T computes: fetch this block's V rows (packed right after the softmax) and the
     // next block's K rows (when the mask visits the adjacent block).
+    // Contiguous V rows that only need packing (not a stride) are copied by the same stream.
     tile::RowStream pf[2];
     pf[0] = {a.v.ptr(b, j0, g), a.v.stride[1], nk, p.dim_v * static_cast<index_t>(sizeof(float))};
+    if (v_copy) {
+      pf[0].copy_to = vpack;
+      pf[0].copy_ld = dv_pad;
+    }
     const index_t nn = std::min(kBlockKV, p.seq_kv - j1);
     if (nn > 0) pf[1] = {a.k.ptr(b, j1, g), a.k.stride[1], nn, p.dim_qk * static_cast<index_t>(sizeof(float))};
     tile::mma_kqt(st, kBlockQ, kp, ld_k, nk, qt, p.dim_qk, vecs, pf, nn > 0 ? 2 : 1);
@@ -115,7 +125,10 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask, index_t b, 
 
     const float* vp = a.v.ptr(b, j0, g);
     index_t ld_v = a.v.stride[1];
-    if (!v_inplace) {
+    if (v_copy) {
+      vp = vpack;  // copied during S^T
+      ld_v = dv_pad;
+    } else if (!v_inplace) {
       tile::pack_rows(vpack, dv_pad, vp, ld_v, a.v.stride[3], nk, p.dim_v, dv_pad);
       vp = vpack;
       ld_v = dv_pad;

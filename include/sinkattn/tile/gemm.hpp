@@ -16,6 +16,7 @@
 // 4 + 1 fit without spills.
 
 #include <algorithm>
+#include <cstring>
 #include <type_traits>
 #include <utility>
 
@@ -45,9 +46,14 @@ inline void prefetch_rows(const float* p, index_t ld, index_t nrows, index_t byt
 // K/V rows of a head kilobytes apart, each in its own 4 KiB page, where the hardware
 // prefetchers stop; a block's 1000-odd prefetches issued in one burst would stall on the
 // fill buffers, so the kernel spreads them over its row groups, between the FMAs.
+// With copy_to set, the rows are copied there instead (row r to copy_to + r * copy_ld): a
+// packing copy spread the same way, whose loads then overlap with the FMAs instead of
+// stalling a separate copy loop.
 struct RowStream {
   const float* p = nullptr;
   index_t ld = 0, rows = 0, bytes = 0;
+  float* copy_to = nullptr;
+  index_t copy_ld = 0;
 };
 
 namespace detail {
@@ -119,8 +125,14 @@ inline void mma_kqt(float* st, index_t ld_st, const float* k, index_t ld_k, inde
   auto prefetch_share = [&](index_t gi) {  // this row group's share of every stream
     for (int s = 0; s < npf; ++s) {
       const index_t per = (pf[s].rows + groups - 1) / groups, r0 = gi * per;
-      if (r0 < pf[s].rows)
-        prefetch_rows(pf[s].p + r0 * pf[s].ld, pf[s].ld, std::min(per, pf[s].rows - r0), pf[s].bytes);
+      if (r0 >= pf[s].rows) continue;
+      const index_t n = std::min(per, pf[s].rows - r0);
+      if (pf[s].copy_to == nullptr) {
+        prefetch_rows(pf[s].p + r0 * pf[s].ld, pf[s].ld, n, pf[s].bytes);
+      } else {
+        for (index_t r = r0; r < r0 + n; ++r)
+          std::memcpy(pf[s].copy_to + r * pf[s].copy_ld, pf[s].p + r * pf[s].ld, static_cast<std::size_t>(pf[s].bytes));
+      }
     }
   };
   detail::dispatch_upto<kQVecs>(vecs, [&](auto cc) {
