@@ -100,6 +100,7 @@ inline void scale(float* st, index_t ld, index_t nk, int vecs, float s) {
 // Row r of O times factor[r] (the online-softmax rescale).
 inline void scale_rows(float* o, index_t ld_o, index_t nq, index_t dv_vecs, const float* factor) {
   for (index_t r = 0; r < nq; ++r) {
+    if (factor[r] == 1.f) continue;  // after the first blocks most rows' max no longer moves
     const vf f(factor[r]);
     float* row = o + r * ld_o;
     for (index_t c = 0; c < dv_vecs; ++c) (vf::load_aligned(row + c * kWidth) * f).store_aligned(row + c * kWidth);
