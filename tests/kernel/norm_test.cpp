@@ -186,6 +186,18 @@ TEST(Norm, ScoreModifiersWithEveryNorm) {
   check_all(dd, opt, "decode softcap+alibi+bias");
 }
 
+TEST(Norm, ScalableSoftmaxWithNonPositiveFactors) {
+  // s_h <= 0 (and N_i = 1 on row 0 of a square causal problem) make the factor <= 0: masked
+  // logits must stay -inf (the guarded pass), not turn into NaN or +inf.
+  std::vector<float> s = {-0.5f, 0.f, 0.5f, 1.f};
+  for (const Problem& p : {Problem{1, 4, 2, 70, 70, 32, 32}, Problem{1, 4, 1, 2, 2100, 32, 32}}) {
+    const auto d = test::make_data(p, Layout::BSHD, 61);
+    Options opt = causal();
+    opt.norm = ScalableSoftmax{s.data()};
+    EXPECT_TRUE(check(d, opt)) << "sq=" << p.seq_q;
+  }
+}
+
 TEST(Norm, SigmoidHasNoRescaleAndNoLse) {
   static_assert(!policy::SigmoidNorm::kRescales, "the sigmoid O rescale must compile away");
   static_assert(policy::AffineScaledNorm::kSumsV && !policy::OnlineSoftmax::kSumsV, "");

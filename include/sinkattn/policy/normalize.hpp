@@ -351,12 +351,16 @@ struct ScalableSoftmaxNorm : OnlineSoftmax {
 
   struct State : OnlineSoftmax::State {
     tile::Lanes f = tile::Lanes::fill(1.f);
+    bool positive = true;  // every factor > 0: -inf * f stays -inf, no guard needed
   };
   template <class Mask>
   static State init(const detail::KernelArgs& a, const Mask& mask, index_t, index_t h, index_t i0, index_t nq) {
     State s;
     alignas(64) float f[tile::kQRows];
-    for (index_t r = 0; r < tile::kQRows; ++r) f[r] = r < nq ? factor(a, h, mask.count_visible(i0 + r)) : 1.f;
+    for (index_t r = 0; r < tile::kQRows; ++r) {
+      f[r] = r < nq ? factor(a, h, mask.count_visible(i0 + r)) : 1.f;
+      s.positive = s.positive && f[r] > 0.f;
+    }
     for (int c = 0; c < tile::kQVecs; ++c) s.f.v[c] = tile::vf::load_aligned(f + c * tile::kWidth);
     return s;
   }
@@ -364,17 +368,28 @@ struct ScalableSoftmaxNorm : OnlineSoftmax {
     using tile::vf;
     // One pass scales the logits and takes the lane max (it replaces the softmax's max pass).
     tile::Lanes m_new = s.m;
-    for (int c = 0; c < vecs; ++c) {
-      const vf f = s.f.v[c];
-      vf m = m_new.v[c];
-      for (index_t j = 0; j < nk; ++j) {
-        float* p = st + j * ld + c * tile::kWidth;
-        const vf x = scaled(vf::load_aligned(p), f);
-        x.store_aligned(p);
-        m = xsimd::max(m, x);
+    auto pass = [&](auto guard) {
+      for (int c = 0; c < vecs; ++c) {
+        const vf f = s.f.v[c];
+        vf m = m_new.v[c];
+        for (index_t j = 0; j < nk; ++j) {
+          float* p = st + j * ld + c * tile::kWidth;
+          vf x = vf::load_aligned(p);
+          if constexpr (decltype(guard)::value)
+            x = scaled(x, f);
+          else
+            x = x * f;
+          x.store_aligned(p);
+          m = xsimd::max(m, x);
+        }
+        m_new.v[c] = m;
       }
-      m_new.v[c] = m;
-    }
+    };
+    // A factor <= 0 (N_i = 1, or s_h <= 0) would turn -inf into NaN or +inf: guarded pass.
+    if (s.positive)
+      pass(std::false_type{});
+    else
+      pass(std::true_type{});
     return update_from_max(s, st, ld, nk, vecs, m_new, alpha);
   }
 
