@@ -95,7 +95,8 @@ void decode_task(const KernelArgs& a, const typename V::Mask& mask, index_t b, i
   const bool v_inplace = a.v.stride[3] == 1 && p.dim_v % tile::kWidth == 0;
   const index_t lo = std::max(k_lo, mask.kv_begin(0, Sq)), hi = std::min(k_hi, mask.kv_end(0, Sq));
 
-  for (index_t j0 = lo; j0 < hi; j0 += kDecodeBlock) {
+  // next_kv jumps the keys no row can see between visible ranges (sliding window: sinks, band).
+  for (index_t j0 = policy::next_kv(mask, 0, Sq, lo); j0 < hi; j0 = policy::next_kv(mask, 0, Sq, j0 + kDecodeBlock)) {
     const index_t j1 = std::min(j0 + kDecodeBlock, hi), nk = j1 - j0;
     const policy::BlockKind kind = mask.classify(0, Sq, j0, j1);
     if (kind == policy::BlockKind::empty) continue;

@@ -12,6 +12,8 @@
 
 #include <algorithm>
 #include <limits>
+#include <type_traits>
+#include <utility>
 
 #include "sinkattn/core/types.hpp"
 #include "sinkattn/policy/score.hpp"
@@ -45,15 +47,49 @@ struct CausalMaskPolicy {
   index_t count_visible(index_t i) const { return std::clamp<index_t>(i + shift + 1, 0, seq_kv); }
 };
 
+namespace mask_traits {
+struct BlockProbe {  // a callable of the for_each_block signature, for the detection below
+  void operator()(index_t, index_t, BlockKind) const {}
+};
+template <class M, class = void>
+struct has_for_each_block : std::false_type {};
+template <class M>
+struct has_for_each_block<
+    M, std::void_t<decltype(std::declval<const M&>().for_each_block(index_t(), index_t(), index_t(), BlockProbe()))>>
+    : std::true_type {};
+template <class M, class = void>
+struct has_next_kv : std::false_type {};
+template <class M>
+struct has_next_kv<M, std::void_t<decltype(std::declval<const M&>().next_kv(index_t(), index_t(), index_t()))>>
+    : std::true_type {};
+}  // namespace mask_traits
+
+// The first key >= j that query rows [i0, i1) may see. A mask whose visible keys are several
+// ranges (sliding window + sinks) provides a member next_kv(i0, i1, j) so loops over a key
+// range (split-KV decode) jump the gaps; otherwise j itself.
+template <class Mask>
+inline index_t next_kv(const Mask& m, index_t i0, index_t i1, index_t j) {
+  if constexpr (mask_traits::has_next_kv<Mask>::value)
+    return m.next_kv(i0, i1, j);
+  else
+    return j;
+}
+
 // Calls f(j0, j1, kind) for every non-empty block of at most bkv keys that query rows
-// [i0, i1) must visit, in ascending key order.
+// [i0, i1) must visit, in ascending key order. A mask with a member
+// for_each_block(i0, i1, bkv, f) provides its own iteration (e.g. sink blocks + band);
+// otherwise the blocks of [kv_begin, kv_end) are classified one by one.
 template <class Mask, class F>
 inline void for_each_kv_block(const Mask& m, index_t i0, index_t i1, index_t bkv, F&& f) {
-  const index_t end = m.kv_end(i0, i1);
-  for (index_t j0 = m.kv_begin(i0, i1); j0 < end; j0 += bkv) {
-    const index_t j1 = std::min(j0 + bkv, end);
-    const BlockKind kind = m.classify(i0, i1, j0, j1);
-    if (kind != BlockKind::empty) f(j0, j1, kind);
+  if constexpr (mask_traits::has_for_each_block<Mask>::value) {
+    m.for_each_block(i0, i1, bkv, f);
+  } else {
+    const index_t end = m.kv_end(i0, i1);
+    for (index_t j0 = m.kv_begin(i0, i1); j0 < end; j0 += bkv) {
+      const index_t j1 = std::min(j0 + bkv, end);
+      const BlockKind kind = m.classify(i0, i1, j0, j1);
+      if (kind != BlockKind::empty) f(j0, j1, kind);
+    }
   }
 }
 

@@ -1,0 +1,166 @@
+// The fused kernels (prefill and split-KV decode) with the masks beyond Full/Causal, through
+// the runtime entry point sinkattn::forward, against the fp64 reference; thread counts.
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "harness.hpp"
+#include "sinkattn/kernel/forward.hpp"
+#include "threads.hpp"
+
+namespace sinkattn {
+namespace {
+
+using test::Layout;
+
+::testing::AssertionResult run_and_compare(const test::Data& d, Options opt, const Executor& ex = Executor::serial(),
+                                           bool with_lse = true) {
+  test::Out out = test::make_out(d.p, Layout::BSHD, with_lse);
+  opt.lse = out.lse;
+  const Status s = forward(d.p, d.q, d.k, d.v, out.o, opt, ex);
+  if (!s.ok()) return ::testing::AssertionFailure() << "forward failed: " << s.message();
+  return test::matches_reference(d, opt, out);
+}
+
+Options window(index_t left, index_t right, index_t sinks = 0, index_t offset = 0) {
+  Options o;
+  o.mask = SlidingWindowMask{left, right, sinks, offset};
+  return o;
+}
+
+struct Win {
+  index_t left, right, sinks, offset;
+};
+
+// Windows straddling the tiles (64), unbounded sides, windows larger than the sequence and
+// more sink tokens than keys.
+const std::vector<Win> kWindows = {{0, 0, 0, 0},    {-1, -1, 0, 0}, {127, 0, 0, 0}, {127, 0, 4, 0},  {3, 7, 2, 0},
+                                   {64, -1, 0, 0},  {-1, 0, 10, 0}, {63, 63, 1, 0}, {5000, 0, 0, 0}, {10, 10, 5000, 0},
+                                   {100, 0, 70, 0}, {20, 5, 3, -9}, {1, 0, 130, 4}, {200, 300, 4, 0}};
+
+TEST(SlidingWindowKernel, PrefillManyWindowsAndShapes) {
+  const std::vector<std::pair<index_t, index_t>> shapes = {{65, 130}, {130, 65}, {200, 200}, {113, 203}, {17, 1000}};
+  for (auto [sq, skv] : shapes) {
+    const auto data = test::make_data(Problem{1, 2, 1, sq, skv, 32, 32}, Layout::BSHD, sq * 7 + skv);
+    ASSERT_FALSE(detail::use_decode(data.p));
+    for (const Win& w : kWindows)
+      EXPECT_TRUE(run_and_compare(data, window(w.left, w.right, w.sinks, w.offset)))
+          << "sq=" << sq << " skv=" << skv << " left=" << w.left << " right=" << w.right << " sinks=" << w.sinks
+          << " offset=" << w.offset;
+  }
+}
+
+TEST(SlidingWindowKernel, PrefillBhsdAndOddHeadDims) {
+  const auto data = test::relayout(test::make_data(Problem{2, 4, 2, 150, 333, 72, 40}, Layout::BSHD, 3), Layout::BHSD);
+  EXPECT_TRUE(run_and_compare(data, window(90, 0, 4)));
+  EXPECT_TRUE(run_and_compare(data, window(30, 40, 0)));
+}
+
+TEST(SlidingWindowKernel, DecodeAcrossSplits) {
+  // Sq * group <= 8: the split-KV path, 1024-key splits; the window and the sinks fall in
+  // different splits, the gap between them is jumped.
+  static_assert(detail::kDecodeSplitKeys == 1024, "update the lengths below");
+  for (auto [sq, group] : std::vector<std::pair<index_t, index_t>>{{1, 4}, {2, 4}, {1, 8}, {8, 1}}) {
+    const Problem p{1, 2 * group, 2, sq, 5000, 64, 64};
+    ASSERT_TRUE(detail::use_decode(p));
+    const auto data = test::make_data(p, Layout::BSHD, 100 + sq * 10 + group);
+    for (const Win& w : std::vector<Win>{{1023, 0, 4, 0},
+                                         {127, 0, 0, 0},
+                                         {2000, 0, 1500, 0},
+                                         {-1, 0, 6000, 0},
+                                         {10, -1, 4, 0},
+                                         {10, 20, 1030, -3},
+                                         {0, 0, 0, -5000},  // every row fully masked
+                                         {4999, 0, 0, 0}})
+      EXPECT_TRUE(run_and_compare(data, window(w.left, w.right, w.sinks, w.offset)))
+          << "sq=" << sq << " group=" << group << " left=" << w.left << " right=" << w.right << " sinks=" << w.sinks
+          << " offset=" << w.offset;
+  }
+}
+
+TEST(SlidingWindowKernel, GptOssWindowWithLearnedSinks) {
+  // gpt-oss: window 128 (left = 127, right = 0) on alternate layers, a learned sink logit per head.
+  std::vector<float> sinks = {0.5f, -1.f, 2.f, 0.f, 1.5f, -0.5f, 3.f, 1.f};
+  for (const Problem& p :
+       {Problem{1, 8, 2, 300, 300, 64, 64}, Problem{1, 8, 2, 1, 3000, 64, 64}, Problem{1, 8, 4, 2, 2500, 64, 64}}) {
+    const auto data = test::make_data(p, Layout::BSHD, p.seq_kv);
+    Options opt = window(127, 0);
+    opt.norm = SinkSoftmax{sinks.data()};
+    EXPECT_TRUE(run_and_compare(data, opt)) << "sq=" << p.seq_q;
+    opt.mask = SlidingWindowMask{127, 0, 4, 0};  // StreamingLLM sinks on top
+    EXPECT_TRUE(run_and_compare(data, opt)) << "sq=" << p.seq_q;
+  }
+}
+
+TEST(SlidingWindowKernel, Gemma2WindowWithSoftcap) {
+  for (const Problem& p : {Problem{1, 4, 2, 260, 260, 64, 64}, Problem{1, 4, 1, 1, 2100, 64, 64}}) {
+    const auto data = test::make_data(p, Layout::BSHD, 9, 3.f);
+    Options opt = window(100, 0);
+    opt.score.softcap = 50.f;
+    EXPECT_TRUE(run_and_compare(data, opt)) << "sq=" << p.seq_q;
+    opt.score.softcap = 2.f;
+    EXPECT_TRUE(run_and_compare(data, opt)) << "sq=" << p.seq_q;
+  }
+}
+
+TEST(SlidingWindowKernel, ComposesWithEveryNormalization) {
+  // N_i (SSMax, affine-scaled) comes from the policy's count_visible.
+  for (const Problem& p : {Problem{1, 2, 1, 150, 300, 32, 32}, Problem{1, 4, 1, 1, 2200, 32, 32}}) {
+    const auto data = test::make_data(p, Layout::BSHD, 5);
+    std::vector<float> s(4, 0.4f), sinks(4, 1.f);
+    auto alpha = test::make_tensor({p.batch, p.seq_q, p.heads_q, 1}, 21, 0.2f, 1.2f);
+    const std::vector<std::pair<std::string, NormSpec>> norms = {
+        {"softmax", Softmax{}},
+        {"sink", SinkSoftmax{sinks.data()}},
+        {"sigmoid", Sigmoid{-3.f}},
+        {"sigmoid_norm", Sigmoid{0.f, nullptr, true, 1e-6f}},
+        {"softpick", Softpick{}},
+        {"ssmax", ScalableSoftmax{s.data()}},
+        {"affine", AffineScaled{alpha.cview(), {}, 1.f, false}}};
+    for (const auto& [name, norm] : norms) {
+      Options opt = window(70, 3, 5);
+      opt.norm = norm;
+      const bool lse = name != "sigmoid" && name != "sigmoid_norm" && name != "softpick";
+      EXPECT_TRUE(run_and_compare(data, opt, Executor::serial(), lse)) << name << " sq=" << p.seq_q;
+    }
+  }
+}
+
+TEST(SlidingWindowKernel, FullyMaskedRowsGiveZeroAndMinusInf) {
+  // Sq > Skv with right = 0: rows with p_i < 0 see nothing (no sinks either: j <= p_i + right).
+  const auto data = test::make_data(Problem{1, 2, 1, 130, 65, 16, 16});
+  test::Out out = test::make_out(data.p, Layout::BSHD, true);
+  Options opt = window(10, 0, 4);
+  opt.lse = out.lse;
+  ASSERT_TRUE(forward(data.p, data.q, data.k, data.v, out.o, opt).ok());
+  EXPECT_TRUE(test::matches_reference(data, opt, out));
+  for (index_t h = 0; h < 2; ++h)
+    for (index_t i = 0; i < 65; ++i) {
+      EXPECT_EQ(out.lse(0, h, i, 0), -std::numeric_limits<float>::infinity());
+      for (index_t x = 0; x < 16; ++x) EXPECT_EQ(out.o(0, i, h, x), 0.f);
+    }
+}
+
+TEST(SlidingWindowKernel, OneAndTwoThreadsBitIdentical) {
+  for (const Problem& p : {Problem{2, 4, 2, 300, 700, 64, 64}, Problem{1, 8, 2, 1, 5000, 64, 64}}) {
+    const auto data = test::make_data(p, Layout::BSHD, 77);
+    test::Out one = test::make_out(p, Layout::BSHD, true), two = test::make_out(p, Layout::BSHD, true);
+    Options o1 = window(200, 0, 4), o2 = o1;
+    o1.lse = one.lse;
+    o2.lse = two.lse;
+    ASSERT_TRUE(forward(p, data.q, data.k, data.v, one.o, o1).ok());
+    ASSERT_TRUE(forward(p, data.q, data.k, data.v, two.o, o2, test::thread_executor(2)).ok());
+    EXPECT_EQ(0, std::memcmp(one.obuf.data(), two.obuf.data(), one.obuf.size() * sizeof(float)));
+    EXPECT_EQ(0, std::memcmp(one.lsebuf.data(), two.lsebuf.data(), one.lsebuf.size() * sizeof(float)));
+    EXPECT_TRUE(test::matches_reference(data, o1, one));
+  }
+}
+
+}  // namespace
+}  // namespace sinkattn

@@ -1,0 +1,162 @@
+// Property tests of the mask policies beyond Full/Causal, over all (i, j): visible(i, j) equals
+// the fp64 reference's oracle, the block classification agrees with visible, the visited blocks
+// cover every visible pair (and never an Empty one), apply_mask equals visible, next_kv never
+// jumps a visible key, and count_visible counts the visible keys of each row.
+
+#include <gtest/gtest.h>
+
+#include <limits>
+#include <set>
+#include <vector>
+
+#include "sinkattn/kernel/config.hpp"
+#include "sinkattn/policy/mask.hpp"
+#include "sinkattn/policy/mask_window.hpp"
+#include "sinkattn/reference/visibility.hpp"
+
+namespace sinkattn {
+namespace {
+
+using policy::BlockKind;
+
+// The policy against the reference oracle for `spec` (batch 0, head 0), then the block-level
+// properties for query tiles of bq rows and key blocks of bkv keys.
+template <class Mask>
+void check_mask(const Mask& m, const MaskSpec& spec, index_t sq, index_t skv, index_t bq, index_t bkv) {
+  SCOPED_TRACE(::testing::Message() << "sq=" << sq << " skv=" << skv << " bq=" << bq << " bkv=" << bkv);
+  const Problem p{1, 1, 1, sq, skv, 8, 8};
+  for (index_t i = 0; i < sq; ++i) {
+    index_t n = 0;
+    for (index_t j = 0; j < skv; ++j) {
+      const bool want = reference::visible(p, spec, 0, 0, i, j);
+      ASSERT_EQ(m.visible(i, j), want) << "visible(" << i << ", " << j << ")";
+      n += want;
+    }
+    ASSERT_EQ(m.count_visible(i), n) << "count_visible(" << i << ")";
+  }
+  for (index_t i0 = 0; i0 < sq; i0 += bq) {
+    const index_t i1 = std::min(sq, i0 + bq);
+    std::set<index_t> visited;
+    index_t last_j1 = 0;
+    policy::for_each_kv_block(m, i0, i1, bkv, [&](index_t j0, index_t j1, BlockKind kind) {
+      ASSERT_LT(j0, j1);
+      ASSERT_GE(j0, last_j1) << "blocks in ascending key order, not overlapping";
+      last_j1 = j1;
+      ASSERT_LE(j1, skv);
+      ASSERT_LE(j1 - j0, bkv);
+      ASSERT_NE(kind, BlockKind::empty) << "empty blocks must not be visited";
+      ASSERT_EQ(kind, m.classify(i0, i1, j0, j1));
+      bool all = true;
+      for (index_t i = i0; i < i1; ++i)
+        for (index_t j = j0; j < j1; ++j) {
+          const bool v = m.visible(i, j);
+          all = all && v;
+          if (v) visited.insert(i * skv + j);
+        }
+      if (kind == BlockKind::full) {
+        ASSERT_TRUE(all) << "a Full block with an invisible pair at j0=" << j0;
+      }
+      std::vector<float> st(static_cast<std::size_t>((j1 - j0) * bq), 1.f);
+      const policy::ScoreTile t{st.data(), bq, j1 - j0, 1, 0, 0, i0, i1 - i0, j0, j1 - j0, 1, bq};
+      policy::apply_mask(m, t);
+      for (index_t r = 0; r < j1 - j0; ++r)
+        for (index_t l = 0; l < i1 - i0; ++l)
+          ASSERT_EQ(t.at(l, r) == -std::numeric_limits<float>::infinity(), !m.visible(i0 + l, j0 + r));
+    });
+    for (index_t i = i0; i < i1; ++i)
+      for (index_t j = 0; j < skv; ++j)
+        if (m.visible(i, j)) {
+          ASSERT_TRUE(visited.count(i * skv + j)) << "visible pair (" << i << ", " << j << ") skipped";
+          ASSERT_GE(j, m.kv_begin(i0, i1));
+          ASSERT_LT(j, m.kv_end(i0, i1));
+        }
+    // next_kv(j) never passes a key some row of the tile sees.
+    std::vector<index_t> next_seen(static_cast<std::size_t>(skv + 1), skv);  // first key >= j a row sees
+    for (index_t j = skv - 1; j >= 0; --j) {
+      bool seen = false;
+      for (index_t i = i0; i < i1 && !seen; ++i) seen = m.visible(i, j);
+      next_seen[j] = seen ? j : next_seen[j + 1];
+    }
+    for (index_t j = 0; j < skv; ++j) {
+      const index_t nx = policy::next_kv(m, i0, i1, j);
+      ASSERT_GE(nx, j);
+      ASSERT_LE(std::min(nx, skv), next_seen[j]) << "next_kv(" << j << ") jumps a visible key";
+    }
+    // classify over every aligned block (not only the visited ones).
+    for (index_t j0 = 0; j0 < skv; j0 += bkv) {
+      const index_t j1 = std::min(skv, j0 + bkv);
+      bool any = false, all = true;
+      for (index_t i = i0; i < i1; ++i)
+        for (index_t j = j0; j < j1; ++j) any = any || m.visible(i, j), all = all && m.visible(i, j);
+      const BlockKind k = m.classify(i0, i1, j0, j1);
+      if (k == BlockKind::empty) {
+        ASSERT_FALSE(any) << "an Empty block holds a visible pair at j0=" << j0;
+      }
+      if (k == BlockKind::full) {
+        ASSERT_TRUE(all) << "a Full block with an invisible pair at j0=" << j0;
+      }
+      if (any && !all) {
+        ASSERT_EQ(k, BlockKind::partial);
+      }
+    }
+  }
+}
+
+policy::SlidingWindowMaskPolicy window_policy(const SlidingWindowMask& w, index_t sq, index_t skv) {
+  return {skv, skv - sq + w.offset, w.left, w.right, w.sink_tokens};
+}
+
+TEST(SlidingWindowMaskPolicy, AgreesWithTheReferenceForManyWindows) {
+  const std::vector<std::pair<index_t, index_t>> shapes = {{1, 1},   {1, 130},  {130, 1},   {17, 65},
+                                                           {65, 17}, {64, 200}, {100, 230}, {150, 150}};
+  const index_t sides[] = {-1, 0, 1, 64, 100, 300};
+  const std::pair<index_t, index_t> tiles[] = {{16, 16}, {64, 16}, {64, 64}};
+  for (auto [sq, skv] : shapes)
+    for (index_t left : sides)
+      for (index_t right : sides)
+        for (index_t sinks : {0, 4, 70, 500})
+          for (index_t offset : {0, -7, 3}) {
+            if (offset != 0 && left != 1 && right != 1) continue;  // offsets with a few windows only
+            const SlidingWindowMask w{left, right, sinks, offset};
+            SCOPED_TRACE(::testing::Message()
+                         << "left=" << left << " right=" << right << " sinks=" << sinks << " offset=" << w.offset);
+            for (auto [bq, bkv] : tiles) check_mask(window_policy(w, sq, skv), MaskSpec{w}, sq, skv, bq, bkv);
+            if (::testing::Test::HasFatalFailure()) return;
+          }
+}
+
+TEST(SlidingWindowMaskPolicy, VisitsOnlySinksAndBand) {
+  // S = 8192, window 1024 (left 1023), 4 sinks, tiles 64 x 64: each tile visits the sink block
+  // and at most 17 band blocks, of which at most 2 are Partial.
+  const index_t s = 8192, bq = detail::kBlockQ, bkv = detail::kBlockKV;
+  const policy::SlidingWindowMaskPolicy m{s, 0, 1023, 0, 4};
+  index_t visited = 0, partial = 0;
+  for (index_t i0 = 0; i0 < s; i0 += bq) {
+    index_t here = 0, here_partial = 0;
+    policy::for_each_kv_block(m, i0, i0 + bq, bkv, [&](index_t, index_t, BlockKind k) {
+      ++here;
+      here_partial += k == BlockKind::partial;
+    });
+    EXPECT_LE(here, 18) << "i0=" << i0;
+    EXPECT_LE(here_partial, 3) << "i0=" << i0;
+    visited += here;
+    partial += here_partial;
+  }
+  const index_t dense = (s / bq) * (s / bkv);
+  EXPECT_LT(visited, dense / 6);
+  EXPECT_LT(partial, 3 * (s / bq));
+}
+
+TEST(SlidingWindowMaskPolicy, NextKvJumpsTheGap) {
+  const policy::SlidingWindowMaskPolicy m{100000, 0, 127, 0, 4};  // gpt-oss window 128 + 4 sinks
+  // Decode-like: one row at position 99999 sees [0, 4) and [99872, 99999].
+  EXPECT_EQ(policy::next_kv(m, 99999, 100000, 0), 0);
+  EXPECT_EQ(policy::next_kv(m, 99999, 100000, 3), 3);
+  EXPECT_EQ(policy::next_kv(m, 99999, 100000, 4), 99872);
+  EXPECT_EQ(policy::next_kv(m, 99999, 100000, 64), 99872);
+  EXPECT_EQ(policy::next_kv(m, 99999, 100000, 99900), 99900);
+  EXPECT_EQ(m.kv_end(99999, 100000), 100000);
+}
+
+}  // namespace
+}  // namespace sinkattn
