@@ -162,5 +162,87 @@ TEST(SlidingWindowKernel, OneAndTwoThreadsBitIdentical) {
   }
 }
 
+Options blocks(index_t size, std::vector<index_t> bounds = {}, index_t globals = 0, bool last_all = false,
+               bool causal = false, index_t offset = 0) {
+  Options o;
+  BlockMask m;
+  m.block_size = size;
+  m.boundaries = std::move(bounds);
+  m.global_keys = globals;
+  m.last_block_attends_all = last_all;
+  m.causal = causal;
+  m.offset = offset;
+  o.mask = m;
+  return o;
+}
+
+TEST(BlockKernel, PrefillEqualAndRaggedBlocks) {
+  const std::vector<std::pair<index_t, index_t>> shapes = {{65, 130}, {130, 65}, {200, 200}, {113, 203}};
+  for (auto [sq, skv] : shapes) {
+    const auto data = test::make_data(Problem{1, 2, 1, sq, skv, 32, 32}, Layout::BSHD, sq * 5 + skv);
+    for (int flags = 0; flags < 4; ++flags) {
+      const bool last_all = flags & 1, causal = flags & 2;
+      for (index_t globals : {0, 4, 100}) {
+        SCOPED_TRACE(::testing::Message() << "sq=" << sq << " skv=" << skv << " last_all=" << last_all
+                                          << " causal=" << causal << " globals=" << globals);
+        EXPECT_TRUE(run_and_compare(data, blocks(64, {}, globals, last_all, causal)));
+        EXPECT_TRUE(run_and_compare(data, blocks(17, {}, globals, last_all, causal, -5)));
+        EXPECT_TRUE(run_and_compare(data, blocks(1000, {}, globals, last_all, causal)));
+        // RAG passages of varying length.
+        EXPECT_TRUE(run_and_compare(data, blocks(0, {0, 7, 8, 50, 130, 131, 190}, globals, last_all, causal)));
+        EXPECT_TRUE(run_and_compare(data, blocks(0, {0, 64, 128}, globals, last_all, causal, 3)));
+      }
+    }
+  }
+}
+
+TEST(BlockKernel, DecodeAcrossSplits) {
+  for (auto [sq, group] : std::vector<std::pair<index_t, index_t>>{{1, 4}, {2, 4}}) {
+    const Problem p{1, 2 * group, 2, sq, 5000, 64, 64};
+    ASSERT_TRUE(detail::use_decode(p));
+    const auto data = test::make_data(p, Layout::BSHD, 200 + sq);
+    EXPECT_TRUE(run_and_compare(data, blocks(1024, {}, 4)));
+    EXPECT_TRUE(run_and_compare(data, blocks(300, {}, 0, false, true)));
+    EXPECT_TRUE(run_and_compare(data, blocks(0, {0, 100, 2000, 4999}, 1500, false, true)));
+    EXPECT_TRUE(run_and_compare(data, blocks(0, {0, 100, 2000, 4000}, 3, true, false)));
+    EXPECT_TRUE(run_and_compare(data, blocks(64, {}, 0, false, false, -6000)));  // fully masked rows
+  }
+}
+
+TEST(BlockKernel, ComposesWithSinksGateAndNorms) {
+  // Block + learned sinks + gate (issue 6 item 4), and the N_i-dependent normalizations.
+  const Problem p{1, 4, 2, 200, 200, 32, 32};
+  const auto data = test::make_data(p, Layout::BSHD, 31);
+  std::vector<float> sinks = {0.5f, -1.f, 2.f, 0.f}, s(4, 0.4f);
+  auto gate = test::make_tensor({1, 200, 4, 32}, 8, -2.f, 2.f);
+  auto alpha = test::make_tensor({1, 200, 4, 1}, 21, 0.2f, 1.2f);
+  Options opt = blocks(0, {0, 30, 90, 150}, 4, true, true);
+  opt.norm = SinkSoftmax{sinks.data()};
+  opt.gate = SigmoidGate{gate.cview()};
+  EXPECT_TRUE(run_and_compare(data, opt));
+  opt.gate = NoGate{};
+  opt.norm = ScalableSoftmax{s.data()};
+  EXPECT_TRUE(run_and_compare(data, opt));
+  opt.norm = AffineScaled{alpha.cview(), {}, 1.f, false};
+  EXPECT_TRUE(run_and_compare(data, opt));
+  opt.norm = Sigmoid{-2.f};
+  EXPECT_TRUE(run_and_compare(data, opt, Executor::serial(), false));
+}
+
+TEST(BlockKernel, OneAndTwoThreadsBitIdentical) {
+  for (const Problem& p : {Problem{2, 4, 2, 300, 700, 64, 64}, Problem{1, 8, 2, 1, 5000, 64, 64}}) {
+    const auto data = test::make_data(p, Layout::BSHD, 78);
+    test::Out one = test::make_out(p, Layout::BSHD, true), two = test::make_out(p, Layout::BSHD, true);
+    Options o1 = blocks(0, {0, 100, 250, 600}, 4, true, false), o2 = o1;
+    o1.lse = one.lse;
+    o2.lse = two.lse;
+    ASSERT_TRUE(forward(p, data.q, data.k, data.v, one.o, o1).ok());
+    ASSERT_TRUE(forward(p, data.q, data.k, data.v, two.o, o2, test::thread_executor(2)).ok());
+    EXPECT_EQ(0, std::memcmp(one.obuf.data(), two.obuf.data(), one.obuf.size() * sizeof(float)));
+    EXPECT_EQ(0, std::memcmp(one.lsebuf.data(), two.lsebuf.data(), one.lsebuf.size() * sizeof(float)));
+    EXPECT_TRUE(test::matches_reference(data, o1, one));
+  }
+}
+
 }  // namespace
 }  // namespace sinkattn

@@ -11,6 +11,7 @@
 
 #include "sinkattn/kernel/config.hpp"
 #include "sinkattn/policy/mask.hpp"
+#include "sinkattn/policy/mask_block.hpp"
 #include "sinkattn/policy/mask_window.hpp"
 #include "sinkattn/reference/visibility.hpp"
 
@@ -156,6 +157,68 @@ TEST(SlidingWindowMaskPolicy, NextKvJumpsTheGap) {
   EXPECT_EQ(policy::next_kv(m, 99999, 100000, 64), 99872);
   EXPECT_EQ(policy::next_kv(m, 99999, 100000, 99900), 99900);
   EXPECT_EQ(m.kv_end(99999, 100000), 100000);
+}
+
+policy::BlockMaskPolicy block_policy(const BlockMask& m, index_t sq, index_t skv) {
+  return {skv,
+          skv - sq + m.offset,
+          m.boundaries.empty() ? m.block_size : 0,
+          m.boundaries.data(),
+          static_cast<index_t>(m.boundaries.size()),
+          m.global_keys,
+          m.last_block_attends_all,
+          m.causal};
+}
+
+TEST(BlockMaskPolicy, AgreesWithTheReferenceForEqualAndRaggedBlocks) {
+  const std::vector<std::pair<index_t, index_t>> shapes = {{1, 1},   {1, 130},   {130, 1},
+                                                           {65, 17}, {100, 230}, {150, 150}};
+  const std::vector<std::vector<index_t>> ragged = {{0}, {0, 5, 6, 40, 100, 101, 170}, {0, 64, 128, 192}, {0, 300}};
+  const std::pair<index_t, index_t> tiles[] = {{16, 16}, {64, 16}, {64, 64}};
+  for (auto [sq, skv] : shapes)
+    for (int layout = 0; layout < 3 + static_cast<int>(ragged.size()); ++layout)
+      for (index_t globals : {0, 3, 70})
+        for (int flags = 0; flags < 4; ++flags)
+          for (index_t offset : {0, -9, 5}) {
+            BlockMask m;
+            const index_t sizes[] = {1, 17, 64};
+            if (layout < 3)
+              m.block_size = sizes[layout];
+            else
+              m.boundaries = ragged[static_cast<std::size_t>(layout - 3)];
+            m.global_keys = globals;
+            m.last_block_attends_all = flags & 1;
+            m.causal = flags & 2;
+            m.offset = offset;
+            SCOPED_TRACE(::testing::Message()
+                         << "layout=" << layout << " globals=" << globals << " last_all=" << m.last_block_attends_all
+                         << " causal=" << m.causal << " offset=" << offset);
+            for (auto [bq, bkv] : tiles) check_mask(block_policy(m, sq, skv), MaskSpec{m}, sq, skv, bq, bkv);
+            if (::testing::Test::HasFatalFailure()) return;
+          }
+}
+
+TEST(BlockMaskPolicy, AlignedBlocksVisitOnlyTheirBlock) {
+  // Blocks of 256 keys, S = 2048, tiles 64 x 64: each tile visits exactly the 4 Full blocks of
+  // its own block, plus one global block.
+  BlockMask m;
+  m.block_size = 256;
+  const policy::BlockMaskPolicy p = block_policy(m, 2048, 2048);
+  for (index_t i0 = 0; i0 < 2048; i0 += 64) {
+    index_t n = 0;
+    policy::for_each_kv_block(p, i0, i0 + 64, 64, [&](index_t j0, index_t, BlockKind k) {
+      EXPECT_EQ(k, BlockKind::full);
+      EXPECT_EQ(j0 / 256, i0 / 256);
+      ++n;
+    });
+    EXPECT_EQ(n, 4);
+  }
+  m.global_keys = 4;
+  const policy::BlockMaskPolicy g = block_policy(m, 2048, 2048);
+  index_t n = 0;
+  policy::for_each_kv_block(g, 1024, 1088, 64, [&](index_t, index_t, BlockKind) { ++n; });
+  EXPECT_EQ(n, 5);
+  EXPECT_EQ(policy::next_kv(g, 1024, 1088, 4), 1024);
 }
 
 }  // namespace

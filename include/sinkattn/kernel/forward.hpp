@@ -23,6 +23,7 @@
 #include "sinkattn/kernel/prefill.hpp"
 #include "sinkattn/policy/gate.hpp"
 #include "sinkattn/policy/mask.hpp"
+#include "sinkattn/policy/mask_block.hpp"
 #include "sinkattn/policy/mask_window.hpp"
 #include "sinkattn/policy/normalize.hpp"
 #include "sinkattn/policy/score.hpp"
@@ -76,7 +77,7 @@ void run(const KernelArgs& a, const typename V::Mask& mask, const Executor& ex) 
 // Runtime options -> one specialisation per (mask, normalization). The score modifiers
 // (softcap, bias, ALiBi: policy::RuntimeScore, a branch per tile), the sink of SinkSoftmax and
 // the output gate (policy::OptionalSigmoidGate, a branch per output row) are runtime branches
-// whose cost is nil, so the fused loop is compiled 3 masks x 6 normalizations times, not 3 x
+// whose cost is nil, so the fused loop is compiled 4 masks x 6 normalizations times, not 4 x
 // 6 x 8 x 2 (FlashAttention's BOOL_SWITCH, applied only where a branch would cost).
 template <class Mask>
 Status dispatch_norm(const KernelArgs& a, const Options& opt, const Mask& mask, const Executor& ex) {
@@ -120,6 +121,13 @@ inline Status forward(const Problem& p, const TensorView<const float>& q, const 
     return detail::dispatch_norm(
         a, opt,
         policy::SlidingWindowMaskPolicy{p.seq_kv, p.seq_kv - p.seq_q + w->offset, w->left, w->right, w->sink_tokens},
+        ex);
+  if (const auto* m = std::get_if<BlockMask>(&opt.mask))
+    return detail::dispatch_norm(
+        a, opt,
+        policy::BlockMaskPolicy{p.seq_kv, p.seq_kv - p.seq_q + m->offset, m->boundaries.empty() ? m->block_size : 0,
+                                m->boundaries.data(), static_cast<index_t>(m->boundaries.size()), m->global_keys,
+                                m->last_block_attends_all, m->causal},
         ex);
   return Status(Errc::unsupported, "mask: this mask is not in the fast path yet (use the reference)");
 }
