@@ -14,19 +14,9 @@
 #include "sinkattn/reference/attention.hpp"
 #include "sinkattn/sinkattn.hpp"
 
-namespace {
+#include "example_inputs.hpp"
 
-// Deterministic inputs in [-1, 1) (a tiny LCG: the example prints the same numbers everywhere).
-std::vector<float> random_values(std::size_t n, std::uint32_t seed) {
-  std::vector<float> x(n);
-  for (auto& e : x) {
-    seed = seed * 1664525u + 1013904223u;
-    e = static_cast<float>(seed >> 8) / static_cast<float>(1u << 23) - 1.f;
-  }
-  return x;
-}
-
-}  // namespace
+using sinkattn_examples::random_values;
 
 int main() {
   using sinkattn::TensorView;

@@ -16,16 +16,11 @@
 #include "sinkattn/reference/attention.hpp"
 #include "sinkattn/sinkattn.hpp"
 
+#include "example_inputs.hpp"
+
 namespace {
 
-std::vector<float> random_values(std::size_t n, std::uint32_t seed) {
-  std::vector<float> x(n);
-  for (auto& e : x) {
-    seed = seed * 1664525u + 1013904223u;
-    e = static_cast<float>(seed >> 8) / static_cast<float>(1u << 23) - 1.f;
-  }
-  return x;
-}
+using sinkattn_examples::random_values;
 
 // Runs one layer with the fast path and with the fp64 / naive fp32 references; returns the max
 // |ours - ref64| over O and LSE and whether every element obeys |ours - ref64| <=
