@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -234,6 +235,85 @@ TEST(BlockKernel, OneAndTwoThreadsBitIdentical) {
     const auto data = test::make_data(p, Layout::BSHD, 78);
     test::Out one = test::make_out(p, Layout::BSHD, true), two = test::make_out(p, Layout::BSHD, true);
     Options o1 = blocks(0, {0, 100, 250, 600}, 4, true, false), o2 = o1;
+    o1.lse = one.lse;
+    o2.lse = two.lse;
+    ASSERT_TRUE(forward(p, data.q, data.k, data.v, one.o, o1).ok());
+    ASSERT_TRUE(forward(p, data.q, data.k, data.v, two.o, o2, test::thread_executor(2)).ok());
+    EXPECT_EQ(0, std::memcmp(one.obuf.data(), two.obuf.data(), one.obuf.size() * sizeof(float)));
+    EXPECT_EQ(0, std::memcmp(one.lsebuf.data(), two.lsebuf.data(), one.lsebuf.size() * sizeof(float)));
+    EXPECT_TRUE(test::matches_reference(data, o1, one));
+  }
+}
+
+// CSR lists for B x Hq x n_q_blocks rows: a deterministic pattern with empty rows (fully
+// masked query blocks), the diagonal block, and a few others.
+struct Lists {
+  std::vector<index_t> offsets{0}, indices;
+};
+
+Lists make_lists(const Problem& p, index_t qblk, index_t kvblk) {
+  Lists l;
+  const index_t nqb = (p.seq_q + qblk - 1) / qblk, nkb = (p.seq_kv + kvblk - 1) / kvblk;
+  for (index_t r = 0; r < p.batch * p.heads_q * nqb; ++r) {
+    if (r % 5 != 3) {
+      const index_t qb = r % nqb;
+      for (index_t kb = 0; kb < nkb; ++kb)
+        if (kb == std::min(qb * qblk / kvblk, nkb - 1) || (kb * 7 + r) % 4 == 0) l.indices.push_back(kb);
+    }
+    l.offsets.push_back(static_cast<index_t>(l.indices.size()));
+  }
+  return l;
+}
+
+Options sparse(const Lists& l, index_t qblk, index_t kvblk, bool element = false) {
+  Options o;
+  BlockSparseMask m{qblk, kvblk, l.offsets.data(), l.indices.data(), {}};
+  if (element) m.element_mask = [](index_t b, index_t h, index_t i, index_t j) { return (i + 2 * j + h + b) % 3 != 0; };
+  o.mask = m;
+  return o;
+}
+
+TEST(BlockSparseKernel, PrefillAndDecodeShapes) {
+  // Decode shapes (Sq * group <= 8) take the prefill loop: the lists differ per head.
+  for (const Problem& p : {Problem{2, 4, 2, 200, 300, 32, 32}, Problem{1, 2, 1, 130, 65, 16, 16},
+                           Problem{1, 8, 2, 1, 3000, 64, 64}, Problem{2, 4, 1, 2, 1500, 64, 64}}) {
+    const auto data = test::make_data(p, Layout::BSHD, p.seq_q + p.seq_kv);
+    for (auto [qblk, kvblk] : std::vector<std::pair<index_t, index_t>>{{64, 64}, {16, 16}, {48, 100}, {1, 128}})
+      for (bool element : {false, true}) {
+        const Lists l = make_lists(p, qblk, kvblk);
+        EXPECT_TRUE(run_and_compare(data, sparse(l, qblk, kvblk, element)))
+            << "sq=" << p.seq_q << " skv=" << p.seq_kv << " qblk=" << qblk << " kvblk=" << kvblk
+            << " element=" << element;
+      }
+  }
+}
+
+TEST(BlockSparseKernel, ComposesWithSinksGateAndNorms) {
+  const Problem p{1, 4, 2, 200, 200, 32, 32};
+  const auto data = test::make_data(p, Layout::BSHD, 41);
+  const Lists l = make_lists(p, 32, 32);
+  std::vector<float> sinks = {0.5f, -1.f, 2.f, 0.f}, s(4, 0.4f);
+  auto gate = test::make_tensor({1, 200, 4, 32}, 8, -2.f, 2.f);
+  auto alpha = test::make_tensor({1, 200, 4, 1}, 21, 0.2f, 1.2f);
+  Options opt = sparse(l, 32, 32, true);
+  opt.norm = SinkSoftmax{sinks.data()};
+  opt.gate = SigmoidGate{gate.cview()};
+  EXPECT_TRUE(run_and_compare(data, opt));
+  opt.gate = NoGate{};
+  opt.norm = ScalableSoftmax{s.data()};
+  EXPECT_TRUE(run_and_compare(data, opt));
+  opt.norm = AffineScaled{alpha.cview(), {}, 1.f, false};
+  EXPECT_TRUE(run_and_compare(data, opt));
+  opt.norm = Sigmoid{-2.f};
+  EXPECT_TRUE(run_and_compare(data, opt, Executor::serial(), false));
+}
+
+TEST(BlockSparseKernel, OneAndTwoThreadsBitIdentical) {
+  for (const Problem& p : {Problem{2, 4, 2, 300, 700, 64, 64}, Problem{1, 8, 2, 1, 3000, 64, 64}}) {
+    const auto data = test::make_data(p, Layout::BSHD, 79);
+    const Lists l = make_lists(p, 64, 64);
+    test::Out one = test::make_out(p, Layout::BSHD, true), two = test::make_out(p, Layout::BSHD, true);
+    Options o1 = sparse(l, 64, 64), o2 = o1;
     o1.lse = one.lse;
     o2.lse = two.lse;
     ASSERT_TRUE(forward(p, data.q, data.k, data.v, one.o, o1).ok());

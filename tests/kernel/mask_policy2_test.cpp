@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <limits>
 #include <set>
 #include <vector>
@@ -12,6 +14,7 @@
 #include "sinkattn/kernel/config.hpp"
 #include "sinkattn/policy/mask.hpp"
 #include "sinkattn/policy/mask_block.hpp"
+#include "sinkattn/policy/mask_block_sparse.hpp"
 #include "sinkattn/policy/mask_window.hpp"
 #include "sinkattn/reference/visibility.hpp"
 
@@ -23,13 +26,15 @@ using policy::BlockKind;
 // The policy against the reference oracle for `spec` (batch 0, head 0), then the block-level
 // properties for query tiles of bq rows and key blocks of bkv keys.
 template <class Mask>
-void check_mask(const Mask& m, const MaskSpec& spec, index_t sq, index_t skv, index_t bq, index_t bkv) {
-  SCOPED_TRACE(::testing::Message() << "sq=" << sq << " skv=" << skv << " bq=" << bq << " bkv=" << bkv);
-  const Problem p{1, 1, 1, sq, skv, 8, 8};
+void check_mask(const Mask& m, const MaskSpec& spec, index_t sq, index_t skv, index_t bq, index_t bkv,
+                index_t batch = 1, index_t heads = 1, index_t b = 0, index_t h = 0) {
+  SCOPED_TRACE(::testing::Message() << "sq=" << sq << " skv=" << skv << " bq=" << bq << " bkv=" << bkv << " b=" << b
+                                    << " h=" << h);
+  const Problem p{batch, heads, heads, sq, skv, 8, 8};
   for (index_t i = 0; i < sq; ++i) {
     index_t n = 0;
     for (index_t j = 0; j < skv; ++j) {
-      const bool want = reference::visible(p, spec, 0, 0, i, j);
+      const bool want = reference::visible(p, spec, b, h, i, j);
       ASSERT_EQ(m.visible(i, j), want) << "visible(" << i << ", " << j << ")";
       n += want;
     }
@@ -219,6 +224,83 @@ TEST(BlockMaskPolicy, AlignedBlocksVisitOnlyTheirBlock) {
   policy::for_each_kv_block(g, 1024, 1088, 64, [&](index_t, index_t, BlockKind) { ++n; });
   EXPECT_EQ(n, 5);
   EXPECT_EQ(policy::next_kv(g, 1024, 1088, 4), 1024);
+}
+
+// CSR lists for B x Hq x n_q_blocks rows: each key block listed with probability ~density,
+// some rows empty, some lists in descending order, an occasional repeated entry.
+struct Csr {
+  std::vector<index_t> offsets{0}, indices;
+};
+
+Csr random_csr(index_t rows, index_t nkb, std::uint64_t seed, int density_pct) {
+  Csr c;
+  std::uint64_t st = seed * 0x9E3779B97F4A7C15ull + 1;
+  auto next = [&st] {
+    st ^= st << 13;
+    st ^= st >> 7;
+    st ^= st << 17;
+    return st;
+  };
+  for (index_t r = 0; r < rows; ++r) {
+    std::vector<index_t> row;
+    if (next() % 7 != 0)
+      for (index_t kb = 0; kb < nkb; ++kb)
+        if (static_cast<int>(next() % 100) < density_pct) row.push_back(kb);
+    if (r % 2 == 1) std::reverse(row.begin(), row.end());
+    if (!row.empty() && next() % 5 == 0) row.push_back(row.front());
+    c.indices.insert(c.indices.end(), row.begin(), row.end());
+    c.offsets.push_back(static_cast<index_t>(c.indices.size()));
+  }
+  return c;
+}
+
+TEST(BlockSparseMaskPolicy, AgreesWithTheReferenceForRandomLists) {
+  const std::vector<std::pair<index_t, index_t>> shapes = {{1, 1}, {1, 300}, {130, 17}, {100, 230}, {150, 150}};
+  const std::pair<index_t, index_t> list_blocks[] = {{64, 64}, {16, 16}, {48, 100}, {100, 33}, {1, 7}};
+  const std::pair<index_t, index_t> tiles[] = {{16, 16}, {64, 64}};
+  const index_t B = 2, H = 2;
+  for (auto [sq, skv] : shapes)
+    for (auto [qblk, kvblk] : list_blocks)
+      for (int density : {20, 60, 100})
+        for (bool element : {false, true}) {
+          const index_t nqb = (sq + qblk - 1) / qblk, nkb = (skv + kvblk - 1) / kvblk;
+          const Csr csr = random_csr(B * H * nqb, nkb, static_cast<std::uint64_t>(sq * 1000 + skv + density), density);
+          BlockSparseMask m{qblk, kvblk, csr.offsets.data(), csr.indices.data(), {}};
+          if (element)
+            m.element_mask = [](index_t b, index_t h, index_t i, index_t j) {
+              return (i * 7 + j * 3 + h + b) % 5 != 0;
+            };
+          const policy::BlockSparseMaskPolicy pol{sq,    skv,       H,         qblk,
+                                                  kvblk, m.offsets, m.indices, element ? &m.element_mask : nullptr};
+          SCOPED_TRACE(::testing::Message()
+                       << "qblk=" << qblk << " kvblk=" << kvblk << " density=" << density << " element=" << element);
+          for (index_t b = 0; b < B; ++b)
+            for (index_t h = 0; h < H; ++h)
+              for (auto [bq, bkv] : tiles) check_mask(pol.bind(b, h), MaskSpec{m}, sq, skv, bq, bkv, B, H, b, h);
+          if (::testing::Test::HasFatalFailure()) return;
+        }
+}
+
+TEST(BlockSparseMaskPolicy, AlignedListsVisitOnlyListedBlocksAsFull) {
+  // Lists of 64 x 64 blocks (the kernel's tiles): one listed block per query block -> exactly
+  // that block is visited, Full.
+  const index_t s = 1024, n = s / 64;
+  std::vector<index_t> offsets{0}, indices;
+  for (index_t qb = 0; qb < n; ++qb) {
+    indices.push_back((qb * 5) % n);
+    offsets.push_back(static_cast<index_t>(indices.size()));
+  }
+  const policy::BlockSparseMaskPolicy pol{s, s, 1, 64, 64, offsets.data(), indices.data(), nullptr};
+  const auto v = pol.bind(0, 0);
+  for (index_t qb = 0; qb < n; ++qb) {
+    index_t visited = 0;
+    policy::for_each_kv_block(v, qb * 64, qb * 64 + 64, 64, [&](index_t j0, index_t, BlockKind k) {
+      EXPECT_EQ(k, BlockKind::full);
+      EXPECT_EQ(j0, ((qb * 5) % n) * 64);
+      ++visited;
+    });
+    EXPECT_EQ(visited, 1);
+  }
 }
 
 }  // namespace

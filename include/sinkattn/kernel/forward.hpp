@@ -24,6 +24,7 @@
 #include "sinkattn/policy/gate.hpp"
 #include "sinkattn/policy/mask.hpp"
 #include "sinkattn/policy/mask_block.hpp"
+#include "sinkattn/policy/mask_block_sparse.hpp"
 #include "sinkattn/policy/mask_window.hpp"
 #include "sinkattn/policy/normalize.hpp"
 #include "sinkattn/policy/score.hpp"
@@ -59,9 +60,13 @@ template <class V>
 void run(const KernelArgs& a, const typename V::Mask& mask, const Executor& ex) {
   const Problem& p = a.p;
   if (p.batch == 0 || p.heads_q == 0 || p.seq_q == 0) return;
-  if (use_decode(p)) {
-    run_decode<V>(a, mask, ex);
-    return;
+  // Split-KV decode runs the rows of several heads together under one mask; head-dependent
+  // masks (block-sparse lists) take the prefill loop, which binds the mask per (b, h).
+  if constexpr (!policy::kHeadDependent<typename V::Mask>) {
+    if (use_decode(p)) {
+      run_decode<V>(a, mask, ex);
+      return;
+    }
   }
   const index_t nqb = (p.seq_q + kBlockQ - 1) / kBlockQ;
   // Task order (b, h, query block): consecutive tasks share K/V of one head in cache. Each
@@ -77,7 +82,7 @@ void run(const KernelArgs& a, const typename V::Mask& mask, const Executor& ex) 
 // Runtime options -> one specialisation per (mask, normalization). The score modifiers
 // (softcap, bias, ALiBi: policy::RuntimeScore, a branch per tile), the sink of SinkSoftmax and
 // the output gate (policy::OptionalSigmoidGate, a branch per output row) are runtime branches
-// whose cost is nil, so the fused loop is compiled 4 masks x 6 normalizations times, not 4 x
+// whose cost is nil, so the fused loop is compiled 5 masks x 6 normalizations times, not 5 x
 // 6 x 8 x 2 (FlashAttention's BOOL_SWITCH, applied only where a branch would cost).
 template <class Mask>
 Status dispatch_norm(const KernelArgs& a, const Options& opt, const Mask& mask, const Executor& ex) {
@@ -128,6 +133,12 @@ inline Status forward(const Problem& p, const TensorView<const float>& q, const 
         policy::BlockMaskPolicy{p.seq_kv, p.seq_kv - p.seq_q + m->offset, m->boundaries.empty() ? m->block_size : 0,
                                 m->boundaries.data(), static_cast<index_t>(m->boundaries.size()), m->global_keys,
                                 m->last_block_attends_all, m->causal},
+        ex);
+  if (const auto* m = std::get_if<BlockSparseMask>(&opt.mask))
+    return detail::dispatch_norm(
+        a, opt,
+        policy::BlockSparseMaskPolicy{p.seq_q, p.seq_kv, p.heads_q, m->q_block, m->kv_block, m->offsets, m->indices,
+                                      m->element_mask ? &m->element_mask : nullptr},
         ex);
   return Status(Errc::unsupported, "mask: this mask is not in the fast path yet (use the reference)");
 }

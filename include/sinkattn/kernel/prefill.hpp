@@ -50,7 +50,9 @@ inline index_t prefill_workspace_floats(const Problem& p) {
 }
 
 template <class V>
-void prefill_task(const KernelArgs& a, const typename V::Mask& mask, index_t b, index_t h, index_t qb, Workspace& ws) {
+void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t b, index_t h, index_t qb,
+                  Workspace& ws) {
+  decltype(auto) mask = policy::bind(mask_all, b, h);  // the (b, h) view of a head-dependent mask
   const Problem& p = a.p;
   const index_t i0 = qb * kBlockQ;
   const index_t nq = std::min(kBlockQ, p.seq_q - i0);

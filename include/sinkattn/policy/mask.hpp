@@ -58,11 +58,33 @@ struct has_for_each_block<
     M, std::void_t<decltype(std::declval<const M&>().for_each_block(index_t(), index_t(), index_t(), BlockProbe()))>>
     : std::true_type {};
 template <class M, class = void>
+struct has_bind : std::false_type {};
+template <class M>
+struct has_bind<M, std::void_t<decltype(std::declval<const M&>().bind(index_t(), index_t()))>> : std::true_type {};
+template <class M, class = void>
+struct has_apply_tile : std::false_type {};
+template <class M>
+struct has_apply_tile<M, std::void_t<decltype(std::declval<const M&>().apply_tile(std::declval<const ScoreTile&>()))>>
+    : std::true_type {};
+template <class M, class = void>
 struct has_next_kv : std::false_type {};
 template <class M>
 struct has_next_kv<M, std::void_t<decltype(std::declval<const M&>().next_kv(index_t(), index_t(), index_t()))>>
     : std::true_type {};
 }  // namespace mask_traits
+
+// A mask whose visibility depends on (batch, query head) (block-sparse lists) has a member
+// bind(b, h) returning the per-(b, h) mask the loops use; every other mask is its own view.
+template <class Mask>
+inline constexpr bool kHeadDependent = mask_traits::has_bind<Mask>::value;
+
+template <class Mask>
+inline decltype(auto) bind(const Mask& m, index_t b, index_t h) {
+  if constexpr (kHeadDependent<Mask>)
+    return m.bind(b, h);
+  else
+    return (m);  // a reference: no copy
+}
 
 // The first key >= j that query rows [i0, i1) may see. A mask whose visible keys are several
 // ranges (sliding window + sinks) provides a member next_kv(i0, i1, j) so loops over a key
@@ -94,12 +116,17 @@ inline void for_each_kv_block(const Mask& m, index_t i0, index_t i1, index_t bkv
 }
 
 // Sets the logits of invisible pairs of a Partial tile to -inf (they then weigh exactly 0).
+// A mask may provide a faster member apply_tile(t) with the same effect.
 template <class Mask>
 inline void apply_mask(const Mask& m, const ScoreTile& t) {
-  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-  for (index_t l = 0; l < t.nq; ++l)
-    for (index_t r = 0; r < t.nk; ++r)
-      if (!m.visible(t.i0 + l, t.j0 + r)) t.at(l, r) = kNegInf;
+  if constexpr (mask_traits::has_apply_tile<Mask>::value) {
+    m.apply_tile(t);
+  } else {
+    constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+    for (index_t l = 0; l < t.nq; ++l)
+      for (index_t r = 0; r < t.nk; ++r)
+        if (!m.visible(t.i0 + l, t.j0 + r)) t.at(l, r) = kNegInf;
+  }
 }
 
 }  // namespace sinkattn::policy
