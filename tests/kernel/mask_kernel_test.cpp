@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <string>
@@ -321,6 +322,29 @@ TEST(BlockSparseKernel, OneAndTwoThreadsBitIdentical) {
     EXPECT_EQ(0, std::memcmp(one.obuf.data(), two.obuf.data(), one.obuf.size() * sizeof(float)));
     EXPECT_EQ(0, std::memcmp(one.lsebuf.data(), two.lsebuf.data(), one.lsebuf.size() * sizeof(float)));
     EXPECT_TRUE(test::matches_reference(data, o1, one));
+  }
+}
+
+TEST(NeighborhoodKernel, OneTwoThreeDAgainstTheReference) {
+  std::vector<NeighborhoodMask> cases = {
+      {1, {200, 1, 1}, {7, 1, 1}, {1, 1, 1}, {1, 1, 1}, {false, false, false}},
+      {1, {130, 1, 1}, {6, 1, 1}, {3, 1, 1}, {2, 1, 1}, {true, false, false}},
+      {2, {16, 20, 1}, {5, 4, 1}, {1, 2, 1}, {1, 1, 1}, {false, true, false}},
+      {2, {24, 24, 1}, {8, 8, 1}, {1, 1, 1}, {8, 8, 1}, {false, false, false}},  // blocked
+      {3, {6, 8, 10}, {3, 3, 5}, {2, 1, 1}, {1, 3, 1}, {false, true, false}},
+  };
+  for (const auto& m : cases) {
+    index_t n = 1;
+    for (int d = 0; d < m.rank; ++d) n *= m.extent[d];
+    const auto data = test::make_data(Problem{1, 2, 1, n, n, 32, 32}, Layout::BSHD, static_cast<std::uint64_t>(n));
+    Options opt;
+    opt.mask = m;
+    EXPECT_TRUE(run_and_compare(data, opt)) << "rank=" << m.rank << " n=" << n;
+    std::vector<float> s(2, 0.5f);
+    opt.norm = Sigmoid{-2.f};  // neighborhood + sigmoid (issue 6 item 4)
+    EXPECT_TRUE(run_and_compare(data, opt, Executor::serial(), false)) << "rank=" << m.rank << " n=" << n;
+    opt.norm = ScalableSoftmax{s.data()};
+    EXPECT_TRUE(run_and_compare(data, opt, test::thread_executor(2))) << "rank=" << m.rank << " n=" << n;
   }
 }
 

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <set>
 #include <vector>
@@ -15,6 +16,7 @@
 #include "sinkattn/policy/mask.hpp"
 #include "sinkattn/policy/mask_block.hpp"
 #include "sinkattn/policy/mask_block_sparse.hpp"
+#include "sinkattn/policy/mask_neighborhood.hpp"
 #include "sinkattn/policy/mask_window.hpp"
 #include "sinkattn/reference/visibility.hpp"
 
@@ -300,6 +302,57 @@ TEST(BlockSparseMaskPolicy, AlignedListsVisitOnlyListedBlocksAsFull) {
       ++visited;
     });
     EXPECT_EQ(visited, 1);
+  }
+}
+
+policy::NeighborhoodMaskPolicy na_policy(const NeighborhoodMask& m) {
+  return {m.rank, m.extent, m.kernel, m.dilation, m.stride, m.causal};
+}
+
+// NATTEN corner cases: even and odd kernels, dilation with extents not divisible by it,
+// stride == kernel (blocked), causal mixed with non-causal, extent == kernel.
+TEST(NeighborhoodMaskPolicy, AgreesWithTheReferenceOneTwoThreeD) {
+  std::vector<NeighborhoodMask> cases;
+  for (index_t L : {7, 20, 67})
+    for (index_t k : {1, 2, 3, 4, 7})
+      for (index_t dl : {1, 2, 3})
+        for (index_t st : {index_t(1), index_t(2), k})
+          for (bool c : {false, true}) {
+            if (k > L || st > k || dl * k > L) continue;
+            cases.push_back({1, {L, 1, 1}, {k, 1, 1}, {dl, 1, 1}, {st, 1, 1}, {c, false, false}});
+          }
+  cases.push_back({2, {9, 13, 1}, {3, 4, 1}, {1, 2, 1}, {1, 3, 1}, {false, true, false}});
+  cases.push_back({2, {16, 16, 1}, {5, 5, 1}, {1, 1, 1}, {1, 1, 1}, {false, false, false}});
+  cases.push_back({2, {8, 8, 1}, {8, 8, 1}, {1, 1, 1}, {1, 1, 1}, {false, false, false}});    // extent == kernel
+  cases.push_back({2, {12, 10, 1}, {4, 5, 1}, {1, 1, 1}, {4, 5, 1}, {false, false, false}});  // blocked
+  cases.push_back({3, {5, 6, 7}, {3, 2, 3}, {1, 2, 2}, {2, 1, 3}, {true, false, true}});
+  cases.push_back({3, {6, 6, 6}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {false, false, false}});
+  const std::pair<index_t, index_t> tiles[] = {{16, 16}, {64, 64}};
+  for (const auto& m : cases) {
+    index_t n = 1;
+    for (int d = 0; d < m.rank; ++d) n *= m.extent[d];
+    SCOPED_TRACE(::testing::Message() << "rank=" << m.rank << " extent=" << m.extent[0] << "x" << m.extent[1] << "x"
+                                      << m.extent[2] << " kernel=" << m.kernel[0] << "," << m.kernel[1] << ","
+                                      << m.kernel[2] << " dil=" << m.dilation[0] << "," << m.dilation[1] << ","
+                                      << m.dilation[2] << " stride=" << m.stride[0] << "," << m.stride[1] << ","
+                                      << m.stride[2] << " causal=" << m.causal[0] << m.causal[1] << m.causal[2]);
+    for (auto [bq, bkv] : tiles) check_mask(na_policy(m), MaskSpec{m}, n, n, bq, bkv);
+    if (::testing::Test::HasFatalFailure()) return;
+  }
+}
+
+TEST(NeighborhoodMaskPolicy, TwoDGridVisitsOnlyTheNeighborRows) {
+  // 64 x 64 grid, kernel 13 x 13: a tile of 64 rows is one grid row; it visits the 13 key
+  // blocks (grid rows) of its neighborhood, none of the other 51.
+  const NeighborhoodMask m{2, {64, 64, 1}, {13, 13, 1}, {1, 1, 1}, {1, 1, 1}, {false, false, false}};
+  const auto pol = na_policy(m);
+  for (index_t y = 0; y < 64; ++y) {
+    index_t n = 0;
+    policy::for_each_kv_block(pol, y * 64, y * 64 + 64, 64, [&](index_t j0, index_t, BlockKind) {
+      EXPECT_LE(std::abs(j0 / 64 - std::clamp<index_t>(y, 6, 57)), 6);
+      ++n;
+    });
+    EXPECT_EQ(n, 13) << "y=" << y;
   }
 }
 

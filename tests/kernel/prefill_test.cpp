@@ -265,11 +265,6 @@ TEST(Prefill, ErrorsNameTheArgument) {
   s = forward(ok, data.q, data.k, data.v, out.o, sig);
   EXPECT_EQ(s.code(), Errc::invalid_argument) << s.message();
   EXPECT_NE(s.message().find("lse"), std::string::npos);
-  Options na;  // a mask the fast path does not have yet
-  na.mask = NeighborhoodMask{1, {4, 1, 1}, {3, 1, 1}};
-  s = forward(ok, data.q, data.k, data.v, out.o, na);
-  EXPECT_EQ(s.code(), Errc::unsupported);
-  EXPECT_NE(s.message().find("mask"), std::string::npos);
 #if SINKATTN_HAS_EXCEPTIONS
   EXPECT_THROW(check(forward(p, data.q, data.k, data.v, out.o)), Error);
 #endif

@@ -25,6 +25,7 @@
 #include "sinkattn/policy/mask.hpp"
 #include "sinkattn/policy/mask_block.hpp"
 #include "sinkattn/policy/mask_block_sparse.hpp"
+#include "sinkattn/policy/mask_neighborhood.hpp"
 #include "sinkattn/policy/mask_window.hpp"
 #include "sinkattn/policy/normalize.hpp"
 #include "sinkattn/policy/score.hpp"
@@ -82,7 +83,7 @@ void run(const KernelArgs& a, const typename V::Mask& mask, const Executor& ex) 
 // Runtime options -> one specialisation per (mask, normalization). The score modifiers
 // (softcap, bias, ALiBi: policy::RuntimeScore, a branch per tile), the sink of SinkSoftmax and
 // the output gate (policy::OptionalSigmoidGate, a branch per output row) are runtime branches
-// whose cost is nil, so the fused loop is compiled 5 masks x 6 normalizations times, not 5 x
+// whose cost is nil, so the fused loop is compiled 6 masks x 6 normalizations times, not 6 x
 // 6 x 8 x 2 (FlashAttention's BOOL_SWITCH, applied only where a branch would cost).
 template <class Mask>
 Status dispatch_norm(const KernelArgs& a, const Options& opt, const Mask& mask, const Executor& ex) {
@@ -140,6 +141,9 @@ inline Status forward(const Problem& p, const TensorView<const float>& q, const 
         policy::BlockSparseMaskPolicy{p.seq_q, p.seq_kv, p.heads_q, m->q_block, m->kv_block, m->offsets, m->indices,
                                       m->element_mask ? &m->element_mask : nullptr},
         ex);
+  if (const auto* m = std::get_if<NeighborhoodMask>(&opt.mask))
+    return detail::dispatch_norm(
+        a, opt, policy::NeighborhoodMaskPolicy{m->rank, m->extent, m->kernel, m->dilation, m->stride, m->causal}, ex);
   return Status(Errc::unsupported, "mask: this mask is not in the fast path yet (use the reference)");
 }
 
