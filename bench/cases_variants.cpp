@@ -15,24 +15,10 @@
 
 #include "harness.hpp"
 #include "sinkattn/kernel/forward.hpp"
+#include "variant_setup.hpp"
 
 namespace sinkattn_bench {
 namespace {
-
-// Per-shape parameter tensors of the variants (deterministic values, allocated once).
-struct VariantData {
-  std::vector<float> sinks, ssmax_s, alpha, gate;
-  explicit VariantData(const Problem& p) {
-    const auto H = static_cast<std::size_t>(p.heads_q);
-    sinks.resize(H);
-    ssmax_s.assign(H, 0.4f);
-    for (std::size_t h = 0; h < H; ++h) sinks[h] = 0.5f * static_cast<float>(h) - 1.f;
-    alpha.resize(static_cast<std::size_t>(p.batch * p.seq_q * p.heads_q));
-    for (std::size_t x = 0; x < alpha.size(); ++x) alpha[x] = 0.5f + 0.25f * static_cast<float>(x % 3);
-    gate.resize(static_cast<std::size_t>(p.batch * p.seq_q * p.heads_q * p.dim_v));
-    for (std::size_t x = 0; x < gate.size(); ++x) gate[x] = static_cast<float>(x % 7) - 3.f;
-  }
-};
 
 sinkattn::Options with(const Shape& s, const sinkattn::NormSpec& n) {
   sinkattn::Options o = s.options();
@@ -46,11 +32,9 @@ SINKATTN_BENCH_CASES(variant_cases) {
   using namespace sinkattn;
   for (const Shape& s : shapes()) {
     const Problem& p = s.problem;
-    if (s.kind != Kind::prefill || p.seq_q != 4096 || p.dim_qk != 128) continue;
+    if (!is_variant_shape(s)) continue;
     auto vd = std::make_shared<VariantData>(p);
-    const index_t B = p.batch, S = p.seq_q, H = p.heads_q;
-    const TensorView<const float> alpha(vd->alpha.data(), {B, S, H, 1}, {S * H, H, 1, 1});
-    const TensorView<const float> gate = TensorView<const float>::bshd(vd->gate.data(), B, S, H, p.dim_v);
+    const TensorView<const float> gate = vd->gate_view(p);
 
     register_case("v_softmax_ct", s, [](const Shape& s, Data& d) {
       const Options o = s.options();
@@ -64,14 +48,7 @@ SINKATTN_BENCH_CASES(variant_cases) {
         sinkattn::check(forward<V>(s.problem, d.q, d.k, d.v, d.o, policy::FullMaskPolicy{s.problem.seq_kv}, o));
       }
     });
-    const std::vector<std::pair<std::string, NormSpec>> norms = {
-        {"v_sinks", SinkSoftmax{vd->sinks.data()}},
-        {"v_sigmoid", Sigmoid{sigmoid_bias_for_length(p.seq_kv)}},
-        {"v_sigmoid_norm", Sigmoid{sigmoid_bias_for_length(p.seq_kv), nullptr, true, 1e-6f}},
-        {"v_softpick", Softpick{}},
-        {"v_ssmax", ScalableSoftmax{vd->ssmax_s.data()}},
-        {"v_affine", AffineScaled{alpha, {}, 1.f, false}},
-    };
+    const auto norms = variant_norms(p, *vd);  // shared with the Eigen baselines (eigen_variants.cpp)
     for (const auto& [name, n] : norms)
       register_case(name, s, [vd, n = n](const Shape& s, Data& d) {
         sinkattn::check(forward(s.problem, d.q, d.k, d.v, d.o, with(s, n)));  // single thread (serial)
