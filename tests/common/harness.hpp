@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 #include <sstream>
 #include <string>
@@ -311,6 +312,12 @@ inline void compare(const char* what, const TensorView<const float>& ours, const
 }
 
 }  // namespace detail
+
+// Bit-identical buffers (thread-count determinism). An empty vector's data() may be null,
+// which memcmp must not be given even for zero bytes.
+inline bool bit_identical(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
+}
 
 // The tolerance rule on o, and on lse when `lse` is non-empty (the reference computes it for
 // the comparison; opt.lse is not read). The failure message names the first bad element,

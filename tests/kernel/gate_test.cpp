@@ -29,8 +29,7 @@ using test::Layout;
   opt.lse = two.lse;
   s = forward(p, q, k, v, two.o, opt, test::thread_executor(2));
   if (!s.ok()) return ::testing::AssertionFailure() << "forward (2 threads) failed: " << s.message();
-  if (std::memcmp(one.obuf.data(), two.obuf.data(), one.obuf.size() * sizeof(float)) != 0)
-    return ::testing::AssertionFailure() << "1 and 2 threads differ";
+  if (!test::bit_identical(one.obuf, two.obuf)) return ::testing::AssertionFailure() << "1 and 2 threads differ";
   opt.lse = one.lse;
   return test::matches_reference(p, q, k, v, opt, one.o, one.lse);
 }

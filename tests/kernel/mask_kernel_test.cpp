@@ -158,8 +158,8 @@ TEST(SlidingWindowKernel, OneAndTwoThreadsBitIdentical) {
     o2.lse = two.lse;
     ASSERT_TRUE(forward(p, data.q, data.k, data.v, one.o, o1).ok());
     ASSERT_TRUE(forward(p, data.q, data.k, data.v, two.o, o2, test::thread_executor(2)).ok());
-    EXPECT_EQ(0, std::memcmp(one.obuf.data(), two.obuf.data(), one.obuf.size() * sizeof(float)));
-    EXPECT_EQ(0, std::memcmp(one.lsebuf.data(), two.lsebuf.data(), one.lsebuf.size() * sizeof(float)));
+    EXPECT_TRUE(test::bit_identical(one.obuf, two.obuf));
+    EXPECT_TRUE(test::bit_identical(one.lsebuf, two.lsebuf));
     EXPECT_TRUE(test::matches_reference(data, o1, one));
   }
 }
@@ -240,8 +240,8 @@ TEST(BlockKernel, OneAndTwoThreadsBitIdentical) {
     o2.lse = two.lse;
     ASSERT_TRUE(forward(p, data.q, data.k, data.v, one.o, o1).ok());
     ASSERT_TRUE(forward(p, data.q, data.k, data.v, two.o, o2, test::thread_executor(2)).ok());
-    EXPECT_EQ(0, std::memcmp(one.obuf.data(), two.obuf.data(), one.obuf.size() * sizeof(float)));
-    EXPECT_EQ(0, std::memcmp(one.lsebuf.data(), two.lsebuf.data(), one.lsebuf.size() * sizeof(float)));
+    EXPECT_TRUE(test::bit_identical(one.obuf, two.obuf));
+    EXPECT_TRUE(test::bit_identical(one.lsebuf, two.lsebuf));
     EXPECT_TRUE(test::matches_reference(data, o1, one));
   }
 }
@@ -319,8 +319,8 @@ TEST(BlockSparseKernel, OneAndTwoThreadsBitIdentical) {
     o2.lse = two.lse;
     ASSERT_TRUE(forward(p, data.q, data.k, data.v, one.o, o1).ok());
     ASSERT_TRUE(forward(p, data.q, data.k, data.v, two.o, o2, test::thread_executor(2)).ok());
-    EXPECT_EQ(0, std::memcmp(one.obuf.data(), two.obuf.data(), one.obuf.size() * sizeof(float)));
-    EXPECT_EQ(0, std::memcmp(one.lsebuf.data(), two.lsebuf.data(), one.lsebuf.size() * sizeof(float)));
+    EXPECT_TRUE(test::bit_identical(one.obuf, two.obuf));
+    EXPECT_TRUE(test::bit_identical(one.lsebuf, two.lsebuf));
     EXPECT_TRUE(test::matches_reference(data, o1, one));
   }
 }

@@ -33,8 +33,7 @@ bool softmax_family(const Options& opt) {
   opt.lse = two.lse;
   s = forward(d.p, d.q, d.k, d.v, two.o, opt, test::thread_executor(2));
   if (!s.ok()) return ::testing::AssertionFailure() << "forward (2 threads) failed: " << s.message();
-  if (std::memcmp(one.obuf.data(), two.obuf.data(), one.obuf.size() * sizeof(float)) != 0 ||
-      std::memcmp(one.lsebuf.data(), two.lsebuf.data(), one.lsebuf.size() * sizeof(float)) != 0)
+  if (!test::bit_identical(one.obuf, two.obuf) || !test::bit_identical(one.lsebuf, two.lsebuf))
     return ::testing::AssertionFailure() << "1 and 2 threads differ";
   opt.lse = one.lse;
   return test::matches_reference(d, opt, one, atol);

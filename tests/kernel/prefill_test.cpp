@@ -224,15 +224,15 @@ TEST(Prefill, ThreadsGiveBitIdenticalResults) {
     o2.lse = two.lse;
     ASSERT_TRUE(forward(p, data.q, data.k, data.v, one.o, o1, Executor::serial()).ok());
     ASSERT_TRUE(forward(p, data.q, data.k, data.v, two.o, o2, test::thread_executor(2)).ok());
-    EXPECT_EQ(0, std::memcmp(one.obuf.data(), two.obuf.data(), one.obuf.size() * sizeof(float)));
-    EXPECT_EQ(0, std::memcmp(one.lsebuf.data(), two.lsebuf.data(), one.lsebuf.size() * sizeof(float)));
+    EXPECT_TRUE(test::bit_identical(one.obuf, two.obuf));
+    EXPECT_TRUE(test::bit_identical(one.lsebuf, two.lsebuf));
     EXPECT_TRUE(test::matches_reference(data, o1, one));
   }
 #if defined(_OPENMP)
   test::Out omp = test::make_out(p), ser = test::make_out(p);
   ASSERT_TRUE(forward(p, data.q, data.k, data.v, omp.o, causal(), Executor::openmp(2)).ok());
   ASSERT_TRUE(forward(p, data.q, data.k, data.v, ser.o, causal()).ok());
-  EXPECT_EQ(0, std::memcmp(omp.obuf.data(), ser.obuf.data(), ser.obuf.size() * sizeof(float)));
+  EXPECT_TRUE(test::bit_identical(omp.obuf, ser.obuf));
 #endif
 }
 
