@@ -30,6 +30,41 @@ using test::Layout;
   return test::matches_reference(d, opt, out);
 }
 
+// 1 and 2 threads give bit-identical O and LSE, and both match the reference.
+::testing::AssertionResult threads_agree(const test::Data& data, Options opt) {
+  const Problem& p = data.p;
+  test::Out one = test::make_out(p, Layout::BSHD, true), two = test::make_out(p, Layout::BSHD, true);
+  Options o2 = opt;
+  opt.lse = one.lse;
+  o2.lse = two.lse;
+  if (!forward(p, data.q, data.k, data.v, one.o, opt).ok() ||
+      !forward(p, data.q, data.k, data.v, two.o, o2, test::thread_executor(2)).ok())
+    return ::testing::AssertionFailure() << "forward failed";
+  if (!test::bit_identical(one.obuf, two.obuf) || !test::bit_identical(one.lsebuf, two.lsebuf))
+    return ::testing::AssertionFailure() << "1 and 2 threads differ";
+  return test::matches_reference(data, opt, one);
+}
+
+// A mask composed with learned sinks + gate, SSMax, affine-scaled and sigmoid (issue 6 item 4;
+// SSMax and affine read N_i from the policy's count_visible).
+void expect_composes_with_norms(const test::Data& data, Options opt) {
+  const Problem& p = data.p;
+  std::vector<float> sinks = {0.5f, -1.f, 2.f, 0.f}, s(static_cast<std::size_t>(p.heads_q), 0.4f);
+  sinks.resize(static_cast<std::size_t>(p.heads_q), 0.f);
+  auto gate = test::make_tensor({p.batch, p.seq_q, p.heads_q, p.dim_v}, 8, -2.f, 2.f);
+  auto alpha = test::make_tensor({p.batch, p.seq_q, p.heads_q, 1}, 21, 0.2f, 1.2f);
+  opt.norm = SinkSoftmax{sinks.data()};
+  opt.gate = SigmoidGate{gate.cview()};
+  EXPECT_TRUE(run_and_compare(data, opt)) << "sinks + gate";
+  opt.gate = NoGate{};
+  opt.norm = ScalableSoftmax{s.data()};
+  EXPECT_TRUE(run_and_compare(data, opt)) << "ssmax";
+  opt.norm = AffineScaled{alpha.cview(), {}, 1.f, false};
+  EXPECT_TRUE(run_and_compare(data, opt)) << "affine";
+  opt.norm = Sigmoid{-2.f};
+  EXPECT_TRUE(run_and_compare(data, opt, Executor::serial(), false)) << "sigmoid";
+}
+
 Options window(index_t left, index_t right, index_t sinks = 0, index_t offset = 0) {
   Options o;
   o.mask = SlidingWindowMask{left, right, sinks, offset};
@@ -152,15 +187,7 @@ TEST(SlidingWindowKernel, FullyMaskedRowsGiveZeroAndMinusInf) {
 TEST(SlidingWindowKernel, OneAndTwoThreadsBitIdentical) {
   for (const Problem& p : {Problem{2, 4, 2, 300, 700, 64, 64}, Problem{1, 8, 2, 1, 5000, 64, 64}}) {
     const auto data = test::make_data(p, Layout::BSHD, 77);
-    test::Out one = test::make_out(p, Layout::BSHD, true), two = test::make_out(p, Layout::BSHD, true);
-    Options o1 = window(200, 0, 4), o2 = o1;
-    o1.lse = one.lse;
-    o2.lse = two.lse;
-    ASSERT_TRUE(forward(p, data.q, data.k, data.v, one.o, o1).ok());
-    ASSERT_TRUE(forward(p, data.q, data.k, data.v, two.o, o2, test::thread_executor(2)).ok());
-    EXPECT_TRUE(test::bit_identical(one.obuf, two.obuf));
-    EXPECT_TRUE(test::bit_identical(one.lsebuf, two.lsebuf));
-    EXPECT_TRUE(test::matches_reference(data, o1, one));
+    EXPECT_TRUE(threads_agree(data, window(200, 0, 4)));
   }
 }
 
@@ -215,34 +242,13 @@ TEST(BlockKernel, ComposesWithSinksGateAndNorms) {
   // Block + learned sinks + gate (issue 6 item 4), and the N_i-dependent normalizations.
   const Problem p{1, 4, 2, 200, 200, 32, 32};
   const auto data = test::make_data(p, Layout::BSHD, 31);
-  std::vector<float> sinks = {0.5f, -1.f, 2.f, 0.f}, s(4, 0.4f);
-  auto gate = test::make_tensor({1, 200, 4, 32}, 8, -2.f, 2.f);
-  auto alpha = test::make_tensor({1, 200, 4, 1}, 21, 0.2f, 1.2f);
-  Options opt = blocks(0, {0, 30, 90, 150}, 4, true, true);
-  opt.norm = SinkSoftmax{sinks.data()};
-  opt.gate = SigmoidGate{gate.cview()};
-  EXPECT_TRUE(run_and_compare(data, opt));
-  opt.gate = NoGate{};
-  opt.norm = ScalableSoftmax{s.data()};
-  EXPECT_TRUE(run_and_compare(data, opt));
-  opt.norm = AffineScaled{alpha.cview(), {}, 1.f, false};
-  EXPECT_TRUE(run_and_compare(data, opt));
-  opt.norm = Sigmoid{-2.f};
-  EXPECT_TRUE(run_and_compare(data, opt, Executor::serial(), false));
+  expect_composes_with_norms(data, blocks(0, {0, 30, 90, 150}, 4, true, true));
 }
 
 TEST(BlockKernel, OneAndTwoThreadsBitIdentical) {
   for (const Problem& p : {Problem{2, 4, 2, 300, 700, 64, 64}, Problem{1, 8, 2, 1, 5000, 64, 64}}) {
     const auto data = test::make_data(p, Layout::BSHD, 78);
-    test::Out one = test::make_out(p, Layout::BSHD, true), two = test::make_out(p, Layout::BSHD, true);
-    Options o1 = blocks(0, {0, 100, 250, 600}, 4, true, false), o2 = o1;
-    o1.lse = one.lse;
-    o2.lse = two.lse;
-    ASSERT_TRUE(forward(p, data.q, data.k, data.v, one.o, o1).ok());
-    ASSERT_TRUE(forward(p, data.q, data.k, data.v, two.o, o2, test::thread_executor(2)).ok());
-    EXPECT_TRUE(test::bit_identical(one.obuf, two.obuf));
-    EXPECT_TRUE(test::bit_identical(one.lsebuf, two.lsebuf));
-    EXPECT_TRUE(test::matches_reference(data, o1, one));
+    EXPECT_TRUE(threads_agree(data, blocks(0, {0, 100, 250, 600}, 4, true, false)));
   }
 }
 
@@ -293,35 +299,14 @@ TEST(BlockSparseKernel, ComposesWithSinksGateAndNorms) {
   const Problem p{1, 4, 2, 200, 200, 32, 32};
   const auto data = test::make_data(p, Layout::BSHD, 41);
   const Lists l = make_lists(p, 32, 32);
-  std::vector<float> sinks = {0.5f, -1.f, 2.f, 0.f}, s(4, 0.4f);
-  auto gate = test::make_tensor({1, 200, 4, 32}, 8, -2.f, 2.f);
-  auto alpha = test::make_tensor({1, 200, 4, 1}, 21, 0.2f, 1.2f);
-  Options opt = sparse(l, 32, 32, true);
-  opt.norm = SinkSoftmax{sinks.data()};
-  opt.gate = SigmoidGate{gate.cview()};
-  EXPECT_TRUE(run_and_compare(data, opt));
-  opt.gate = NoGate{};
-  opt.norm = ScalableSoftmax{s.data()};
-  EXPECT_TRUE(run_and_compare(data, opt));
-  opt.norm = AffineScaled{alpha.cview(), {}, 1.f, false};
-  EXPECT_TRUE(run_and_compare(data, opt));
-  opt.norm = Sigmoid{-2.f};
-  EXPECT_TRUE(run_and_compare(data, opt, Executor::serial(), false));
+  expect_composes_with_norms(data, sparse(l, 32, 32, true));
 }
 
 TEST(BlockSparseKernel, OneAndTwoThreadsBitIdentical) {
   for (const Problem& p : {Problem{2, 4, 2, 300, 700, 64, 64}, Problem{1, 8, 2, 1, 3000, 64, 64}}) {
     const auto data = test::make_data(p, Layout::BSHD, 79);
     const Lists l = make_lists(p, 64, 64);
-    test::Out one = test::make_out(p, Layout::BSHD, true), two = test::make_out(p, Layout::BSHD, true);
-    Options o1 = sparse(l, 64, 64), o2 = o1;
-    o1.lse = one.lse;
-    o2.lse = two.lse;
-    ASSERT_TRUE(forward(p, data.q, data.k, data.v, one.o, o1).ok());
-    ASSERT_TRUE(forward(p, data.q, data.k, data.v, two.o, o2, test::thread_executor(2)).ok());
-    EXPECT_TRUE(test::bit_identical(one.obuf, two.obuf));
-    EXPECT_TRUE(test::bit_identical(one.lsebuf, two.lsebuf));
-    EXPECT_TRUE(test::matches_reference(data, o1, one));
+    EXPECT_TRUE(threads_agree(data, sparse(l, 64, 64)));
   }
 }
 
