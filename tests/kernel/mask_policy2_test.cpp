@@ -12,6 +12,7 @@
 #include <set>
 #include <vector>
 
+#include "mask_properties.hpp"
 #include "sinkattn/kernel/config.hpp"
 #include "sinkattn/policy/mask.hpp"
 #include "sinkattn/policy/mask_block.hpp"
@@ -24,91 +25,7 @@ namespace sinkattn {
 namespace {
 
 using policy::BlockKind;
-
-// The policy against the reference oracle for `spec` (batch 0, head 0), then the block-level
-// properties for query tiles of bq rows and key blocks of bkv keys.
-template <class Mask>
-void check_mask(const Mask& m, const MaskSpec& spec, index_t sq, index_t skv, index_t bq, index_t bkv,
-                index_t batch = 1, index_t heads = 1, index_t b = 0, index_t h = 0) {
-  SCOPED_TRACE(::testing::Message() << "sq=" << sq << " skv=" << skv << " bq=" << bq << " bkv=" << bkv << " b=" << b
-                                    << " h=" << h);
-  const Problem p{batch, heads, heads, sq, skv, 8, 8};
-  for (index_t i = 0; i < sq; ++i) {
-    index_t n = 0;
-    for (index_t j = 0; j < skv; ++j) {
-      const bool want = reference::visible(p, spec, b, h, i, j);
-      ASSERT_EQ(m.visible(i, j), want) << "visible(" << i << ", " << j << ")";
-      n += want;
-    }
-    ASSERT_EQ(m.count_visible(i), n) << "count_visible(" << i << ")";
-  }
-  for (index_t i0 = 0; i0 < sq; i0 += bq) {
-    const index_t i1 = std::min(sq, i0 + bq);
-    std::set<index_t> visited;
-    index_t last_j1 = 0;
-    policy::for_each_kv_block(m, i0, i1, bkv, [&](index_t j0, index_t j1, BlockKind kind) {
-      ASSERT_LT(j0, j1);
-      ASSERT_GE(j0, last_j1) << "blocks in ascending key order, not overlapping";
-      last_j1 = j1;
-      ASSERT_LE(j1, skv);
-      ASSERT_LE(j1 - j0, bkv);
-      ASSERT_NE(kind, BlockKind::empty) << "empty blocks must not be visited";
-      ASSERT_EQ(kind, m.classify(i0, i1, j0, j1));
-      bool all = true;
-      for (index_t i = i0; i < i1; ++i)
-        for (index_t j = j0; j < j1; ++j) {
-          const bool v = m.visible(i, j);
-          all = all && v;
-          if (v) visited.insert(i * skv + j);
-        }
-      if (kind == BlockKind::full) {
-        ASSERT_TRUE(all) << "a Full block with an invisible pair at j0=" << j0;
-      }
-      std::vector<float> st(static_cast<std::size_t>((j1 - j0) * bq), 1.f);
-      const policy::ScoreTile t{st.data(), bq, j1 - j0, 1, 0, 0, i0, i1 - i0, j0, j1 - j0, 1, bq};
-      policy::apply_mask(m, t);
-      for (index_t r = 0; r < j1 - j0; ++r)
-        for (index_t l = 0; l < i1 - i0; ++l)
-          ASSERT_EQ(t.at(l, r) == -std::numeric_limits<float>::infinity(), !m.visible(i0 + l, j0 + r));
-    });
-    for (index_t i = i0; i < i1; ++i)
-      for (index_t j = 0; j < skv; ++j)
-        if (m.visible(i, j)) {
-          ASSERT_TRUE(visited.count(i * skv + j)) << "visible pair (" << i << ", " << j << ") skipped";
-          ASSERT_GE(j, m.kv_begin(i0, i1));
-          ASSERT_LT(j, m.kv_end(i0, i1));
-        }
-    // next_kv(j) never passes a key some row of the tile sees.
-    std::vector<index_t> next_seen(static_cast<std::size_t>(skv + 1), skv);  // first key >= j a row sees
-    for (index_t j = skv - 1; j >= 0; --j) {
-      bool seen = false;
-      for (index_t i = i0; i < i1 && !seen; ++i) seen = m.visible(i, j);
-      next_seen[j] = seen ? j : next_seen[j + 1];
-    }
-    for (index_t j = 0; j < skv; ++j) {
-      const index_t nx = policy::next_kv(m, i0, i1, j);
-      ASSERT_GE(nx, j);
-      ASSERT_LE(std::min(nx, skv), next_seen[j]) << "next_kv(" << j << ") jumps a visible key";
-    }
-    // classify over every aligned block (not only the visited ones).
-    for (index_t j0 = 0; j0 < skv; j0 += bkv) {
-      const index_t j1 = std::min(skv, j0 + bkv);
-      bool any = false, all = true;
-      for (index_t i = i0; i < i1; ++i)
-        for (index_t j = j0; j < j1; ++j) any = any || m.visible(i, j), all = all && m.visible(i, j);
-      const BlockKind k = m.classify(i0, i1, j0, j1);
-      if (k == BlockKind::empty) {
-        ASSERT_FALSE(any) << "an Empty block holds a visible pair at j0=" << j0;
-      }
-      if (k == BlockKind::full) {
-        ASSERT_TRUE(all) << "a Full block with an invisible pair at j0=" << j0;
-      }
-      if (any && !all) {
-        ASSERT_EQ(k, BlockKind::partial);
-      }
-    }
-  }
-}
+using test::check_mask;
 
 policy::SlidingWindowMaskPolicy window_policy(const SlidingWindowMask& w, index_t sq, index_t skv) {
   return {skv, skv - sq + w.offset, w.left, w.right, w.sink_tokens};
