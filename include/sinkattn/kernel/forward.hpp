@@ -70,10 +70,12 @@ void run(const KernelArgs& a, const typename V::Mask& mask, const Executor& ex) 
     }
   }
   const index_t nqb = (p.seq_q + kBlockQ - 1) / kBlockQ;
-  // Task order (b, h, query block): consecutive tasks share K/V of one head in cache. Each
-  // task owns its output rows, so the result does not depend on the thread count.
+  // Task order (b, h, query block): consecutive tasks share K/V of one head in cache. Within
+  // a head the last query blocks go first: under causal masks they are the longest, and a
+  // dynamic schedule that ends on short tasks keeps both threads busy to the end. Each task
+  // owns its output rows, so the result does not depend on the thread count.
   ex.run(p.batch * p.heads_q * nqb, [&](index_t t) {
-    const index_t qb = t % nqb;
+    const index_t qb = nqb - 1 - t % nqb;
     const index_t h = (t / nqb) % p.heads_q;
     const index_t b = t / (nqb * p.heads_q);
     prefill_task<V>(a, mask, b, h, qb, thread_workspace());
