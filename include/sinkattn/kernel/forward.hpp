@@ -115,38 +115,46 @@ Status dispatch_norm(const KernelArgs& a, const Options& opt, const Mask& mask, 
 
 }  // namespace detail
 
-// Runtime-option entry point: validates once, picks the specialisation, runs it.
-inline Status forward(const Problem& p, const TensorView<const float>& q, const TensorView<const float>& k,
-                      const TensorView<const float>& v, const TensorView<float>& o, const Options& opt = {},
-                      const Executor& ex = Executor::serial()) {
-  SINKATTN_TRY(validate(p, q, k, v, o, opt));
-  const detail::KernelArgs a = detail::make_args(p, q, k, v, o, opt);
+namespace detail {
+
+// Runtime mask -> its policy, then the normalization switch (dispatch_norm).
+inline Status dispatch_mask(const KernelArgs& a, const Options& opt, const Executor& ex) {
   if (std::holds_alternative<FullMask>(opt.mask))
-    return detail::dispatch_norm(a, opt, policy::FullMaskPolicy{p.seq_kv}, ex);
+    return detail::dispatch_norm(a, opt, policy::FullMaskPolicy{a.p.seq_kv}, ex);
   if (const auto* c = std::get_if<CausalMask>(&opt.mask))
-    return detail::dispatch_norm(a, opt, policy::CausalMaskPolicy{p.seq_kv, p.seq_kv - p.seq_q + c->offset}, ex);
+    return detail::dispatch_norm(a, opt, policy::CausalMaskPolicy{a.p.seq_kv, a.p.seq_kv - a.p.seq_q + c->offset}, ex);
   if (const auto* w = std::get_if<SlidingWindowMask>(&opt.mask))
     return detail::dispatch_norm(
         a, opt,
-        policy::SlidingWindowMaskPolicy{p.seq_kv, p.seq_kv - p.seq_q + w->offset, w->left, w->right, w->sink_tokens},
+        policy::SlidingWindowMaskPolicy{a.p.seq_kv, a.p.seq_kv - a.p.seq_q + w->offset, w->left, w->right, w->sink_tokens},
         ex);
   if (const auto* m = std::get_if<BlockMask>(&opt.mask))
     return detail::dispatch_norm(
         a, opt,
-        policy::BlockMaskPolicy{p.seq_kv, p.seq_kv - p.seq_q + m->offset, m->boundaries.empty() ? m->block_size : 0,
+        policy::BlockMaskPolicy{a.p.seq_kv, a.p.seq_kv - a.p.seq_q + m->offset, m->boundaries.empty() ? m->block_size : 0,
                                 m->boundaries.data(), static_cast<index_t>(m->boundaries.size()), m->global_keys,
                                 m->last_block_attends_all, m->causal},
         ex);
   if (const auto* m = std::get_if<BlockSparseMask>(&opt.mask))
     return detail::dispatch_norm(
         a, opt,
-        policy::BlockSparseMaskPolicy{p.seq_q, p.seq_kv, p.heads_q, m->q_block, m->kv_block, m->offsets, m->indices,
+        policy::BlockSparseMaskPolicy{a.p.seq_q, a.p.seq_kv, a.p.heads_q, m->q_block, m->kv_block, m->offsets, m->indices,
                                       m->element_mask ? &m->element_mask : nullptr},
         ex);
   if (const auto* m = std::get_if<NeighborhoodMask>(&opt.mask))
     return detail::dispatch_norm(
         a, opt, policy::NeighborhoodMaskPolicy{m->rank, m->extent, m->kernel, m->dilation, m->stride, m->causal}, ex);
   return Status(Errc::unsupported, "mask: this mask is not in the fast path yet (use the reference)");
+}
+
+}  // namespace detail
+
+// Runtime-option entry point: validates once, picks the specialisation, runs it.
+inline Status forward(const Problem& p, const TensorView<const float>& q, const TensorView<const float>& k,
+                      const TensorView<const float>& v, const TensorView<float>& o, const Options& opt = {},
+                      const Executor& ex = Executor::serial()) {
+  SINKATTN_TRY(validate(p, q, k, v, o, opt));
+  return detail::dispatch_mask(detail::make_args(p, q, k, v, o, opt), opt, ex);
 }
 
 // Compile-time entry point: exactly one specialisation. `opt` supplies the data the policies
