@@ -132,6 +132,22 @@ struct SigmoidGate {
 
 using GateSpec = std::variant<NoGate, SigmoidGate>;
 
+// ---- Rotary embedding applied while loading ----------------------------------------------
+// For keys cached before RoPE (StreamingLLM's position shift, SEMANTICS section 5): the kernel
+// rotates Q and K as it loads them. Off when table is null. Key j (its index over all K rows;
+// with KV segments, the segments concatenated) is rotated at position j; query row i at
+// query_position + i (default -1: Skv - Sq + i, bottom-right). For keys j < sink_keys the
+// query is rotated at min(query_position + i, sink_query_max) instead: in a StreamingLLM cache
+// a query t sees the sinks at cache distance min(t, capacity - 1) - j, also when it runs in a
+// chunk whose other queries keep the window keys further back (sink_query_max = capacity - 1).
+class RopeTable;
+struct RopeOnLoad {
+  const RopeTable* table = nullptr;
+  index_t query_position = -1;
+  index_t sink_keys = 0;
+  index_t sink_query_max = -1;  // -1: no cap
+};
+
 // ---- The whole variant -------------------------------------------------------------------
 struct Options {
   ScoreOptions score;
@@ -142,6 +158,7 @@ struct Options {
   // the softmax family (Softmax, SinkSoftmax incl. the sink, AffineScaled's softmax part,
   // ScalableSoftmax of its scaled logits); requesting it with Sigmoid or Softpick is an error.
   TensorView<float> lse;
+  RopeOnLoad rope;  // Q and K given before RoPE: rotate them while loading (off by default)
 };
 
 }  // namespace sinkattn

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "sinkattn/core/options.hpp"
+#include "sinkattn/core/rope.hpp"
 #include "sinkattn/core/status.hpp"
 #include "sinkattn/core/tensor_view.hpp"
 #include "sinkattn/core/types.hpp"
@@ -188,6 +189,25 @@ inline Status check_norm(const Problem& p, const Options&, const ScalableSoftmax
   return {};
 }
 
+inline Status check_rope(const Problem& p, const RopeOnLoad& r) {
+  if (r.table == nullptr) return {};
+  const Rope& c = r.table->config();
+  if (c.dim != p.dim_qk)
+    return fail(Errc::shape_mismatch, "rope.table: built for dim " + str(c.dim) + ", dim_qk is " + str(p.dim_qk));
+  if (c.rotary_dim < 0 || c.rot() % 2 != 0 || c.rot() > c.dim)
+    return fail(Errc::out_of_range, "rope.table: rotary_dim " + str(c.rot()) + " must be even and <= dim");
+  if (!(c.theta > 0.f) || !std::isfinite(c.theta)) return fail(Errc::out_of_range, "rope.table: theta must be > 0");
+  if (r.query_position < -1) return fail(Errc::out_of_range, "rope.query_position is " + str(r.query_position));
+  if (r.sink_keys < 0) return fail(Errc::out_of_range, "rope.sink_keys is " + str(r.sink_keys));
+  if (r.sink_query_max < -1) return fail(Errc::out_of_range, "rope.sink_query_max is " + str(r.sink_query_max));
+  const index_t q0 = r.query_position < 0 ? p.seq_kv - p.seq_q : r.query_position;
+  const index_t need = std::max(p.seq_kv, q0 + p.seq_q);
+  if (need > r.table->positions())
+    return fail(Errc::out_of_range, "rope.table: holds " + str(r.table->positions()) + " positions, this call needs " +
+                                        str(need) + " (reserve more)");
+  return {};
+}
+
 inline Status check_gate(const Problem&, const NoGate&) { return {}; }
 
 inline Status check_gate(const Problem& p, const SigmoidGate& g) {
@@ -236,6 +256,7 @@ inline Status validate(const Problem& p, const TensorView<const float>& q, const
   SINKATTN_TRY(std::visit([&](const auto& n) { return check_norm(p, opt, n); }, opt.norm));
   SINKATTN_TRY(std::visit([&](const auto& g) { return check_gate(p, g); }, opt.gate));
   if (const auto* g = std::get_if<SigmoidGate>(&opt.gate)) SINKATTN_TRY(check_no_alias("o", o, "gate.g", g->g));
+  SINKATTN_TRY(check_rope(p, opt.rope));
   return {};
 }
 

@@ -1,9 +1,12 @@
 #pragma once
 // The validated arguments of one call, as the kernels and policies see them.
 
+#include <algorithm>
 #include <cmath>
 
+#include "sinkattn/core/kv_segments.hpp"
 #include "sinkattn/core/options.hpp"
+#include "sinkattn/core/rope.hpp"
 #include "sinkattn/core/tensor_view.hpp"
 #include "sinkattn/core/types.hpp"
 
@@ -28,6 +31,44 @@ struct KernelArgs {
   Softpick softpick;
   ScalableSoftmax ssmax;
   AffineScaled affine;
+
+  // K/V as segments (core/kv_segments.hpp): seg[s] holds keys [seg_start[s], seg_start[s + 1]).
+  // nseg == 0: one segment, k and v above.
+  const KvSegment* seg = nullptr;
+  const index_t* seg_start = nullptr;
+  index_t nseg = 0;
+  // RoPE on load (Options::rope); table null: off.
+  const RopeTable* rope = nullptr;
+  index_t rope_q0 = 0;         // position of query row 0
+  index_t rope_sink_keys = 0;  // keys j < this see the query at min(position, rope_sink_qmax)
+  index_t rope_sink_qmax = 0;
+
+  // The K/V rows of the segment holding key j: keys [base, end) are rows [0, end - base) of k, v.
+  struct KvPiece {
+    const TensorView<const float>* k;
+    const TensorView<const float>* v;
+    index_t base, end;
+  };
+  KvPiece piece(index_t j) const {
+    if (nseg == 0) return {&k, &v, 0, p.seq_kv};
+    // The last segment starting at or before j that is not empty.
+    const index_t s = static_cast<index_t>(std::upper_bound(seg_start, seg_start + nseg + 1, j) - seg_start) - 1;
+    return {&seg[s].k, &seg[s].v, seg_start[s], seg_start[s + 1]};
+  }
+  // Blocks must not straddle the end of the sink keys when the query rotates differently there.
+  bool rope_two_queries() const { return rope != nullptr && rope_sink_keys > 0; }
+  // Calls f(j0, j1, piece) for the parts of keys [j0, j1) that lie in one segment (and on one
+  // side of rope_sink_keys).
+  template <class F>
+  void for_each_piece(index_t j0, index_t j1, F&& f) const {
+    while (j0 < j1) {
+      const KvPiece pc = piece(j0);
+      index_t e = std::min(j1, pc.end);
+      if (rope_two_queries() && j0 < rope_sink_keys) e = std::min(e, rope_sink_keys);
+      f(j0, e, pc);
+      j0 = e;
+    }
+  }
 
   bool want_lse() const { return lse.data != nullptr && !lse.empty(); }
   bool has_gate() const { return gate.data != nullptr && !gate.empty(); }

@@ -73,9 +73,10 @@ void decode_task(const KernelArgs& a, const typename V::Mask& mask, index_t b, i
   constexpr index_t ld_s = kDecodeBlock;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-  float* qpad = ws.floats(static_cast<std::size_t>(HR * dqk_pad + R * ld_s + HR * dv_pad + tile::kWidth * dqk_pad +
+  float* qpad = ws.floats(static_cast<std::size_t>(2 * HR * dqk_pad + R * ld_s + HR * dv_pad + tile::kWidth * dqk_pad +
                                                    kDecodeBlock * dv_pad));  // (HR, Dqk_pad)
-  float* s = qpad + HR * dqk_pad;                 // (R, kDecodeBlock) scores of one head, keys on lanes
+  float* qpad_sink = qpad + HR * dqk_pad;         // (HR, Dqk_pad) RoPE on load: as the sink keys see it
+  float* s = qpad_sink + HR * dqk_pad;            // (R, kDecodeBlock) scores of one head, keys on lanes
   float* acc = s + R * ld_s;                      // (HR, Dv_pad)
   float* kpack = acc + HR * dv_pad;               // (kWidth, Dqk_pad)
   float* vpack = kpack + tile::kWidth * dqk_pad;  // (kDecodeBlock, Dv_pad)
@@ -85,39 +86,64 @@ void decode_task(const KernelArgs& a, const typename V::Mask& mask, index_t b, i
     for (index_t hh = 0; hh < G; ++hh)
       tile::pack_rows(qpad + (gg * R + hh * Sq) * dqk_pad, dqk_pad, a.q.ptr(b, 0, (g0 + gg) * G + hh), a.q.stride[1],
                       a.q.stride[3], Sq, p.dim_qk, dqk_pad, a.scale * kLog2e);  // scores come out in log2 units
+  if (a.rope) {
+    // RoPE on load: rotate the (scaled) query rows in place at their positions.
+    for (index_t r = 0; r < HR; ++r) {
+      float* row = qpad + r * dqk_pad;
+      const index_t pos = a.rope_q0 + r % Sq;
+      if (a.rope_two_queries()) {
+        std::copy(row, row + dqk_pad, qpad_sink + r * dqk_pad);
+        rope_row(qpad_sink + r * dqk_pad, qpad_sink + r * dqk_pad, 1, p.dim_qk, a.rope->config(),
+                 a.rope->row(std::min(pos, a.rope_sink_qmax)));
+      }
+      rope_row(row, row, 1, p.dim_qk, a.rope->config(), a.rope->row(pos));
+    }
+  }
   tile::zero(acc, dv_pad, HR, dv_pad);
   typename Norm::RowState state[kDecodeMaxRows * kDecodeHeads<Norm>];
   for (index_t r = 0; r < HR; ++r) state[r] = Norm::init_row(a, mask, b, g0 * G + r / Sq, r % Sq);
   [[maybe_unused]] policy::VSums vsums;  // affine-scaled: running sums of the visible V rows (ng == 1)
   if constexpr (Norm::kSumsV) vsums = policy::VSums::make(R, dv_pad, kDecodeBlock);
 
-  const bool k_inplace = a.k.stride[3] == 1 && p.dim_qk % tile::kWidth == 0;
-  const bool v_inplace = a.v.stride[3] == 1 && p.dim_v % tile::kWidth == 0;
   const index_t lo = std::max(k_lo, mask.kv_begin(0, Sq)), hi = std::min(k_hi, mask.kv_end(0, Sq));
 
   // next_kv jumps the keys no row can see between visible ranges (sliding window: sinks, band).
-  for (index_t j0 = policy::next_kv(mask, 0, Sq, lo); j0 < hi; j0 = policy::next_kv(mask, 0, Sq, j0 + kDecodeBlock)) {
-    const index_t j1 = std::min(j0 + kDecodeBlock, hi), nk = j1 - j0;
+  // A block stays inside one KV segment (and one side of the RoPE sink keys).
+  for (index_t j0 = policy::next_kv(mask, 0, Sq, lo), j1 = j0; j0 < hi; j0 = policy::next_kv(mask, 0, Sq, j1)) {
+    const KernelArgs::KvPiece pc = a.piece(j0);
+    j1 = std::min({j0 + kDecodeBlock, hi, pc.end});
+    if (a.rope_two_queries() && j0 < a.rope_sink_keys) j1 = std::min(j1, a.rope_sink_keys);
+    const index_t nk = j1 - j0, r0 = j0 - pc.base;  // r0: the block's first row in its segment
+    const TensorView<const float>& K = *pc.k;
+    const TensorView<const float>& Vw = *pc.v;
     const policy::BlockKind kind = mask.classify(0, Sq, j0, j1);
     if (kind == policy::BlockKind::empty) continue;
     const int nvec = static_cast<int>((nk + tile::kWidth - 1) / tile::kWidth);
+    const bool k_inplace = K.stride[3] == 1 && p.dim_qk % tile::kWidth == 0 && !a.rope;
+    const bool v_inplace = Vw.stride[3] == 1 && p.dim_v % tile::kWidth == 0;
+    const float* q_blk = a.rope_two_queries() && j0 < a.rope_sink_keys ? qpad_sink : qpad;
 
     for (index_t gg = 0; gg < ng; ++gg) {
       const index_t g = g0 + gg;
       typename Norm::RowState* st = state + gg * R;
       float* acc_g = acc + gg * R * dv_pad;
       for (int grp = 0; grp < nvec; ++grp) {
-        const index_t jg = j0 + grp * tile::kWidth, ng_keys = std::min<index_t>(tile::kWidth, j1 - jg);
-        const float* kp = a.k.ptr(b, jg, g);
-        index_t ld_k = a.k.stride[1];
-        if (!k_inplace || ng_keys < tile::kWidth) {
-          tile::pack_rows(kpack, dqk_pad, kp, ld_k, a.k.stride[3], ng_keys, p.dim_qk, dqk_pad);
+        const index_t jg = grp * tile::kWidth, ng_keys = std::min<index_t>(tile::kWidth, nk - jg);
+        const float* kp = K.ptr(b, r0 + jg, g);
+        index_t ld_k = K.stride[1];
+        if (a.rope) {
+          rope_rows(kpack, dqk_pad, kp, ld_k, K.stride[3], ng_keys, p.dim_qk, dqk_pad, *a.rope, j0 + jg);
+          tile::zero(kpack + ng_keys * dqk_pad, dqk_pad, tile::kWidth - ng_keys, dqk_pad);
+          kp = kpack;
+          ld_k = dqk_pad;
+        } else if (!k_inplace || ng_keys < tile::kWidth) {
+          tile::pack_rows(kpack, dqk_pad, kp, ld_k, K.stride[3], ng_keys, p.dim_qk, dqk_pad);
           tile::zero(kpack + ng_keys * dqk_pad, dqk_pad, tile::kWidth - ng_keys, dqk_pad);
           kp = kpack;
           ld_k = dqk_pad;
         }
         for (index_t r = 0; r < R; ++r)
-          tile::dot_keys(s + r * ld_s + grp * tile::kWidth, qpad + (gg * R + r) * dqk_pad, kp, ld_k, dqk_vecs);
+          tile::dot_keys(s + r * ld_s + grp * tile::kWidth, q_blk + (gg * R + r) * dqk_pad, kp, ld_k, dqk_vecs);
       }
 
       for (index_t hh = 0; hh < G; ++hh) {
@@ -134,10 +160,10 @@ void decode_task(const KernelArgs& a, const typename V::Mask& mask, index_t b, i
         if (alpha != 1.f) tile::scale_rows(acc_g + r * dv_pad, dv_pad, 1, dv_vecs, &alpha);
       }
 
-      const float* vp = a.v.ptr(b, j0, g);
-      index_t ld_v = a.v.stride[1];
+      const float* vp = Vw.ptr(b, r0, g);
+      index_t ld_v = Vw.stride[1];
       if (!v_inplace) {
-        tile::pack_rows(vpack, dv_pad, vp, ld_v, a.v.stride[3], nk, p.dim_v, dv_pad);
+        tile::pack_rows(vpack, dv_pad, vp, ld_v, Vw.stride[3], nk, p.dim_v, dv_pad);
         vp = vpack;
         ld_v = dv_pad;
       }

@@ -9,17 +9,21 @@
 //       one specialisation only, for those who want exactly one instantiation.
 
 #include <cmath>
+#include <string>
 #include <type_traits>
 #include <variant>
+#include <vector>
 
 #include "sinkattn/core/executor.hpp"
 #include "sinkattn/core/helpers.hpp"
+#include "sinkattn/core/kv_segments.hpp"
 #include "sinkattn/core/options.hpp"
 #include "sinkattn/core/status.hpp"
 #include "sinkattn/core/validate.hpp"
 #include "sinkattn/kernel/args.hpp"
 #include "sinkattn/kernel/config.hpp"
 #include "sinkattn/kernel/decode.hpp"
+#include "sinkattn/kernel/permute.hpp"
 #include "sinkattn/kernel/prefill.hpp"
 #include "sinkattn/policy/gate.hpp"
 #include "sinkattn/policy/mask.hpp"
@@ -53,6 +57,12 @@ inline KernelArgs make_args(const Problem& p, const TensorView<const float>& q, 
   if (const auto* n = std::get_if<ScalableSoftmax>(&opt.norm)) a.ssmax = *n;
   if (const auto* n = std::get_if<AffineScaled>(&opt.norm)) a.affine = *n;
   if (const auto* g = std::get_if<SigmoidGate>(&opt.gate)) a.gate = g->g;
+  if (opt.rope.table) {
+    a.rope = opt.rope.table;
+    a.rope_q0 = opt.rope.query_position < 0 ? p.seq_kv - p.seq_q : opt.rope.query_position;
+    a.rope_sink_keys = opt.rope.sink_keys;
+    a.rope_sink_qmax = opt.rope.sink_query_max < 0 ? a.rope_q0 + p.seq_q : opt.rope.sink_query_max;
+  }
   return a;
 }
 
@@ -124,26 +134,34 @@ inline Status dispatch_mask(const KernelArgs& a, const Options& opt, const Execu
   if (const auto* c = std::get_if<CausalMask>(&opt.mask))
     return detail::dispatch_norm(a, opt, policy::CausalMaskPolicy{a.p.seq_kv, a.p.seq_kv - a.p.seq_q + c->offset}, ex);
   if (const auto* w = std::get_if<SlidingWindowMask>(&opt.mask))
-    return detail::dispatch_norm(
-        a, opt,
-        policy::SlidingWindowMaskPolicy{a.p.seq_kv, a.p.seq_kv - a.p.seq_q + w->offset, w->left, w->right, w->sink_tokens},
-        ex);
+    return detail::dispatch_norm(a, opt,
+                                 policy::SlidingWindowMaskPolicy{a.p.seq_kv, a.p.seq_kv - a.p.seq_q + w->offset,
+                                                                 w->left, w->right, w->sink_tokens},
+                                 ex);
   if (const auto* m = std::get_if<BlockMask>(&opt.mask))
     return detail::dispatch_norm(
         a, opt,
-        policy::BlockMaskPolicy{a.p.seq_kv, a.p.seq_kv - a.p.seq_q + m->offset, m->boundaries.empty() ? m->block_size : 0,
-                                m->boundaries.data(), static_cast<index_t>(m->boundaries.size()), m->global_keys,
-                                m->last_block_attends_all, m->causal},
+        policy::BlockMaskPolicy{a.p.seq_kv, a.p.seq_kv - a.p.seq_q + m->offset,
+                                m->boundaries.empty() ? m->block_size : 0, m->boundaries.data(),
+                                static_cast<index_t>(m->boundaries.size()), m->global_keys, m->last_block_attends_all,
+                                m->causal},
         ex);
   if (const auto* m = std::get_if<BlockSparseMask>(&opt.mask))
     return detail::dispatch_norm(
         a, opt,
-        policy::BlockSparseMaskPolicy{a.p.seq_q, a.p.seq_kv, a.p.heads_q, m->q_block, m->kv_block, m->offsets, m->indices,
-                                      m->element_mask ? &m->element_mask : nullptr},
+        policy::BlockSparseMaskPolicy{a.p.seq_q, a.p.seq_kv, a.p.heads_q, m->q_block, m->kv_block, m->offsets,
+                                      m->indices, m->element_mask ? &m->element_mask : nullptr},
         ex);
-  if (const auto* m = std::get_if<NeighborhoodMask>(&opt.mask))
+  if (const auto* m = std::get_if<NeighborhoodMask>(&opt.mask)) {
+    // 2-D/3-D (and dilated) grids: multi-dimensional query tiles over permuted tokens
+    // (kernel/permute.hpp); what that cannot take (see neighborhood_tiled_applies) keeps the flat tiles.
+    if (detail::neighborhood_tiled_applies(a, *m, opt))
+      return detail::forward_neighborhood_tiled(a, *m, ex, [&](const detail::KernelArgs& pa, const auto& pm) {
+        return detail::dispatch_norm(pa, opt, pm, ex);
+      });
     return detail::dispatch_norm(
         a, opt, policy::NeighborhoodMaskPolicy{m->rank, m->extent, m->kernel, m->dilation, m->stride, m->causal}, ex);
+  }
   return Status(Errc::unsupported, "mask: this mask is not in the fast path yet (use the reference)");
 }
 
@@ -155,6 +173,57 @@ inline Status forward(const Problem& p, const TensorView<const float>& q, const 
                       const Executor& ex = Executor::serial()) {
   SINKATTN_TRY(validate(p, q, k, v, o, opt));
   return detail::dispatch_mask(detail::make_args(p, q, k, v, o, opt), opt, ex);
+}
+
+// Keys and values as a list of segments read in place (core/kv_segments.hpp): a KV cache's
+// pieces, a chunk appended to a cache, pages. p.seq_kv must equal the segments' total rows.
+inline Status forward(const Problem& p, const TensorView<const float>& q, const KvSegment* segments, index_t count,
+                      const TensorView<float>& o, const Options& opt = {}, const Executor& ex = Executor::serial()) {
+  using detail::fail;
+  using detail::str;
+  if (count < 0) return fail(Errc::negative_size, "segments: count is " + str(count));
+  if (count > 0 && segments == nullptr) return fail(Errc::null_data, "segments: null with count " + str(count));
+  constexpr index_t kInline = 16;  // no allocation for the usual few segments
+  index_t starts_inline[kInline + 1];
+  std::vector<index_t> starts_heap;
+  index_t* starts = starts_inline;
+  if (count > kInline) {
+    starts_heap.resize(static_cast<std::size_t>(count + 1));
+    starts = starts_heap.data();
+  }
+  starts[0] = 0;
+  for (index_t s = 0; s < count; ++s) {
+    const std::string name = "segments[" + str(s) + "]";
+    const KvSegment& sg = segments[s];
+    const index_t n = sg.k.shape[1];
+    SINKATTN_TRY(detail::check_view((name + ".k").c_str(), sg.k, {p.batch, n, p.heads_kv, p.dim_qk}, detail::kBSHD));
+    SINKATTN_TRY(detail::check_view((name + ".v").c_str(), sg.v, {p.batch, n, p.heads_kv, p.dim_v}, detail::kBSHD));
+    SINKATTN_TRY(detail::check_no_alias("o", o, (name + ".k").c_str(), sg.k));
+    SINKATTN_TRY(detail::check_no_alias("o", o, (name + ".v").c_str(), sg.v));
+    if (opt.lse.data) {
+      SINKATTN_TRY(detail::check_no_alias("lse", opt.lse, (name + ".k").c_str(), sg.k));
+      SINKATTN_TRY(detail::check_no_alias("lse", opt.lse, (name + ".v").c_str(), sg.v));
+    }
+    starts[s + 1] = starts[s] + n;
+  }
+  if (starts[count] != p.seq_kv)
+    return fail(Errc::shape_mismatch,
+                "segments: hold " + str(starts[count]) + " rows in total, problem.seq_kv is " + str(p.seq_kv));
+  // The rest of validate() on stand-in K/V views of the right shape (zero strides on one
+  // float: they alias nothing), since the segments were checked above.
+  static const float stand_in = 0.f;
+  const TensorView<const float> k_all(&stand_in, {p.batch, p.seq_kv, p.heads_kv, p.dim_qk}, {0, 0, 0, 0});
+  const TensorView<const float> v_all(&stand_in, {p.batch, p.seq_kv, p.heads_kv, p.dim_v}, {0, 0, 0, 0});
+  SINKATTN_TRY(validate(p, q, k_all, v_all, o, opt));
+  detail::KernelArgs a = detail::make_args(p, q, k_all, v_all, o, opt);
+  if (count == 0) {
+    a.nseg = 0;  // seq_kv == 0: no key is ever read
+  } else {
+    a.seg = segments;
+    a.seg_start = starts;
+    a.nseg = count;
+  }
+  return detail::dispatch_mask(a, opt, ex);
 }
 
 // Compile-time entry point: exactly one specialisation. `opt` supplies the data the policies

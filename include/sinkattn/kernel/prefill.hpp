@@ -42,11 +42,11 @@ namespace detail {
 inline index_t prefill_workspace_floats(const Problem& p) {
   const index_t dv_pad = tile::round_up(std::max<index_t>(p.dim_v, 1), tile::kWidth);
   const index_t dqk_pad = tile::round_up(std::max<index_t>(p.dim_qk, 1), tile::kWidth);
-  return p.dim_qk * kBlockQ     // Q^T
-         + kBlockKV * kBlockQ   // S^T
-         + kBlockQ * dv_pad     // O accumulator
-         + kBlockKV * dv_pad    // packed V (strided or tail-y V only)
-         + kBlockKV * dqk_pad;  // packed K (strided K only)
+  return 2 * p.dim_qk * kBlockQ  // Q^T (and Q^T rotated for the sink keys, RoPE on load)
+         + kBlockKV * kBlockQ    // S^T
+         + kBlockQ * dv_pad      // O accumulator
+         + kBlockKV * dv_pad     // packed V (strided or tail-y V only)
+         + kBlockKV * dqk_pad;   // packed K (strided K only)
 }
 
 template <class V>
@@ -63,26 +63,39 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
   const index_t dqk_pad = tile::round_up(p.dim_qk, tile::kWidth);
 
   float* qt = ws.floats(static_cast<std::size_t>(prefill_workspace_floats(p)));  // (Dqk, BQ)
-  float* st = qt + p.dim_qk * kBlockQ;                                           // (BKV, BQ)
+  float* qt_sink = qt + p.dim_qk * kBlockQ;                                      // (Dqk, BQ)
+  float* st = qt_sink + p.dim_qk * kBlockQ;                                      // (BKV, BQ)
   float* acc = st + kBlockKV * kBlockQ;                                          // (BQ, Dv_pad)
   float* vpack = acc + kBlockQ * dv_pad;                                         // (BKV, Dv_pad)
   float* kpack = vpack + kBlockKV * dv_pad;                                      // (BKV, Dqk_pad)
 
   // Q^T carries scale * log2(e): S^T comes out of the micro-kernel in log2 units.
-  tile::pack_transposed(qt, a.q.ptr(b, i0, h), a.q.stride[1], a.q.stride[3], nq, p.dim_qk, a.scale * kLog2e);
+  if (a.rope) {
+    // RoPE on load: the query rows rotated at their positions (through kpack), transposed.
+    const auto pack_rotated = [&](float* dst, bool sink) {
+      for (index_t r = 0; r < nq; ++r) {
+        index_t pos = a.rope_q0 + i0 + r;
+        if (sink) pos = std::min(pos, a.rope_sink_qmax);
+        rope_row(kpack + r * dqk_pad, a.q.ptr(b, i0 + r, h), a.q.stride[3], p.dim_qk, a.rope->config(),
+                 a.rope->row(pos));
+      }
+      tile::pack_transposed(dst, kpack, dqk_pad, 1, nq, p.dim_qk, a.scale * kLog2e);
+    };
+    pack_rotated(qt, false);
+    if (a.rope_two_queries()) pack_rotated(qt_sink, true);
+  } else {
+    tile::pack_transposed(qt, a.q.ptr(b, i0, h), a.q.stride[1], a.q.stride[3], nq, p.dim_qk, a.scale * kLog2e);
+  }
   tile::zero(acc, dv_pad, nq, dv_pad);
 
   // K is read in place when its head dim is contiguous (its rows are only broadcast from).
   // V is read in place only when its rows are contiguous and a whole number of vectors:
   // with token-major layouts (BSHD) consecutive V rows are Hkv * Dv floats apart, often a
   // multiple of 4 KiB, so the rows of a V panel would all fall into the same L1 sets; the
-  // packed copy (once per key block, ~2% of the block's FMAs) avoids that.
-  const bool k_inplace = a.k.stride[3] == 1;
-  const bool v_inplace = a.v.stride[3] == 1 && a.v.stride[1] == p.dim_v && p.dim_v % tile::kWidth == 0;
-  // V rows with a unit stride are packed by plain row copies issued during S^T; the padding
-  // columns of the panel are zeroed once here and never written again.
-  const bool v_copy = !v_inplace && a.v.stride[3] == 1;
-  if (v_copy && dv_pad > p.dim_v)
+  // packed copy (once per key block, ~2% of the block's FMAs) avoids that. With KV segments
+  // each segment decides for itself. V rows with a unit stride are packed by plain row copies
+  // issued during S^T; the padding columns of the panel are zeroed once here.
+  if (dv_pad > p.dim_v)
     for (index_t r = 0; r < kBlockKV; ++r) std::fill(vpack + r * dv_pad + p.dim_v, vpack + (r + 1) * dv_pad, 0.f);
 
   auto state = V::Norm::init(a, mask, b, h, i0, nq);
@@ -91,27 +104,38 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
   if constexpr (V::Norm::kSumsV) vsums = policy::VSums::make(nq, dv_pad, kBlockKV);
   alignas(64) float alpha_rows[kBlockQ];
 
-  policy::for_each_kv_block(mask, i0, i0 + nq, kBlockKV, [&](index_t j0, index_t j1, policy::BlockKind kind) {
-    const index_t nk = j1 - j0;
-    const float* kp = a.k.ptr(b, j0, g);
-    index_t ld_k = a.k.stride[1];
-    if (!k_inplace) {
-      tile::pack_rows(kpack, dqk_pad, kp, ld_k, a.k.stride[3], nk, p.dim_qk, dqk_pad);
+  // One key block [j0, j1) inside one segment (KernelArgs::for_each_piece).
+  const auto block = [&](index_t j0, index_t j1, policy::BlockKind kind, const KernelArgs::KvPiece& pc) {
+    const TensorView<const float>& K = *pc.k;
+    const TensorView<const float>& Vw = *pc.v;
+    const index_t nk = j1 - j0, r0 = j0 - pc.base;  // r0: the block's first row in its segment
+    const bool k_inplace = K.stride[3] == 1 && !a.rope;
+    const bool v_inplace = Vw.stride[3] == 1 && Vw.stride[1] == p.dim_v && p.dim_v % tile::kWidth == 0;
+    const bool v_copy = !v_inplace && Vw.stride[3] == 1;
+    const float* kp = K.ptr(b, r0, g);
+    index_t ld_k = K.stride[1];
+    if (a.rope) {
+      rope_rows(kpack, dqk_pad, kp, ld_k, K.stride[3], nk, p.dim_qk, dqk_pad, *a.rope, j0);
+      kp = kpack;
+      ld_k = dqk_pad;
+    } else if (!k_inplace) {
+      tile::pack_rows(kpack, dqk_pad, kp, ld_k, K.stride[3], nk, p.dim_qk, dqk_pad);
       kp = kpack;
       ld_k = dqk_pad;
     }
     // While S^T computes: fetch this block's V rows (packed right after the softmax) and the
-    // next block's K rows (when the mask visits the adjacent block).
+    // next block's K rows (when they follow in the same segment).
     // Contiguous V rows that only need packing (not a stride) are copied by the same stream.
     tile::RowStream pf[2];
-    pf[0] = {a.v.ptr(b, j0, g), a.v.stride[1], nk, p.dim_v * static_cast<index_t>(sizeof(float))};
+    pf[0] = {Vw.ptr(b, r0, g), Vw.stride[1], nk, p.dim_v * static_cast<index_t>(sizeof(float))};
     if (v_copy) {
       pf[0].copy_to = vpack;
       pf[0].copy_ld = dv_pad;
     }
-    const index_t nn = std::min(kBlockKV, p.seq_kv - j1);
-    if (nn > 0) pf[1] = {a.k.ptr(b, j1, g), a.k.stride[1], nn, p.dim_qk * static_cast<index_t>(sizeof(float))};
-    tile::mma_kqt(st, kBlockQ, kp, ld_k, nk, qt, p.dim_qk, vecs, pf, nn > 0 ? 2 : 1);
+    const index_t nn = std::min(kBlockKV, pc.end - j1);
+    if (nn > 0) pf[1] = {K.ptr(b, r0 + nk, g), K.stride[1], nn, p.dim_qk * static_cast<index_t>(sizeof(float))};
+    const float* q_blk = a.rope_two_queries() && j0 < a.rope_sink_keys ? qt_sink : qt;
+    tile::mma_kqt(st, kBlockQ, kp, ld_k, nk, q_blk, p.dim_qk, vecs, pf, nn > 0 ? 2 : 1);
 
     const policy::ScoreTile t{st, kBlockQ, nk, vecs, b, h, i0, nq, j0, nk, 1, kBlockQ};
     V::Score::apply(a, t);
@@ -125,18 +149,21 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
       }
     }
 
-    const float* vp = a.v.ptr(b, j0, g);
-    index_t ld_v = a.v.stride[1];
+    const float* vp = Vw.ptr(b, r0, g);
+    index_t ld_v = Vw.stride[1];
     if (v_copy) {
       vp = vpack;  // copied during S^T
       ld_v = dv_pad;
     } else if (!v_inplace) {
-      tile::pack_rows(vpack, dv_pad, vp, ld_v, a.v.stride[3], nk, p.dim_v, dv_pad);
+      tile::pack_rows(vpack, dv_pad, vp, ld_v, Vw.stride[3], nk, p.dim_v, dv_pad);
       vp = vpack;
       ld_v = dv_pad;
     }
     tile::mma_pv(acc, dv_pad, nq, st, kBlockQ, 1, vp, ld_v, nk, dv_vecs);
     if constexpr (V::Norm::kSumsV) vsums.add(mask, kind, i0, nq, j0, nk, vp, ld_v);
+  };
+  policy::for_each_kv_block(mask, i0, i0 + nq, kBlockKV, [&](index_t j0, index_t j1, policy::BlockKind kind) {
+    a.for_each_piece(j0, j1, [&](index_t s0, index_t s1, const KernelArgs::KvPiece& pc) { block(s0, s1, kind, pc); });
   });
 
   policy::RowFinal fin;

@@ -10,7 +10,8 @@ namespace sinkattn::policy {
 
 struct NoGate {
   // O[b, i, h, :] = acc * s
-  static void store(const detail::KernelArgs& a, index_t b, index_t i, index_t h, const float* acc, float s) {
+  static void store(const ::sinkattn::detail::KernelArgs& a, index_t b, index_t i, index_t h, const float* acc,
+                    float s) {
     tile::store_scaled(a.o.ptr(b, i, h), a.o.stride[3], acc, a.p.dim_v, s);
   }
 };
@@ -20,7 +21,8 @@ struct NoGate {
 // buffer is read in place). Fused into the store: no extra pass over O. Runs after the
 // normalization's own epilogue (affine-scaled), as SEMANTICS section 4 asks.
 struct SigmoidGate {
-  static void store(const detail::KernelArgs& a, index_t b, index_t i, index_t h, const float* acc, float s) {
+  static void store(const ::sinkattn::detail::KernelArgs& a, index_t b, index_t i, index_t h, const float* acc,
+                    float s) {
     const float* g = a.gate.ptr(b, i, h);
     if (a.gate.shape[3] == 1) {
       tile::store_scaled(a.o.ptr(b, i, h), a.o.stride[3], acc, a.p.dim_v, s / (1.f + std::exp(-g[0])));
@@ -33,7 +35,8 @@ struct SigmoidGate {
 // The runtime entry point's gate: a branch per output row on whether a gate was given. Its
 // cost is nil next to the row's Dv-wide store, and it halves the specialisations to compile.
 struct OptionalSigmoidGate {
-  static void store(const detail::KernelArgs& a, index_t b, index_t i, index_t h, const float* acc, float s) {
+  static void store(const ::sinkattn::detail::KernelArgs& a, index_t b, index_t i, index_t h, const float* acc,
+                    float s) {
     if (a.has_gate())
       SigmoidGate::store(a, b, i, h, acc, s);
     else

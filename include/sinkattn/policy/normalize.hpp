@@ -38,7 +38,7 @@ struct OnlineSoftmax {
   // The state of query rows [i0, i0 + nq) of head h (prefill), resp. of row i (decode):
   // where a normalization reads its per-head / per-row parameters, once per task.
   template <class Mask>
-  static State init(const detail::KernelArgs&, const Mask&, index_t /*b*/, index_t /*h*/, index_t /*i0*/,
+  static State init(const ::sinkattn::detail::KernelArgs&, const Mask&, index_t /*b*/, index_t /*h*/, index_t /*i0*/,
                     index_t /*nq*/) {
     return {};
   }
@@ -79,7 +79,8 @@ struct OnlineSoftmax {
   };
 
   template <class Mask>
-  static RowState init_row(const detail::KernelArgs&, const Mask&, index_t /*b*/, index_t /*h*/, index_t /*i*/) {
+  static RowState init_row(const ::sinkattn::detail::KernelArgs&, const Mask&, index_t /*b*/, index_t /*h*/,
+                           index_t /*i*/) {
     return {};
   }
 
@@ -131,7 +132,7 @@ struct OnlineSoftmax {
     const float a = mr == kNegInf ? 0.f : std::exp2(mr - M);
     const float denom = l * a + (extra_logit2 == kNegInf ? 0.f : std::exp2(extra_logit2 - M));
     out_scale = a / denom;
-    lse = (M + std::log2(denom)) * detail::kLn2;
+    lse = (M + std::log2(denom)) * ::sinkattn::detail::kLn2;
   }
 
   static void finalize_row(const RowState& s, float extra_logit2, float& out_scale, float& lse) {
@@ -155,8 +156,9 @@ struct SigmoidNorm {
   static constexpr bool kRescales = false;
   static constexpr bool kSumsV = false;
 
-  static float bias2(const detail::KernelArgs& a, index_t h) {
-    return (a.sigmoid.bias + (a.sigmoid.head_bias != nullptr ? a.sigmoid.head_bias[h] : 0.f)) * detail::kLog2e;
+  static float bias2(const ::sinkattn::detail::KernelArgs& a, index_t h) {
+    return (a.sigmoid.bias + (a.sigmoid.head_bias != nullptr ? a.sigmoid.head_bias[h] : 0.f)) *
+           ::sinkattn::detail::kLog2e;
   }
   // sigmoid(x + b) = 1 / (1 + 2^(nb - x2)) with x2 and nb = -b2 in log2 units.
   static tile::vf weight(const tile::vf& x2, const tile::vf& nb) { return tile::inv_1p_exp2(nb - x2); }
@@ -173,7 +175,7 @@ struct SigmoidNorm {
     float eps = 0.f;
   };
   template <class Mask>
-  static State init(const detail::KernelArgs& a, const Mask&, index_t, index_t h, index_t, index_t) {
+  static State init(const ::sinkattn::detail::KernelArgs& a, const Mask&, index_t, index_t h, index_t, index_t) {
     State s;
     s.bias2 = bias2(a, h);
     s.normalize = a.sigmoid.normalize;
@@ -216,7 +218,7 @@ struct SigmoidNorm {
     float eps = 0.f;
   };
   template <class Mask>
-  static RowState init_row(const detail::KernelArgs& a, const Mask&, index_t, index_t h, index_t) {
+  static RowState init_row(const ::sinkattn::detail::KernelArgs& a, const Mask&, index_t, index_t h, index_t) {
     RowState s;
     s.bias2 = bias2(a, h);
     s.normalize = a.sigmoid.normalize;
@@ -273,7 +275,7 @@ struct SoftpickNorm {
     float eps = 0.f;
   };
   template <class Mask>
-  static State init(const detail::KernelArgs& a, const Mask&, index_t, index_t, index_t, index_t) {
+  static State init(const ::sinkattn::detail::KernelArgs& a, const Mask&, index_t, index_t, index_t, index_t) {
     State s;
     s.eps = a.softpick.eps;
     return s;
@@ -307,7 +309,7 @@ struct SoftpickNorm {
     float eps = 0.f;
   };
   template <class Mask>
-  static RowState init_row(const detail::KernelArgs& a, const Mask&, index_t, index_t, index_t) {
+  static RowState init_row(const ::sinkattn::detail::KernelArgs& a, const Mask&, index_t, index_t, index_t) {
     RowState s;
     s.eps = a.softpick.eps;
     return s;
@@ -342,7 +344,7 @@ struct SoftpickNorm {
 // score and mask steps. N_i comes from the mask (count_visible) before the loop. A -inf logit
 // stays -inf (also when the factor is 0 or negative).
 struct ScalableSoftmaxNorm : OnlineSoftmax {
-  static float factor(const detail::KernelArgs& a, index_t h, index_t n) {
+  static float factor(const ::sinkattn::detail::KernelArgs& a, index_t h, index_t n) {
     return n > 0 ? a.ssmax.s[h] * std::log(static_cast<float>(n)) : 1.f;
   }
   static tile::vf scaled(const tile::vf& x, const tile::vf& f) {
@@ -354,7 +356,8 @@ struct ScalableSoftmaxNorm : OnlineSoftmax {
     bool positive = true;  // every factor > 0: -inf * f stays -inf, no guard needed
   };
   template <class Mask>
-  static State init(const detail::KernelArgs& a, const Mask& mask, index_t, index_t h, index_t i0, index_t nq) {
+  static State init(const ::sinkattn::detail::KernelArgs& a, const Mask& mask, index_t, index_t h, index_t i0,
+                    index_t nq) {
     State s;
     alignas(64) float f[tile::kQRows];
     for (index_t r = 0; r < tile::kQRows; ++r) {
@@ -397,7 +400,7 @@ struct ScalableSoftmaxNorm : OnlineSoftmax {
     float f = 1.f;
   };
   template <class Mask>
-  static RowState init_row(const detail::KernelArgs& a, const Mask& mask, index_t, index_t h, index_t i) {
+  static RowState init_row(const ::sinkattn::detail::KernelArgs& a, const Mask& mask, index_t, index_t h, index_t i) {
     RowState s;
     s.f = factor(a, h, mask.count_visible(i));
     return s;
@@ -420,8 +423,8 @@ struct AffineScaledNorm : OnlineSoftmax {
   static constexpr bool kSumsV = true;
 
   template <class Mask>
-  static void coefficients(const detail::KernelArgs& a, const Mask& mask, index_t b, index_t h, index_t i, float& alpha,
-                           float& beta) {
+  static void coefficients(const ::sinkattn::detail::KernelArgs& a, const Mask& mask, index_t b, index_t h, index_t i,
+                           float& alpha, float& beta) {
     const index_t n = mask.count_visible(i);
     alpha = beta = 0.f;
     if (n == 0) return;
@@ -447,7 +450,8 @@ struct AffineScaledNorm : OnlineSoftmax {
     float beta[tile::kQRows] = {};
   };
   template <class Mask>
-  static State init(const detail::KernelArgs& a, const Mask& mask, index_t b, index_t h, index_t i0, index_t nq) {
+  static State init(const ::sinkattn::detail::KernelArgs& a, const Mask& mask, index_t b, index_t h, index_t i0,
+                    index_t nq) {
     State s;
     for (index_t r = 0; r < nq; ++r) coefficients(a, mask, b, h, i0 + r, s.alpha[r], s.beta[r]);
     return s;
@@ -461,7 +465,7 @@ struct AffineScaledNorm : OnlineSoftmax {
     float beta = 0.f;
   };
   template <class Mask>
-  static RowState init_row(const detail::KernelArgs& a, const Mask& mask, index_t b, index_t h, index_t i) {
+  static RowState init_row(const ::sinkattn::detail::KernelArgs& a, const Mask& mask, index_t b, index_t h, index_t i) {
     RowState s;
     coefficients(a, mask, b, h, i, s.alpha, s.beta);
     return s;
@@ -483,8 +487,8 @@ struct VSums {
   float* ones = nullptr;  // (max_keys)
   index_t rows = 0, dv_pad = 0, max_keys = 0;
 
-  static detail::Workspace& workspace() {
-    thread_local detail::Workspace ws;
+  static ::sinkattn::detail::Workspace& workspace() {
+    thread_local ::sinkattn::detail::Workspace ws;
     return ws;
   }
   static VSums make(index_t rows, index_t dv_pad, index_t max_keys) {

@@ -30,13 +30,13 @@ struct ScoreTile {
 
 template <bool kSoftcap, bool kBias, bool kAlibi>
 struct Score {
-  static void apply(const detail::KernelArgs& a, const ScoreTile& t) {
+  static void apply(const ::sinkattn::detail::KernelArgs& a, const ScoreTile& t) {
     using tile::vf;
     if constexpr (kSoftcap) {
       // The kernels hand over y = scale * s * log2(e) (the scale rides in the packed Q).
       // x = c * tanh(scale * s / c) before any additive term (so a -inf stays -inf), i.e.
       // in log2 units c' * tanh(y / c') with c' = c * log2(e).
-      const float c2 = a.softcap * detail::kLog2e;
+      const float c2 = a.softcap * ::sinkattn::detail::kLog2e;
       const vf pre(1.f / c2), post(c2);
       for (index_t r = 0; r < t.rows; ++r)
         for (int c = 0; c < t.vecs; ++c) {
@@ -47,11 +47,11 @@ struct Score {
     if constexpr (kBias) {
       for (index_t l = 0; l < t.nq; ++l) {
         const float* src = a.bias.ptr(t.b, t.h, t.i0 + l, t.j0);
-        for (index_t r = 0; r < t.nk; ++r) t.at(l, r) += src[r * a.bias.stride[3]] * detail::kLog2e;
+        for (index_t r = 0; r < t.nk; ++r) t.at(l, r) += src[r * a.bias.stride[3]] * ::sinkattn::detail::kLog2e;
       }
     }
     if constexpr (kAlibi) {
-      const float slope = a.alibi_slopes[t.h] * detail::kLog2e;
+      const float slope = a.alibi_slopes[t.h] * ::sinkattn::detail::kLog2e;
       const index_t shift = a.p.seq_kv - a.p.seq_q;
       for (index_t l = 0; l < t.nq; ++l)
         for (index_t r = 0; r < t.nk; ++r)
@@ -64,10 +64,10 @@ struct Score {
 // arguments. One branch per tile (64 x 64 scores) costs nothing measurable, and the fused loop
 // is compiled once instead of once per flag combination (only this small function is).
 struct RuntimeScore {
-  static void apply(const detail::KernelArgs& a, const ScoreTile& t) {
+  static void apply(const ::sinkattn::detail::KernelArgs& a, const ScoreTile& t) {
     const bool bias = a.bias.data != nullptr && !a.bias.empty(), alibi = a.alibi_slopes != nullptr;
     const int k = (a.softcap > 0.f ? 4 : 0) + (bias ? 2 : 0) + (alibi ? 1 : 0);
-    using Fn = void (*)(const detail::KernelArgs&, const ScoreTile&);
+    using Fn = void (*)(const ::sinkattn::detail::KernelArgs&, const ScoreTile&);
     static constexpr Fn kApply[8] = {&Score<false, false, false>::apply, &Score<false, false, true>::apply,
                                      &Score<false, true, false>::apply,  &Score<false, true, true>::apply,
                                      &Score<true, false, false>::apply,  &Score<true, false, true>::apply,

@@ -9,12 +9,16 @@
 namespace sinkattn::policy {
 
 struct NoSink {
-  static float logit2(const detail::KernelArgs&, index_t) { return -std::numeric_limits<float>::infinity(); }
+  static float logit2(const ::sinkattn::detail::KernelArgs&, index_t) {
+    return -std::numeric_limits<float>::infinity();
+  }
 };
 
 // gpt-oss: one raw (unscaled) logit per query head.
 struct LearnedSinkLogit {
-  static float logit2(const detail::KernelArgs& a, index_t h) { return a.sink_logits[h] * detail::kLog2e; }
+  static float logit2(const ::sinkattn::detail::KernelArgs& a, index_t h) {
+    return a.sink_logits[h] * ::sinkattn::detail::kLog2e;
+  }
 };
 
 }  // namespace sinkattn::policy

@@ -93,7 +93,23 @@ Status validate_args(const Problem& p, const TensorView<const float>& q, const T
   SINKATTN_TRY(std::visit([&](const auto& n) { return cd::check_norm(p, without_lse, n); }, opt.norm));
   SINKATTN_TRY(std::visit([&](const auto& g) { return cd::check_gate(p, g); }, opt.gate));
   if (const auto* g = std::get_if<SigmoidGate>(&opt.gate)) SINKATTN_TRY(cd::check_no_alias("o", o, "gate.g", g->g));
+  SINKATTN_TRY(cd::check_rope(p, opt.rope));
   return {};
+}
+
+// RoPE in Real, angles computed here from the configuration (not from the kernels' table).
+template <class Real>
+void rope_rotate(Real* x, index_t pos, const Rope& cfg) {
+  const index_t half = cfg.rot() / 2;
+  for (index_t i = 0; i < half; ++i) {
+    const Real angle = Real(pos) / std::pow(Real(cfg.theta), Real(2 * i) / Real(2 * half));
+    const Real c = std::cos(angle), s = std::sin(angle);
+    const index_t ia = cfg.pairing == RopePairing::neox ? i : 2 * i;
+    const index_t ib = cfg.pairing == RopePairing::neox ? i + half : 2 * i + 1;
+    const Real a = x[ia], b = x[ib];
+    x[ia] = a * c - b * s;
+    x[ib] = b * c + a * s;
+  }
 }
 
 template <class Real>
@@ -241,6 +257,9 @@ Status attention(const Problem& p, TensorView<const float> q, TensorView<const f
   std::vector<Real> kc(static_cast<size_t>(Skv * Dk));  // K of one (b, kv head), [Skv, Dk]
   std::vector<Real> vc(static_cast<size_t>(Skv * Dv));  // V of one (b, kv head), [Skv, Dv]
   std::vector<Real> qrow(static_cast<size_t>(Dk));
+  std::vector<Real> qsink(static_cast<size_t>(Dk));  // RoPE: the query as the sink keys see it
+  const RopeOnLoad& rope = opt.rope;
+  const index_t rope_q0 = rope.query_position < 0 ? Skv - Sq : rope.query_position;
   std::vector<Real> out(static_cast<size_t>(Dv));
   std::vector<Real> vsum(static_cast<size_t>(Dv));
   std::vector<unsigned char> vis;
@@ -251,18 +270,25 @@ Status attention(const Problem& p, TensorView<const float> q, TensorView<const f
       for (index_t j = 0; j < Skv; ++j) {
         for (index_t d = 0; d < Dk; ++d) kc[j * Dk + d] = Real(k(b, j, g, d));
         for (index_t d = 0; d < Dv; ++d) vc[j * Dv + d] = Real(v(b, j, g, d));
+        if (rope.table) detail::rope_rotate(kc.data() + j * Dk, j, rope.table->config());
       }
       for (index_t h = g * group; h < (g + 1) * group; ++h) {
         for (index_t i = 0; i < Sq; ++i) {
           // ---- 1. scores of the visible keys, in the order of SEMANTICS section 1 ----
-          for (index_t d = 0; d < Dk; ++d) qrow[d] = Real(q(b, i, h, d));
+          for (index_t d = 0; d < Dk; ++d) qrow[d] = qsink[d] = Real(q(b, i, h, d));
+          if (rope.table) {
+            const index_t qp = rope_q0 + i;
+            detail::rope_rotate(qrow.data(), qp, rope.table->config());
+            detail::rope_rotate(qsink.data(), rope.sink_query_max < 0 ? qp : std::min(qp, rope.sink_query_max),
+                                rope.table->config());
+          }
           mask.row(b, h, i, vis);
           row.keys.clear();
           row.x.clear();
           const index_t pos = i + (Skv - Sq);  // ALiBi position
           for (index_t j = 0; j < Skv; ++j) {
             if (!vis[j]) continue;  // 4. masked keys contribute nothing
-            const Real* qi = qrow.data();
+            const Real* qi = rope.table && j < rope.sink_keys ? qsink.data() : qrow.data();
             const Real* kj = kc.data() + j * Dk;
             Real dot = 0;
             for (index_t d = 0; d < Dk; ++d) dot += qi[d] * kj[d];

@@ -1,0 +1,250 @@
+// K/V given as segments (read in place, each with its own layout) and RoPE applied while
+// loading (Options::rope), both against the fp64 reference on the concatenated K/V, in the
+// prefill and the split-KV decode paths, across thread counts, and their argument checks.
+
+#include <gtest/gtest.h>
+
+#include <vector>
+
+#include "harness.hpp"
+#include "sinkattn/kernel/forward.hpp"
+#include "threads.hpp"
+
+namespace sinkattn {
+namespace {
+
+using test::Layout;
+
+// K/V of `d` cut at `cuts` (ascending, inside [0, Skv]) into segments, each copied into its own
+// buffer in the layout given for it (cycled), so segments differ in base and strides.
+struct Segmented {
+  std::vector<std::vector<float>> kbuf, vbuf;
+  std::vector<KvSegment> seg;
+};
+
+Segmented split(const test::Data& d, const std::vector<index_t>& cuts, const std::vector<Layout>& layouts) {
+  const Problem& p = d.p;
+  Segmented s;
+  std::vector<index_t> at = {0};
+  at.insert(at.end(), cuts.begin(), cuts.end());
+  at.push_back(p.seq_kv);
+  const std::size_t n = at.size() - 1;
+  s.kbuf.resize(n);
+  s.vbuf.resize(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    const index_t rows = at[i + 1] - at[i];
+    const Layout l = layouts[i % layouts.size()];
+    s.kbuf[i].resize(static_cast<std::size_t>(p.batch * rows * p.heads_kv * p.dim_qk) + 1);
+    s.vbuf[i].resize(static_cast<std::size_t>(p.batch * rows * p.heads_kv * p.dim_v) + 1);
+    auto k = test::make_view<float>(s.kbuf[i].data(), l, p.batch, rows, p.heads_kv, p.dim_qk);
+    auto v = test::make_view<float>(s.vbuf[i].data(), l, p.batch, rows, p.heads_kv, p.dim_v);
+    for (index_t b = 0; b < p.batch; ++b)
+      for (index_t r = 0; r < rows; ++r)
+        for (index_t g = 0; g < p.heads_kv; ++g) {
+          for (index_t x = 0; x < p.dim_qk; ++x) k(b, r, g, x) = d.k(b, at[i] + r, g, x);
+          for (index_t x = 0; x < p.dim_v; ++x) v(b, r, g, x) = d.v(b, at[i] + r, g, x);
+        }
+    s.seg.push_back({k, v});
+  }
+  return s;
+}
+
+::testing::AssertionResult segmented_matches(const test::Data& d, const Segmented& s, Options opt,
+                                             const Executor& ex = Executor::serial(),
+                                             std::vector<float>* o_out = nullptr) {
+  const bool lse_ok = !std::holds_alternative<Sigmoid>(opt.norm);
+  test::Out out = test::make_out(d.p, Layout::BSHD, lse_ok);
+  opt.lse = out.lse;
+  const Status st = forward(d.p, d.q, s.seg.data(), static_cast<index_t>(s.seg.size()), out.o, opt, ex);
+  if (!st.ok()) return ::testing::AssertionFailure() << "forward failed: " << st.message();
+  if (o_out) *o_out = out.obuf;
+  return test::matches_reference(d, opt, out);
+}
+
+Options with_mask(MaskSpec m) {
+  Options o;
+  o.mask = std::move(m);
+  return o;
+}
+
+TEST(Segments, EqualTheConcatenatedKv) {
+  // (Sq, Skv, cuts): blocks straddling segment ends, empty segments, one-row segments.
+  struct Case {
+    index_t sq, skv;
+    std::vector<index_t> cuts;
+  };
+  const std::vector<Case> cases = {
+      {70, 130, {4, 4, 67}}, {1, 300, {4, 100, 101, 250}},
+      {33, 33, {1}},         {5, 2100, {4, 1030, 1030, 2000}},
+      {64, 64, {64}},        {17, 9, {0, 3}},
+  };
+  const std::vector<MaskSpec> masks = {FullMask{}, CausalMask{}, SlidingWindowMask{40, 0, 4}};
+  for (const auto& c : cases)
+    for (const auto& m : masks)
+      for (Layout l : {Layout::BSHD, Layout::BHSD}) {
+        const Problem p{2, 4, 2, c.sq, c.skv, 24, 20};
+        const test::Data d = test::make_data(p, l, 7);
+        const Segmented s = split(d, c.cuts, {l, Layout::BHSD, Layout::BSHD});
+        EXPECT_TRUE(segmented_matches(d, s, with_mask(m)))
+            << "Sq=" << c.sq << " Skv=" << c.skv << " mask=" << m.index() << " " << test::to_string(l);
+      }
+}
+
+TEST(Segments, ComposeWithNormalizationsAndDecodeGroups) {
+  const Problem p{1, 8, 2, 2, 777, 64, 64};  // decode path: 2 x 4 rows per KV head
+  const test::Data d = test::make_data(p, Layout::BSHD, 3);
+  const Segmented s = split(d, {4, 300, 301}, {Layout::BSHD});
+  std::vector<float> sinks(8);
+  for (index_t h = 0; h < 8; ++h) sinks[static_cast<std::size_t>(h)] = 0.3f * static_cast<float>(h) - 1.f;
+  Options o = with_mask(SlidingWindowMask{255, 0, 4});
+  o.norm = SinkSoftmax{sinks.data()};
+  EXPECT_TRUE(segmented_matches(d, s, o));
+  o.norm = Sigmoid{-2.f};
+  EXPECT_TRUE(segmented_matches(d, s, o));
+}
+
+TEST(Segments, ThreadsAgreeBitForBit) {
+  for (index_t sq : {1, 100}) {
+    const Problem p{1, 4, 2, sq, 3000, 32, 32};
+    const test::Data d = test::make_data(p, Layout::BSHD, 5);
+    const Segmented s = split(d, {4, 1500, 2999}, {Layout::BSHD, Layout::BHSD});
+    std::vector<float> o1, o2;
+    ASSERT_TRUE(segmented_matches(d, s, with_mask(CausalMask{}), Executor::serial(), &o1));
+    ASSERT_TRUE(segmented_matches(d, s, with_mask(CausalMask{}), test::thread_executor(2), &o2));
+    EXPECT_TRUE(test::bit_identical(o1, o2)) << "Sq=" << sq;
+  }
+}
+
+TEST(Segments, BadArgumentsNameTheSegment) {
+  const Problem p{1, 2, 1, 3, 20, 8, 8};
+  const test::Data d = test::make_data(p);
+  Segmented s = split(d, {10}, {Layout::BSHD});
+  test::Out out = test::make_out(p);
+  Status st = forward(p, d.q, s.seg.data(), 1, out.o);  // 10 rows, seq_kv 20
+  EXPECT_EQ(st.code(), Errc::shape_mismatch);
+  EXPECT_NE(st.message().find("seq_kv"), std::string::npos) << st.message();
+  st = forward(p, d.q, nullptr, 2, out.o);
+  EXPECT_EQ(st.code(), Errc::null_data);
+  st = forward(p, d.q, s.seg.data(), -1, out.o);
+  EXPECT_EQ(st.code(), Errc::negative_size);
+  s.seg[1].v.shape[3] = 7;
+  st = forward(p, d.q, s.seg.data(), 2, out.o);
+  EXPECT_EQ(st.code(), Errc::shape_mismatch);
+  EXPECT_NE(st.message().find("segments[1].v"), std::string::npos) << st.message();
+  s.seg[1].v.shape[3] = 8;
+  s.seg[0].k.data = nullptr;
+  st = forward(p, d.q, s.seg.data(), 2, out.o);
+  EXPECT_EQ(st.code(), Errc::null_data);
+  EXPECT_NE(st.message().find("segments[0].k"), std::string::npos) << st.message();
+}
+
+// ---- RoPE on load ----------------------------------------------------------------------
+
+struct RopeCase {
+  index_t sq, skv, dim, rotary_dim;
+  RopePairing pairing;
+  index_t query_position, sink_keys, sink_query_max;
+};
+
+::testing::AssertionResult rope_matches(const RopeCase& c, const MaskSpec& mask, std::uint64_t seed,
+                                        bool segmented = false) {
+  const Problem p{1, 4, 2, c.sq, c.skv, c.dim, 16};
+  const test::Data d = test::make_data(p, Layout::BSHD, seed);
+  const RopeTable table(Rope{500.f, c.dim, c.rotary_dim, c.pairing}, c.skv + c.sq + 8);
+  Options o = with_mask(mask);
+  o.rope = {&table, c.query_position, c.sink_keys, c.sink_query_max};
+  if (segmented) return segmented_matches(d, split(d, {std::min(c.sink_keys, c.skv)}, {Layout::BHSD}), o);
+  test::Out out = test::make_out(p, Layout::BSHD, true);
+  o.lse = out.lse;
+  const Status st = forward(p, d.q, d.k, d.v, out.o, o);
+  if (!st.ok()) return ::testing::AssertionFailure() << "forward failed: " << st.message();
+  return test::matches_reference(d, o, out);
+}
+
+TEST(RopeOnLoad, MatchesTheReferenceForBothPairings) {
+  const std::vector<RopeCase> cases = {
+      // prefill, default positions
+      {70, 150, 32, 0, RopePairing::neox, -1, 0, -1},
+      {70, 150, 32, 0, RopePairing::interleaved, -1, 0, -1},
+      // odd head dim, partial rotary
+      {33, 80, 21, 12, RopePairing::neox, -1, 0, -1},
+      {33, 80, 21, 12, RopePairing::interleaved, -1, 0, -1},
+      // StreamingLLM chunk: sinks seen from a capped position, queries further on
+      {40, 120, 32, 0, RopePairing::neox, 80, 4, 99},
+      {40, 120, 32, 0, RopePairing::interleaved, 80, 4, 99},
+      // decode (2 rows per KV head), with and without the sink cap
+      {1, 300, 64, 0, RopePairing::neox, 299, 4, 250},
+      {1, 300, 64, 0, RopePairing::interleaved, -1, 0, -1},
+      {1, 2100, 48, 32, RopePairing::neox, 2099, 4, 2000},
+  };
+  std::uint64_t seed = 11;
+  for (const auto& c : cases)
+    for (const MaskSpec& m : {MaskSpec{FullMask{}}, MaskSpec{SlidingWindowMask{63, 0, c.sink_keys}}}) {
+      EXPECT_TRUE(rope_matches(c, m, seed))
+          << "Sq=" << c.sq << " Skv=" << c.skv << " D=" << c.dim << " rot=" << c.rotary_dim
+          << " pairing=" << int(c.pairing) << " q0=" << c.query_position << " sinks=" << c.sink_keys;
+      EXPECT_TRUE(rope_matches(c, m, seed, true)) << "segmented, Sq=" << c.sq << " Skv=" << c.skv;
+      ++seed;
+    }
+}
+
+TEST(RopeOnLoad, ZeroPositionIsTheIdentity) {
+  // A table of one position and a single key/query at position 0: rotation by 0 changes nothing,
+  // so the output equals the plain call bit for bit.
+  const Problem p{1, 2, 1, 1, 1, 16, 16};
+  const test::Data d = test::make_data(p, Layout::BSHD, 2);
+  const RopeTable table(Rope{10000.f, 16, 0, RopePairing::neox}, 1);
+  test::Out a = test::make_out(p), b = test::make_out(p);
+  Options o;
+  ASSERT_TRUE(forward(p, d.q, d.k, d.v, a.o, o).ok());
+  o.rope.table = &table;
+  ASSERT_TRUE(forward(p, d.q, d.k, d.v, b.o, o).ok());
+  EXPECT_TRUE(test::bit_identical(a.obuf, b.obuf));
+}
+
+TEST(RopeOnLoad, BadTablesAreClearErrors) {
+  const Problem p{1, 2, 1, 4, 20, 16, 16};
+  const test::Data d = test::make_data(p);
+  test::Out out = test::make_out(p);
+  Options o;
+  const RopeTable short_table(Rope{10000.f, 16, 0, RopePairing::neox}, 10);
+  o.rope.table = &short_table;
+  Status st = forward(p, d.q, d.k, d.v, out.o, o);
+  EXPECT_EQ(st.code(), Errc::out_of_range);
+  EXPECT_NE(st.message().find("rope.table"), std::string::npos) << st.message();
+  const RopeTable wrong_dim(Rope{10000.f, 8, 0, RopePairing::neox}, 64);
+  o.rope.table = &wrong_dim;
+  st = forward(p, d.q, d.k, d.v, out.o, o);
+  EXPECT_EQ(st.code(), Errc::shape_mismatch);
+  const RopeTable odd_rot(Rope{10000.f, 16, 5, RopePairing::neox}, 64);
+  o.rope.table = &odd_rot;
+  EXPECT_EQ(forward(p, d.q, d.k, d.v, out.o, o).code(), Errc::out_of_range);
+  const RopeTable ok(Rope{10000.f, 16, 0, RopePairing::neox}, 64);
+  o.rope.table = &ok;
+  o.rope.sink_keys = -2;
+  EXPECT_EQ(forward(p, d.q, d.k, d.v, out.o, o).code(), Errc::out_of_range);
+}
+
+TEST(RopeOnLoad, ApplyRopeIsTheSameRotation) {
+  // Rotating Q and K up front (apply_rope, post-RoPE caching) and attending without RoPE on
+  // load gives what RoPE on load gives (without a sink cap both see the same positions).
+  const Problem p{1, 4, 2, 50, 90, 32, 32};
+  test::Data d = test::make_data(p, Layout::BSHD, 4);
+  const RopeTable table(Rope{10000.f, 32, 0, RopePairing::interleaved}, 200);
+  test::Out a = test::make_out(p), b = test::make_out(p);
+  Options o = with_mask(CausalMask{});
+  o.rope.table = &table;
+  ASSERT_TRUE(forward(p, d.q, d.k, d.v, a.o, o).ok());
+  ASSERT_TRUE(apply_rope(d.mq(), p.seq_kv - p.seq_q, table).ok());
+  ASSERT_TRUE(apply_rope(d.mk(), 0, table).ok());
+  o.rope.table = nullptr;
+  ASSERT_TRUE(forward(p, d.q, d.k, d.v, b.o, o).ok());
+  double max_diff = 0;
+  for (std::size_t i = 0; i < a.obuf.size(); ++i)
+    max_diff = std::max(max_diff, double(std::abs(a.obuf[i] - b.obuf[i])));
+  EXPECT_LT(max_diff, 1e-6);
+  EXPECT_EQ(apply_rope(d.mk(), 150, table).code(), Errc::out_of_range);
+}
+
+}  // namespace
+}  // namespace sinkattn
