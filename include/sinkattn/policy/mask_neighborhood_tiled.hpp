@@ -1,0 +1,386 @@
+#pragma once
+// Neighborhood attention over multi-dimensional tiles (NATTEN's token permutation).
+//
+// The flat NeighborhoodMaskPolicy tiles queries as 64 consecutive rows of the row-major grid:
+// in 2-D that is one image row of 64 pixels, whose neighborhoods together span 13 rows x 76
+// columns for a 13x13 kernel, and most keys between the corners are masked. Here the kernels
+// run on PERMUTED tokens instead (kernel/permute.hpp copies Q, K, V in and O, LSE out):
+//
+//   coordinates  per dimension, the dilation groups are laid end to end (c' = offset(group) +
+//                raw / dilation), so every window is a contiguous c' range and a dilated
+//                problem is as dense as an undilated one;
+//   query order  boxes of c' coordinates (8x8 in 2-D, 4x4x4 in 3-D, 64 in 1-D: the shape with
+//                kBlockQ tokens whose neighborhood union is smallest for the kernel), boxes
+//                row-major, each box padded to exactly kBlockQ slots: one query tile = one box;
+//   key order    boxes too, unpadded, of a shape chosen per problem (plan below): "pencils"
+//                (whole extent of dimension 0 x w1 x w2) so that the keys of a query box's
+//                union that lie in one pencil are ONE contiguous run of slots.
+//
+// for_each_block visits, per query tile, only the key boxes that intersect the union of its
+// neighborhoods, restricted to the union's rows, merged into runs and cut to <= bkv keys; a
+// block is Full when every query's window (intersection over the tile) contains the block's
+// key box (no masking work), Partial otherwise; apply_tile masks with per-tile window tables
+// (no division per element). Padding slots are invisible (rows and keys).
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "sinkattn/core/options.hpp"
+#include "sinkattn/core/types.hpp"
+#include "sinkattn/policy/mask.hpp"
+#include "sinkattn/policy/mask_neighborhood.hpp"
+
+namespace sinkattn::detail {
+
+// One grid dimension in c' coordinates (dilation groups end to end). Unused dimensions of a
+// lower-rank grid have extent 1 and the window [0, 0].
+struct NaAxis {
+  index_t ext = 1;
+  std::vector<index_t> to_raw;    // c' -> raw coordinate
+  std::vector<int32_t> wlo, whi;  // window of query c' as a c' range (always one group)
+};
+
+// A token order of the grid: boxes of `box` c' coordinates in row-major order, the tokens of a
+// box contiguous (row-major inside it). Each box takes `slots` slots (its tokens, then
+// padding) when slots > 0, exactly its size when slots == 0.
+struct GridOrder {
+  std::array<index_t, 3> ext{1, 1, 1}, box{1, 1, 1}, nbox{1, 1, 1};
+  index_t slots = 0;
+  std::vector<index_t> start;  // per box id: first slot; nboxes + 1 entries
+  std::vector<index_t> token;  // slot -> row-major token index of the caller's grid, -1: padding
+  std::vector<int32_t> coord;  // slot -> 3 c' coordinates; coord[0] = -1: padding
+
+  index_t size() const { return start.back(); }
+  index_t box_id(index_t b0, index_t b1, index_t b2) const { return (b0 * nbox[1] + b1) * nbox[2] + b2; }
+  index_t width(int d, index_t b) const { return std::min(box[d], ext[d] - b * box[d]); }
+
+  // Geometry only (start offsets): enough to enumerate runs.
+  void layout(const std::array<index_t, 3>& extent, const std::array<index_t, 3>& shape, index_t slots_per_box) {
+    ext = extent;
+    slots = slots_per_box;
+    for (int d = 0; d < 3; ++d) {
+      box[d] = std::clamp<index_t>(shape[d], 1, ext[d]);
+      nbox[d] = (ext[d] + box[d] - 1) / box[d];
+    }
+    start.assign(static_cast<std::size_t>(nbox[0] * nbox[1] * nbox[2] + 1), 0);
+    index_t s = 0, id = 0;
+    for (index_t b0 = 0; b0 < nbox[0]; ++b0)
+      for (index_t b1 = 0; b1 < nbox[1]; ++b1)
+        for (index_t b2 = 0; b2 < nbox[2]; ++b2) {
+          start[static_cast<std::size_t>(id++)] = s;
+          s += slots > 0 ? slots : width(0, b0) * width(1, b1) * width(2, b2);
+        }
+    start.back() = s;
+  }
+
+  // The slot tables (token index and c' coordinates per slot).
+  void fill(const std::array<NaAxis, 3>& ax) {
+    const auto n = static_cast<std::size_t>(size());
+    token.assign(n, -1);
+    coord.assign(3 * n, -1);
+    for (index_t b0 = 0; b0 < nbox[0]; ++b0)
+      for (index_t b1 = 0; b1 < nbox[1]; ++b1)
+        for (index_t b2 = 0; b2 < nbox[2]; ++b2) {
+          auto s = static_cast<std::size_t>(start[static_cast<std::size_t>(box_id(b0, b1, b2))]);
+          for (index_t c0 = b0 * box[0]; c0 < b0 * box[0] + width(0, b0); ++c0)
+            for (index_t c1 = b1 * box[1]; c1 < b1 * box[1] + width(1, b1); ++c1)
+              for (index_t c2 = b2 * box[2]; c2 < b2 * box[2] + width(2, b2); ++c2, ++s) {
+                token[s] = (ax[0].to_raw[c0] * ext[1] + ax[1].to_raw[c1]) * ext[2] + ax[2].to_raw[c2];
+                coord[3 * s] = static_cast<int32_t>(c0);
+                coord[3 * s + 1] = static_cast<int32_t>(c1);
+                coord[3 * s + 2] = static_cast<int32_t>(c2);
+              }
+        }
+  }
+
+  // Calls f(a, e) for the maximal contiguous slot runs holding the tokens of the c' box
+  // [lo, hi] (and possibly more in dimensions 1, 2: a run covers a box's whole cross-section),
+  // in ascending order. Inside a box the tokens of the rows lo[0]..hi[0] are contiguous.
+  template <class F>
+  void runs(const std::array<int32_t, 3>& lo, const std::array<int32_t, 3>& hi, F&& f) const {
+    index_t r0 = 0, r1 = 0;
+    for (index_t b0 = lo[0] / box[0]; b0 <= hi[0] / box[0]; ++b0) {
+      const index_t first = std::max<index_t>(lo[0], b0 * box[0]) - b0 * box[0];
+      const index_t last = std::min<index_t>(hi[0], b0 * box[0] + width(0, b0) - 1) - b0 * box[0];
+      for (index_t b1 = lo[1] / box[1]; b1 <= hi[1] / box[1]; ++b1)
+        for (index_t b2 = lo[2] / box[2]; b2 <= hi[2] / box[2]; ++b2) {
+          const index_t cs = width(1, b1) * width(2, b2);  // tokens per row of this box
+          const index_t s = start[static_cast<std::size_t>(box_id(b0, b1, b2))];
+          const index_t a = s + first * cs, e = s + (last + 1) * cs;
+          if (a == r1) {
+            r1 = e;
+          } else {
+            if (r0 < r1) f(r0, r1);
+            r0 = a;
+            r1 = e;
+          }
+        }
+    }
+    if (r0 < r1) f(r0, r1);
+  }
+};
+
+// Everything the tiled policy reads; built once per forward() call (O(tokens)).
+struct NaPlan {
+  int rank = 1;
+  std::array<NaAxis, 3> ax;
+  GridOrder q, k;
+  policy::NeighborhoodMaskPolicy base;
+};
+
+// What a range of query slots needs from the keys: the union [ulo, uhi] and the intersection
+// [ilo, ihi] of their windows (c'), whether it holds padding, and whether it holds any token.
+struct NaQuerySpan {
+  std::array<int32_t, 3> ulo{}, uhi{}, ilo{}, ihi{};
+  bool pad = false, any = false;
+};
+
+inline NaQuerySpan na_query_span(const NaPlan& pl, index_t i0, index_t i1) {
+  NaQuerySpan q;
+  for (int d = 0; d < 3; ++d) {
+    q.ulo[d] = q.ihi[d] = std::numeric_limits<int32_t>::max();
+    q.uhi[d] = q.ilo[d] = std::numeric_limits<int32_t>::min();
+  }
+  for (index_t i = i0; i < i1; ++i) {
+    const int32_t* c = &pl.q.coord[static_cast<std::size_t>(3 * i)];
+    if (c[0] < 0) {
+      q.pad = true;
+      continue;
+    }
+    q.any = true;
+    for (int d = 0; d < 3; ++d) {
+      const int32_t lo = pl.ax[d].wlo[static_cast<std::size_t>(c[d])], hi = pl.ax[d].whi[static_cast<std::size_t>(c[d])];
+      q.ulo[d] = std::min(q.ulo[d], lo);
+      q.uhi[d] = std::max(q.uhi[d], hi);
+      q.ilo[d] = std::max(q.ilo[d], lo);
+      q.ihi[d] = std::min(q.ihi[d], hi);
+    }
+  }
+  return q;
+}
+
+// Full / Partial / Empty of query span x key slots [j0, j1), from the key slots' c' bounding
+// box: Empty when a dimension's key range misses the union, Full when (no padding and) every
+// dimension's key range lies inside the intersection of the windows. Both are safe because
+// the boxes over-approximate the tokens.
+inline policy::BlockKind na_classify(const NaPlan& pl, const NaQuerySpan& q, index_t j0, index_t j1) {
+  using policy::BlockKind;
+  if (!q.any) return BlockKind::empty;
+  std::array<int32_t, 3> lo, hi;
+  lo.fill(std::numeric_limits<int32_t>::max());
+  hi.fill(std::numeric_limits<int32_t>::min());
+  bool pad = false, any = false;
+  for (index_t j = j0; j < j1; ++j) {
+    const int32_t* c = &pl.k.coord[static_cast<std::size_t>(3 * j)];
+    if (c[0] < 0) {
+      pad = true;
+      continue;
+    }
+    any = true;
+    for (int d = 0; d < 3; ++d) {
+      lo[d] = std::min(lo[d], c[d]);
+      hi[d] = std::max(hi[d], c[d]);
+    }
+  }
+  if (!any) return BlockKind::empty;
+  bool full = !pad && !q.pad;
+  for (int d = 0; d < 3; ++d) {
+    if (hi[d] < q.ulo[d] || q.uhi[d] < lo[d]) return BlockKind::empty;
+    full = full && q.ilo[d] <= lo[d] && hi[d] <= q.ihi[d];
+  }
+  return full ? BlockKind::full : BlockKind::partial;
+}
+
+// Calls f(j0, j1, kind) for the non-empty blocks (<= bkv keys) query slots [i0, i1) visit.
+template <class F>
+inline void na_for_each_block(const NaPlan& pl, index_t i0, index_t i1, index_t bkv, F&& f) {
+  const NaQuerySpan q = na_query_span(pl, i0, i1);
+  if (!q.any) return;
+  pl.k.runs(q.ulo, q.uhi, [&](index_t a, index_t e) {
+    for (index_t j0 = a; j0 < e; j0 += bkv) {
+      const index_t j1 = std::min(e, j0 + bkv);
+      const policy::BlockKind kind = na_classify(pl, q, j0, j1);
+      if (kind != policy::BlockKind::empty) f(j0, j1, kind);
+    }
+  });
+}
+
+// Box shape of `slots` query tokens (per dimension <= extent) whose union of windows is
+// smallest per query: greedy doubling of the dimension that lowers prod(b + k - 1) / prod(b)
+// most. With equal kernels that gives the cube: 8x8 (2-D), 4x4x4 (3-D), 64 (1-D) for 64
+// slots; a long kernel in one dimension gets a flatter box there.
+inline std::array<index_t, 3> na_query_box(const NaPlan& pl, const std::array<index_t, 3>& kernel, index_t slots) {
+  std::array<index_t, 3> b{1, 1, 1};
+  for (;;) {
+    int best = -1;
+    double best_cost = 0;
+    for (int d = 0; d < pl.rank; ++d) {
+      const index_t nb = std::min(2 * b[d], pl.ax[d].ext);
+      if (nb == b[d] || b[0] * b[1] * b[2] / b[d] * nb > slots) continue;
+      double cost = 1;
+      for (int e = 0; e < pl.rank; ++e) {
+        const index_t be = e == d ? nb : b[e];
+        cost *= static_cast<double>(be + kernel[e] - 1) / static_cast<double>(be);
+      }
+      if (best < 0 || cost < best_cost) best = d, best_cost = cost;
+    }
+    if (best < 0) return b;
+    b[best] = std::min(2 * b[best], pl.ax[best].ext);
+  }
+}
+
+// The plan for mask m with query boxes of `slots` tokens (kBlockQ) and key blocks of bkv.
+// Key order: among pencils (extent[0] x w1 x w2, w in {1, 2, 4, 8, 16}) and the query box
+// shape, the one whose blocks cost least over all query tiles, counting each block as its
+// keys plus `kBlockCost` keys of fixed work (softmax pass setup, O rescale, loop overhead).
+inline void na_build_plan(NaPlan& pl, const NeighborhoodMask& m, index_t slots, index_t bkv) {
+  pl.rank = m.rank;
+  pl.base = policy::NeighborhoodMaskPolicy{m.rank, m.extent, m.kernel, m.dilation, m.stride, m.causal};
+  std::array<index_t, 3> ext{1, 1, 1};
+  for (int d = 0; d < 3; ++d) {
+    NaAxis& a = pl.ax[d];
+    a.ext = d < m.rank ? m.extent[d] : 1;
+    ext[d] = a.ext;
+    a.to_raw.resize(static_cast<std::size_t>(a.ext));
+    a.wlo.resize(static_cast<std::size_t>(a.ext));
+    a.whi.resize(static_cast<std::size_t>(a.ext));
+    if (d >= m.rank) {
+      a.to_raw[0] = 0;
+      a.wlo[0] = a.whi[0] = 0;
+      continue;
+    }
+    const index_t dl = m.dilation[d];
+    std::vector<index_t> to_cp(static_cast<std::size_t>(a.ext));
+    index_t c = 0;
+    for (index_t g = 0; g < dl; ++g)
+      for (index_t r = g; r < a.ext; r += dl, ++c) {
+        a.to_raw[static_cast<std::size_t>(c)] = r;
+        to_cp[static_cast<std::size_t>(r)] = c;
+      }
+    for (index_t cp = 0; cp < a.ext; ++cp) {
+      index_t lo, hi;
+      pl.base.window(d, a.to_raw[static_cast<std::size_t>(cp)], lo, hi);
+      a.wlo[static_cast<std::size_t>(cp)] = static_cast<int32_t>(to_cp[static_cast<std::size_t>(lo)]);
+      a.whi[static_cast<std::size_t>(cp)] = static_cast<int32_t>(to_cp[static_cast<std::size_t>(hi)]);
+    }
+  }
+  std::array<index_t, 3> kern{1, 1, 1};
+  for (int d = 0; d < m.rank; ++d) kern[d] = m.kernel[d];
+  const std::array<index_t, 3> qbox = na_query_box(pl, kern, slots);
+  pl.q.layout(ext, qbox, slots);
+  pl.q.fill(pl.ax);
+
+  // Key order: simulate the visits of every query tile for each candidate.
+  constexpr index_t kBlockCost = 16;
+  std::vector<NaQuerySpan> spans;
+  for (index_t i0 = 0; i0 < pl.q.size(); i0 += slots) spans.push_back(na_query_span(pl, i0, i0 + slots));
+  std::vector<std::array<index_t, 3>> cands{qbox};
+  const index_t ws[] = {1, 2, 4, 8, 16};
+  for (index_t w1 : ws)
+    for (index_t w2 : ws) {
+      if (m.rank < 2 && w1 > 1) continue;
+      if (m.rank < 3 && w2 > 1) continue;
+      if ((w1 > 1 && w1 / 2 >= ext[1]) || (w2 > 1 && w2 / 2 >= ext[2])) continue;  // same as a smaller w
+      cands.push_back({ext[0], std::min(w1, ext[1]), std::min(w2, ext[2])});
+    }
+  GridOrder trial;
+  double best = -1;
+  std::array<index_t, 3> best_box = qbox;
+  for (const auto& kb : cands) {
+    trial.layout(ext, kb, 0);
+    double cost = 0;
+    for (const NaQuerySpan& q : spans)
+      if (q.any)
+        trial.runs(q.ulo, q.uhi, [&](index_t a, index_t e) {
+          cost += static_cast<double>(e - a) + static_cast<double>(kBlockCost * ((e - a + bkv - 1) / bkv));
+        });
+    if (best < 0 || cost < best) best = cost, best_box = kb;
+  }
+  pl.k.layout(ext, best_box, 0);
+  pl.k.fill(pl.ax);
+}
+
+}  // namespace sinkattn::detail
+
+namespace sinkattn::policy {
+
+// The mask over permuted indices: query i = slot i of plan->q, key j = slot j of plan->k.
+struct NeighborhoodTiledMaskPolicy {
+  const detail::NaPlan* plan = nullptr;
+
+  bool visible(index_t i, index_t j) const {
+    const int32_t* qc = &plan->q.coord[static_cast<std::size_t>(3 * i)];
+    const int32_t* kc = &plan->k.coord[static_cast<std::size_t>(3 * j)];
+    if (qc[0] < 0 || kc[0] < 0) return false;
+    for (int d = 0; d < 3; ++d) {
+      const auto c = static_cast<std::size_t>(qc[d]);
+      if (kc[d] < plan->ax[d].wlo[c] || kc[d] > plan->ax[d].whi[c]) return false;
+    }
+    return true;
+  }
+  index_t count_visible(index_t i) const {
+    const int32_t* qc = &plan->q.coord[static_cast<std::size_t>(3 * i)];
+    if (qc[0] < 0) return 0;
+    index_t n = 1;
+    for (int d = 0; d < 3; ++d) {
+      const auto c = static_cast<std::size_t>(qc[d]);
+      n *= plan->ax[d].whi[c] - plan->ax[d].wlo[c] + 1;
+    }
+    return n;
+  }
+  BlockKind classify(index_t i0, index_t i1, index_t j0, index_t j1) const {
+    return detail::na_classify(*plan, detail::na_query_span(*plan, i0, i1), j0, j1);
+  }
+  // Only the split-KV decode loop reads these; it never runs this policy (decode shapes keep
+  // the flat policy), so the whole key range is a safe answer.
+  index_t kv_begin(index_t, index_t) const { return 0; }
+  index_t kv_end(index_t, index_t) const { return plan->k.size(); }
+
+  template <class F>
+  void for_each_block(index_t i0, index_t i1, index_t bkv, F&& f) const {
+    detail::na_for_each_block(*plan, i0, i1, bkv, f);
+  }
+
+  // -inf on invisible pairs. Per tile: each query's window bounds per dimension into lane
+  // arrays; per key: its three c' coordinates, then one compare-and-select pass over the
+  // lanes (vectorised by the compiler; no division or table walk per element).
+  void apply_tile(const ScoreTile& t) const {
+    constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+    constexpr index_t kMax = 256;
+    if (t.q_step != 1 || t.nq > kMax) {
+      for (index_t l = 0; l < t.nq; ++l)
+        for (index_t r = 0; r < t.nk; ++r)
+          if (!visible(t.i0 + l, t.j0 + r)) t.at(l, r) = kNegInf;
+      return;
+    }
+    alignas(64) int32_t lo[3][kMax], hi[3][kMax];
+    const index_t nq = t.nq;
+    for (index_t l = 0; l < nq; ++l) {
+      const int32_t* qc = &plan->q.coord[static_cast<std::size_t>(3 * (t.i0 + l))];
+      for (int d = 0; d < 3; ++d) {
+        if (qc[0] < 0) {  // padding row: an empty window
+          lo[d][l] = 1;
+          hi[d][l] = 0;
+        } else {
+          lo[d][l] = plan->ax[d].wlo[static_cast<std::size_t>(qc[d])];
+          hi[d][l] = plan->ax[d].whi[static_cast<std::size_t>(qc[d])];
+        }
+      }
+    }
+    for (index_t r = 0; r < t.nk; ++r) {
+      const int32_t* kc = &plan->k.coord[static_cast<std::size_t>(3 * (t.j0 + r))];
+      float* row = &t.at(0, r);
+      const int32_t k0 = kc[0], k1 = kc[1], k2 = kc[2];  // padding key: k0 = -1 < every lo
+      for (index_t l = 0; l < nq; ++l) {
+        const bool v = (lo[0][l] <= k0) & (k0 <= hi[0][l]) & (lo[1][l] <= k1) & (k1 <= hi[1][l]) & (lo[2][l] <= k2) &
+                       (k2 <= hi[2][l]);
+        row[l] = v ? row[l] : kNegInf;
+      }
+    }
+  }
+};
+
+}  // namespace sinkattn::policy

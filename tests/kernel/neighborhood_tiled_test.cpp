@@ -1,0 +1,310 @@
+// Neighborhood attention over multi-dimensional query tiles (issue 6; policy/
+// mask_neighborhood_tiled.hpp, kernel/permute.hpp): the permuted policy's properties over all
+// pairs against the fp64 reference's oracle, and forward() against the fp64 reference for 2-D
+// and 3-D grids (kernels, dilation, stride, causal per dimension, ragged boxes, GQA, the
+// normalizations, gate, LSE), 1 vs 2 threads bit-identical.
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <set>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "harness.hpp"
+#include "sinkattn/kernel/forward.hpp"
+#include "sinkattn/kernel/permute.hpp"
+#include "sinkattn/policy/mask_neighborhood_tiled.hpp"
+#include "sinkattn/reference/visibility.hpp"
+#include "threads.hpp"
+
+namespace sinkattn {
+namespace {
+
+using test::Layout;
+
+NeighborhoodMask na(int rank, std::array<index_t, 3> ext, std::array<index_t, 3> kernel,
+                    std::array<index_t, 3> dilation = {1, 1, 1}, std::array<index_t, 3> stride = {1, 1, 1},
+                    std::array<bool, 3> causal = {false, false, false}) {
+  return NeighborhoodMask{rank, ext, kernel, dilation, stride, causal};
+}
+
+index_t tokens(const NeighborhoodMask& m) {
+  index_t n = 1;
+  for (int d = 0; d < m.rank; ++d) n *= m.extent[d];
+  return n;
+}
+
+std::string describe(const NeighborhoodMask& m) {
+  std::ostringstream s;
+  s << "rank=" << m.rank;
+  for (int d = 0; d < m.rank; ++d)
+    s << " [L=" << m.extent[d] << " k=" << m.kernel[d] << " d=" << m.dilation[d] << " s=" << m.stride[d]
+      << (m.causal[d] ? " causal" : "") << "]";
+  return s.str();
+}
+
+// 2-D and 3-D cases: odd and even kernels, dilation with extents not divisible by it, stride
+// == kernel (blocked), causal dimensions beside non-causal ones, extent == kernel, extents
+// that are no multiple of the query box (8x8, 4x4x4), and 1-D with dilation.
+const std::vector<NeighborhoodMask> kCases = {
+    na(2, {20, 23, 1}, {5, 4, 1}),                                           // odd, even; ragged boxes
+    na(2, {17, 31, 1}, {3, 7, 1}, {2, 3, 1}),                                // dilation, L % d != 0
+    na(2, {24, 24, 1}, {8, 8, 1}, {1, 1, 1}, {8, 8, 1}),                     // blocked: stride == kernel
+    na(2, {18, 13, 1}, {4, 3, 1}, {1, 1, 1}, {4, 3, 1}),                     // blocked, ragged
+    na(2, {16, 20, 1}, {5, 6, 1}, {1, 1, 1}, {2, 3, 1}, {true, false, false}),  // causal x non-causal
+    na(2, {9, 7, 1}, {9, 7, 1}),                                             // extent == kernel
+    na(2, {3, 40, 1}, {3, 9, 1}, {1, 2, 1}, {1, 1, 1}, {false, true, false}),   // flat grid
+    na(3, {6, 9, 11}, {3, 4, 5}, {2, 1, 2}, {1, 2, 1}, {false, false, true}),
+    na(3, {10, 9, 8}, {7, 3, 5}),
+    na(3, {5, 5, 5}, {5, 5, 5}, {1, 1, 1}, {5, 1, 5}, {true, false, false}),
+    na(1, {150, 1, 1}, {7, 1, 1}, {4, 1, 1}),  // 1-D takes the tiled path only with dilation
+    na(1, {130, 1, 1}, {6, 1, 1}, {3, 1, 1}, {2, 1, 1}, {true, false, false}),
+};
+
+// ---- Properties of the policy over all (i, j) -------------------------------------------
+
+// For query tiles of bq slots and key blocks of bkv: visible and count_visible equal the
+// reference's oracle on the original tokens (padding sees and is seen by nothing), blocks
+// come in ascending order, never Empty, classify agrees, Full blocks hold only visible pairs,
+// every visible pair lies in a visited block, apply_tile equals visible; and classify over
+// every aligned block is safe (Empty: no visible pair; Full: all visible).
+void check_tiled(const NeighborhoodMask& m, index_t bq, index_t bkv) {
+  SCOPED_TRACE(describe(m) + " bq=" + std::to_string(bq) + " bkv=" + std::to_string(bkv));
+  detail::NaPlan plan;
+  detail::na_build_plan(plan, m, bq, bkv);
+  const policy::NeighborhoodTiledMaskPolicy pol{&plan};
+  const index_t n = tokens(m), nq = plan.q.size(), nk = plan.k.size();
+  const Problem p{1, 1, 1, n, n, 8, 8};
+  const MaskSpec spec = m;
+  ASSERT_EQ(nk, n);
+  ASSERT_EQ(nq % bq, 0);
+  // Each original token appears exactly once in each order.
+  for (const auto* order : {&plan.q.token, &plan.k.token}) {
+    std::vector<int> seen(static_cast<std::size_t>(n), 0);
+    for (index_t t : *order)
+      if (t >= 0) ++seen[static_cast<std::size_t>(t)];
+    for (index_t t = 0; t < n; ++t) ASSERT_EQ(seen[static_cast<std::size_t>(t)], 1) << "token " << t;
+  }
+  const std::vector<index_t>&qt = plan.q.token, &kt = plan.k.token;
+  for (index_t i = 0; i < nq; ++i) {
+    index_t cnt = 0;
+    for (index_t j = 0; j < nk; ++j) {
+      const index_t a = qt[static_cast<std::size_t>(i)], b = kt[static_cast<std::size_t>(j)];
+      const bool want = a >= 0 && b >= 0 && reference::visible(p, spec, 0, 0, a, b);
+      ASSERT_EQ(pol.visible(i, j), want) << "visible(" << i << ", " << j << ") tokens " << a << ", " << b;
+      cnt += want;
+    }
+    ASSERT_EQ(pol.count_visible(i), cnt) << "count_visible(" << i << ")";
+  }
+  for (index_t i0 = 0; i0 < nq; i0 += bq) {
+    const index_t i1 = std::min(nq, i0 + bq);
+    std::set<index_t> visited;
+    index_t last_j1 = 0;
+    policy::for_each_kv_block(pol, i0, i1, bkv, [&](index_t j0, index_t j1, policy::BlockKind kind) {
+      ASSERT_LT(j0, j1);
+      ASSERT_GE(j0, last_j1) << "blocks in ascending key order, not overlapping";
+      last_j1 = j1;
+      ASSERT_LE(j1, nk);
+      ASSERT_LE(j1 - j0, bkv);
+      ASSERT_NE(kind, policy::BlockKind::empty);
+      ASSERT_EQ(kind, pol.classify(i0, i1, j0, j1));
+      bool any = false, all = true;
+      for (index_t i = i0; i < i1; ++i)
+        for (index_t j = j0; j < j1; ++j) {
+          const bool v = pol.visible(i, j);
+          any = any || v;
+          all = all && v;
+          if (v) visited.insert(i * nk + j);
+        }
+      if (kind == policy::BlockKind::full) {
+        ASSERT_TRUE(all) << "a Full block with an invisible pair at j0=" << j0;
+      }
+      std::vector<float> st(static_cast<std::size_t>((j1 - j0) * bq), 1.f);
+      const policy::ScoreTile t{st.data(), bq, j1 - j0, 1, 0, 0, i0, i1 - i0, j0, j1 - j0, 1, bq};
+      policy::apply_mask(pol, t);
+      for (index_t r = 0; r < j1 - j0; ++r)
+        for (index_t l = 0; l < i1 - i0; ++l)
+          ASSERT_EQ(t.at(l, r) == -std::numeric_limits<float>::infinity(), !pol.visible(i0 + l, j0 + r))
+              << "apply_tile at (" << i0 + l << ", " << j0 + r << ")";
+    });
+    for (index_t i = i0; i < i1; ++i)
+      for (index_t j = 0; j < nk; ++j)
+        if (pol.visible(i, j)) {
+          ASSERT_TRUE(visited.count(i * nk + j)) << "visible pair (" << i << ", " << j << ") skipped";
+        }
+    for (index_t j0 = 0; j0 < nk; j0 += bkv) {
+      const index_t j1 = std::min(nk, j0 + bkv);
+      bool any = false, all = true;
+      for (index_t i = i0; i < i1; ++i)
+        for (index_t j = j0; j < j1; ++j) any = any || pol.visible(i, j), all = all && pol.visible(i, j);
+      const policy::BlockKind k = pol.classify(i0, i1, j0, j1);
+      if (k == policy::BlockKind::empty) {
+        ASSERT_FALSE(any) << "an Empty block holds a visible pair at j0=" << j0;
+      }
+      if (k == policy::BlockKind::full) {
+        ASSERT_TRUE(all) << "a Full block with an invisible pair at j0=" << j0;
+      }
+      if (any && !all) {
+        ASSERT_EQ(k, policy::BlockKind::partial);
+      }
+    }
+  }
+}
+
+TEST(NeighborhoodTiledPolicy, PropertiesOverAllPairs) {
+  for (const auto& m : kCases) {
+    check_tiled(m, detail::kBlockQ, detail::kBlockKV);
+    check_tiled(m, 16, 24);  // tiles and blocks of other sizes (other ISAs, runs cut short)
+  }
+}
+
+TEST(NeighborhoodTiledPolicy, QueryBoxesAreCubesAndSkipMaskedKeys) {
+  // 64 slots: 8x8 in 2-D, 4x4x4 in 3-D (equal kernels), and a 13x13 kernel on a 64x64 grid
+  // visits far fewer keys per query tile than the flat 64-row tiles would.
+  detail::NaPlan p2, p3;
+  detail::na_build_plan(p2, na(2, {64, 64, 1}, {13, 13, 1}), 64, 64);
+  detail::na_build_plan(p3, na(3, {16, 16, 16}, {7, 7, 7}), 64, 64);
+  EXPECT_EQ(p2.q.box, (std::array<index_t, 3>{8, 8, 1}));
+  EXPECT_EQ(p3.q.box, (std::array<index_t, 3>{4, 4, 4}));
+  for (const detail::NaPlan* pl : {&p2, &p3}) {
+    index_t keys = 0, visible = 0;
+    const policy::NeighborhoodTiledMaskPolicy pol{pl};
+    for (index_t i0 = 0; i0 < pl->q.size(); i0 += 64) {
+      policy::for_each_kv_block(pol, i0, i0 + 64, 64, [&](index_t j0, index_t j1, policy::BlockKind) { keys += j1 - j0; });
+      for (index_t i = i0; i < i0 + 64; ++i) visible += pol.count_visible(i);
+    }
+    const double frac = static_cast<double>(visible) / static_cast<double>(keys * 64);
+    EXPECT_GT(frac, 0.25) << "visible pairs / visited pairs, rank " << pl->rank;
+  }
+}
+
+// ---- forward() against the reference ----------------------------------------------------
+
+::testing::AssertionResult run_and_compare(const test::Data& d, Options opt, const Executor& ex = Executor::serial(),
+                                           bool with_lse = true) {
+  test::Out out = test::make_out(d.p, Layout::BSHD, with_lse);
+  opt.lse = out.lse;
+  const Status s = forward(d.p, d.q, d.k, d.v, out.o, opt, ex);
+  if (!s.ok()) return ::testing::AssertionFailure() << "forward failed: " << s.message();
+  return test::matches_reference(d, opt, out);
+}
+
+bool tiled(const test::Data& d, const Options& opt) {
+  return detail::neighborhood_tiled_applies(detail::make_args(d.p, d.q, d.k, d.v, {}, opt),
+                                            std::get<NeighborhoodMask>(opt.mask), opt);
+}
+
+TEST(NeighborhoodTiledKernel, SoftmaxAndLseAgainstTheReference) {
+  for (const auto& m : kCases) {
+    const index_t n = tokens(m);
+    const auto data = test::make_data(Problem{2, 4, 2, n, n, 32, 32}, Layout::BSHD, static_cast<std::uint64_t>(n) + 1);
+    Options opt;
+    opt.mask = m;
+    ASSERT_TRUE(tiled(data, opt)) << describe(m);
+    EXPECT_TRUE(run_and_compare(data, opt)) << describe(m);
+  }
+}
+
+TEST(NeighborhoodTiledKernel, HeadMajorLayoutOddHeadDimsAndMqa) {
+  const auto m = na(2, {19, 21, 1}, {7, 5, 1}, {2, 1, 1}, {1, 2, 1}, {false, true, false});
+  const index_t n = tokens(m);
+  const auto data = test::relayout(test::make_data(Problem{1, 3, 1, n, n, 72, 40}, Layout::BSHD, 5), Layout::BHSD);
+  Options opt;
+  opt.mask = m;
+  opt.score.softcap = 3.f;
+  ASSERT_TRUE(tiled(data, opt));
+  EXPECT_TRUE(run_and_compare(data, opt));
+}
+
+TEST(NeighborhoodTiledKernel, ComposesWithNormsSinksAndGate) {
+  for (const auto& m : {na(2, {20, 23, 1}, {5, 4, 1}, {1, 2, 1}, {1, 1, 1}, {true, false, false}),
+                        na(3, {6, 9, 11}, {3, 4, 5}, {2, 1, 2}, {1, 2, 1}, {false, false, true})}) {
+    SCOPED_TRACE(describe(m));
+    const index_t n = tokens(m);
+    const Problem p{1, 4, 2, n, n, 32, 32};
+    const auto data = test::make_data(p, Layout::BSHD, 17);
+    std::vector<float> sinks = {0.5f, -1.f, 2.f, 0.f}, s(4, 0.4f);
+    auto gate = test::make_tensor({p.batch, p.seq_q, p.heads_q, p.dim_v}, 8, -2.f, 2.f);
+    auto gate1 = test::make_tensor({p.batch, p.seq_q, p.heads_q, 1}, 9, -2.f, 2.f);
+    Options opt;
+    opt.mask = m;
+    opt.norm = SinkSoftmax{sinks.data()};
+    opt.gate = SigmoidGate{gate.cview()};
+    ASSERT_TRUE(tiled(data, opt));
+    EXPECT_TRUE(run_and_compare(data, opt)) << "sinks + gate";
+    opt.gate = SigmoidGate{gate1.cview()};
+    EXPECT_TRUE(run_and_compare(data, opt)) << "sinks + headwise gate";
+    opt.gate = NoGate{};
+    opt.norm = ScalableSoftmax{s.data()};
+    EXPECT_TRUE(run_and_compare(data, opt)) << "ssmax";
+    opt.norm = Sigmoid{-2.f};
+    EXPECT_TRUE(run_and_compare(data, opt, Executor::serial(), false)) << "sigmoid";
+    opt.norm = Sigmoid{0.f, nullptr, true, 1e-6f};
+    EXPECT_TRUE(run_and_compare(data, opt, Executor::serial(), false)) << "sigmoid, normalized";
+    opt.norm = Softpick{};
+    EXPECT_TRUE(run_and_compare(data, opt, Executor::serial(), false)) << "softpick";
+  }
+}
+
+TEST(NeighborhoodTiledKernel, RowIndexedInputsKeepTheFlatPathAndStayExact) {
+  // Bias, ALiBi and affine alpha are indexed by query row: those calls keep the flat tiles.
+  const auto m = na(2, {12, 14, 1}, {5, 3, 1}, {2, 1, 1});
+  const index_t n = tokens(m);
+  const Problem p{1, 2, 1, n, n, 16, 16};
+  const auto data = test::make_data(p, Layout::BSHD, 23);
+  auto bias = test::make_tensor({1, 2, n, n}, 3, -1.f, 1.f);
+  auto alpha = test::make_tensor({1, n, 2, 1}, 21, 0.2f, 1.2f);
+  std::vector<float> slopes = {0.1f, 0.3f};
+  Options opt;
+  opt.mask = m;
+  opt.score.bias = bias.cview();
+  EXPECT_FALSE(tiled(data, opt));
+  EXPECT_TRUE(run_and_compare(data, opt)) << "bias";
+  opt.score.bias = {};
+  opt.score.alibi_slopes = slopes.data();
+  EXPECT_FALSE(tiled(data, opt));
+  EXPECT_TRUE(run_and_compare(data, opt)) << "alibi";
+  opt.score.alibi_slopes = nullptr;
+  opt.norm = AffineScaled{alpha.cview(), {}, 1.f, false};
+  EXPECT_FALSE(tiled(data, opt));
+  EXPECT_TRUE(run_and_compare(data, opt)) << "affine";
+}
+
+TEST(NeighborhoodTiledKernel, OneAndTwoThreadsBitIdentical) {
+  for (const auto& m : {na(2, {33, 29, 1}, {9, 6, 1}, {1, 2, 1}), na(3, {9, 10, 11}, {5, 4, 3})}) {
+    const index_t n = tokens(m);
+    const Problem p{2, 4, 2, n, n, 64, 64};
+    const auto data = test::make_data(p, Layout::BSHD, 77);
+    auto gate = test::make_tensor({p.batch, p.seq_q, p.heads_q, p.dim_v}, 8, -2.f, 2.f);
+    Options opt;
+    opt.mask = m;
+    opt.gate = SigmoidGate{gate.cview()};
+    test::Out one = test::make_out(p, Layout::BSHD, true), two = test::make_out(p, Layout::BSHD, true);
+    Options o1 = opt, o2 = opt;
+    o1.lse = one.lse;
+    o2.lse = two.lse;
+    ASSERT_TRUE(forward(p, data.q, data.k, data.v, one.o, o1).ok());
+    ASSERT_TRUE(forward(p, data.q, data.k, data.v, two.o, o2, test::thread_executor(2)).ok());
+    EXPECT_TRUE(test::bit_identical(one.obuf, two.obuf)) << describe(m);
+    EXPECT_TRUE(test::bit_identical(one.lsebuf, two.lsebuf)) << describe(m);
+    EXPECT_TRUE(test::matches_reference(data, o1, one)) << describe(m);
+  }
+}
+
+TEST(NeighborhoodTiledKernel, DecodeShapesKeepTheFlatPath) {
+  // A 2x2 grid, one query head per KV head: 4 rows <= the decode threshold.
+  const auto m = na(2, {2, 2, 1}, {2, 2, 1});
+  const auto data = test::make_data(Problem{1, 2, 2, 4, 4, 16, 16}, Layout::BSHD, 3);
+  Options opt;
+  opt.mask = m;
+  EXPECT_FALSE(tiled(data, opt));
+  EXPECT_TRUE(run_and_compare(data, opt));
+}
+
+}  // namespace
+}  // namespace sinkattn
