@@ -73,10 +73,38 @@ class RopeTable {
 
 namespace detail {
 
+// rope_row for contiguous rows that do not overlap: loops the compiler vectorizes (NeoX: plain
+// vectors; interleaved: even/odd lanes), which is what keeps rotate-on-load off the critical
+// path of a memory-bound decode step.
+inline void rope_row_contiguous(float* __restrict dst, const float* __restrict src, index_t dim, const Rope& cfg,
+                                const float* __restrict cs, float scale) {
+  const index_t half = cfg.rot() / 2;
+  const float* __restrict c = cs;
+  const float* __restrict s = cs + half;
+  if (cfg.pairing == RopePairing::neox) {
+    for (index_t i = 0; i < half; ++i) {
+      const float a = src[i], b = src[i + half];
+      dst[i] = (a * c[i] - b * s[i]) * scale;
+      dst[i + half] = (b * c[i] + a * s[i]) * scale;
+    }
+  } else {
+    for (index_t i = 0; i < half; ++i) {
+      const float a = src[2 * i], b = src[2 * i + 1];
+      dst[2 * i] = (a * c[i] - b * s[i]) * scale;
+      dst[2 * i + 1] = (b * c[i] + a * s[i]) * scale;
+    }
+  }
+  for (index_t x = 2 * half; x < dim; ++x) dst[x] = src[x] * scale;
+}
+
 // dst[x] = rotated src (element x at src[x * stride_d]) at the position whose table row is cs.
 // dst may equal src when stride_d == 1 (each pair is read before it is written).
 inline void rope_row(float* dst, const float* src, index_t stride_d, index_t dim, const Rope& cfg, const float* cs,
                      float scale = 1.f) {
+  if (stride_d == 1 && (dst + dim <= src || src + dim <= dst)) {
+    rope_row_contiguous(dst, src, dim, cfg, cs, scale);
+    return;
+  }
   const index_t half = cfg.rot() / 2;
   const float* c = cs;
   const float* s = cs + half;
