@@ -32,6 +32,8 @@
 #include "sinkattn/core/types.hpp"
 #include "sinkattn/policy/mask.hpp"
 #include "sinkattn/policy/mask_neighborhood.hpp"
+#include "sinkattn/policy/score.hpp"
+#include "sinkattn/tile/simd.hpp"
 
 namespace sinkattn::detail {
 
@@ -345,39 +347,44 @@ struct NeighborhoodTiledMaskPolicy {
   }
 
   // -inf on invisible pairs. Per tile: each query's window bounds per dimension into lane
-  // arrays; per key: its three c' coordinates, then one compare-and-select pass over the
-  // lanes (vectorised by the compiler; no division or table walk per element).
+  // arrays (floats: exact for coordinates < 2^24); per key: its three c' coordinates
+  // broadcast, then six compares and one select per vector of query lanes. No division or
+  // table walk per element (a scalar loop here cost more than the block's two products).
   void apply_tile(const ScoreTile& t) const {
+    using tile::vf;
     constexpr float kNegInf = -std::numeric_limits<float>::infinity();
     constexpr index_t kMax = 256;
-    if (t.q_step != 1 || t.nq > kMax) {
+    const index_t nvec = (t.nq + tile::kWidth - 1) / tile::kWidth, lanes = nvec * tile::kWidth;
+    if (t.q_step != 1 || lanes > kMax || t.k_step < lanes) {
       for (index_t l = 0; l < t.nq; ++l)
         for (index_t r = 0; r < t.nk; ++r)
           if (!visible(t.i0 + l, t.j0 + r)) t.at(l, r) = kNegInf;
       return;
     }
-    alignas(64) int32_t lo[3][kMax], hi[3][kMax];
-    const index_t nq = t.nq;
-    for (index_t l = 0; l < nq; ++l) {
-      const int32_t* qc = &plan->q.coord[static_cast<std::size_t>(3 * (t.i0 + l))];
+    alignas(64) float lo[3][kMax], hi[3][kMax];
+    for (index_t l = 0; l < lanes; ++l) {
+      const int32_t* qc = l < t.nq ? &plan->q.coord[static_cast<std::size_t>(3 * (t.i0 + l))] : nullptr;
       for (int d = 0; d < 3; ++d) {
-        if (qc[0] < 0) {  // padding row: an empty window
-          lo[d][l] = 1;
-          hi[d][l] = 0;
+        if (qc == nullptr || qc[0] < 0) {  // padding row or lane: an empty window
+          lo[d][l] = 1.f;
+          hi[d][l] = 0.f;
         } else {
-          lo[d][l] = plan->ax[d].wlo[static_cast<std::size_t>(qc[d])];
-          hi[d][l] = plan->ax[d].whi[static_cast<std::size_t>(qc[d])];
+          lo[d][l] = static_cast<float>(plan->ax[d].wlo[static_cast<std::size_t>(qc[d])]);
+          hi[d][l] = static_cast<float>(plan->ax[d].whi[static_cast<std::size_t>(qc[d])]);
         }
       }
     }
+    const vf ninf(kNegInf);
     for (index_t r = 0; r < t.nk; ++r) {
       const int32_t* kc = &plan->k.coord[static_cast<std::size_t>(3 * (t.j0 + r))];
       float* row = &t.at(0, r);
-      const int32_t k0 = kc[0], k1 = kc[1], k2 = kc[2];  // padding key: k0 = -1 < every lo
-      for (index_t l = 0; l < nq; ++l) {
-        const bool v = (lo[0][l] <= k0) & (k0 <= hi[0][l]) & (lo[1][l] <= k1) & (k1 <= hi[1][l]) & (lo[2][l] <= k2) &
-                       (k2 <= hi[2][l]);
-        row[l] = v ? row[l] : kNegInf;
+      // A padding key has k0 = -1, below every lo.
+      const vf k0(static_cast<float>(kc[0])), k1(static_cast<float>(kc[1])), k2(static_cast<float>(kc[2]));
+      for (index_t c = 0; c < lanes; c += tile::kWidth) {
+        const auto vis = (vf::load_aligned(lo[0] + c) <= k0) & (k0 <= vf::load_aligned(hi[0] + c)) &
+                         (vf::load_aligned(lo[1] + c) <= k1) & (k1 <= vf::load_aligned(hi[1] + c)) &
+                         (vf::load_aligned(lo[2] + c) <= k2) & (k2 <= vf::load_aligned(hi[2] + c));
+        xsimd::select(vis, vf::load_unaligned(row + c), ninf).store_unaligned(row + c);
       }
     }
   }
