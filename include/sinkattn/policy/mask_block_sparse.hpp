@@ -49,15 +49,6 @@ struct CausalElementMask {
 
 namespace sinkattn::policy {
 
-namespace detail {
-// Scratch for the listed blocks of one query tile, one per thread, grown once and reused (the
-// hot path does not allocate). Taken by swap, so a nested call would only allocate its own.
-inline std::vector<index_t>& block_sparse_scratch() {
-  static thread_local std::vector<index_t> v;
-  return v;
-}
-}  // namespace detail
-
 struct BlockSparseView {
   index_t seq_kv = 0, q_block = 1, kv_block = 1, n_q_blocks = 0;
   index_t row0 = 0;  // CSR row of query block 0 of this (b, h)
@@ -67,6 +58,15 @@ struct BlockSparseView {
   const std::function<bool(index_t, index_t, index_t, index_t)>* element = nullptr;  // null: none
   bool causal = false;  // a recognised CausalElementMask (element is then null): j <= i + shift
   index_t shift = 0;
+
+  // Scratch for the listed blocks of one query tile, one per thread, grown once and reused (the
+  // hot path does not allocate). Taken by swap, so a nested call would only allocate its own.
+  // (A static member, not a policy::detail namespace: that would hide sinkattn::detail from
+  // the `detail::` names other policy headers use.)
+  static std::vector<index_t>& scratch() {
+    static thread_local std::vector<index_t> v;
+    return v;
+  }
 
   const index_t* list_begin(index_t qb) const { return indices + offsets[row0 + qb]; }
   const index_t* list_end(index_t qb) const { return indices + offsets[row0 + qb + 1]; }
@@ -118,7 +118,7 @@ struct BlockSparseView {
     const index_t end = cap(i1);
     if (end <= 0) return;
     std::vector<index_t> v;
-    v.swap(detail::block_sparse_scratch());
+    v.swap(scratch());
     v.clear();
     const index_t qa = i0 / q_block, qz = (i1 - 1) / q_block, nq = qz - qa + 1;
     for (index_t qb = qa; qb <= qz; ++qb) {
@@ -152,7 +152,7 @@ struct BlockSparseView {
       }
       r0 = r1;
     }
-    v.swap(detail::block_sparse_scratch());
+    v.swap(scratch());
   }
 
   index_t count_visible(index_t i) const {
