@@ -128,6 +128,40 @@ inline void rope_row(float* dst, const float* src, index_t stride_d, index_t dim
 // columns [dim, dim_pad) zero. The tile-loading form of rope_row.
 inline void rope_rows(float* dst, index_t ld_dst, const float* src, index_t ld_src, index_t stride_d, index_t n,
                       index_t dim, index_t dim_pad, const RopeTable& t, index_t pos0, float scale = 1.f) {
+  const Rope& cfg = t.config();
+  const index_t half = cfg.rot() / 2;
+  if (stride_d == 1 && scale == 1.f && half % 16 == 0 && n > 1) {
+    // Chunks of 16 pairs outermost, rows inside: the rows are read interleaved, like the
+    // micro-kernels read them, so a block of rows coming from memory has many misses in
+    // flight (row after row would leave one row's lines in flight at a time).
+    for (index_t i0 = 0; i0 < half; i0 += 16)
+      for (index_t r = 0; r < n; ++r) {
+        const float* __restrict x = src + r * ld_src;
+        float* __restrict y = dst + r * ld_dst;
+        const float* __restrict c = t.row(pos0 + r);
+        const float* __restrict sn = c + half;
+        if (cfg.pairing == RopePairing::neox) {
+          for (index_t i = i0; i < i0 + 16; ++i) {
+            const float a = x[i], b = x[i + half];
+            y[i] = a * c[i] - b * sn[i];
+            y[i + half] = b * c[i] + a * sn[i];
+          }
+        } else {
+          for (index_t i = i0; i < i0 + 16; ++i) {
+            const float a = x[2 * i], b = x[2 * i + 1];
+            y[2 * i] = a * c[i] - b * sn[i];
+            y[2 * i + 1] = b * c[i] + a * sn[i];
+          }
+        }
+      }
+    for (index_t r = 0; r < n; ++r) {
+      float* y = dst + r * ld_dst;
+      const float* x = src + r * ld_src;
+      for (index_t d = 2 * half; d < dim; ++d) y[d] = x[d];
+      for (index_t d = dim; d < dim_pad; ++d) y[d] = 0.f;
+    }
+    return;
+  }
   for (index_t r = 0; r < n; ++r) {
     float* d = dst + r * ld_dst;
     rope_row(d, src + r * ld_src, stride_d, dim, t.config(), t.row(pos0 + r), scale);
