@@ -17,7 +17,7 @@
 // of the tile lists every list block of the piece and there is no element mask; else Partial.
 //
 // A causal element mask (sinkattn::CausalElementMask, e.g. from the MoBA selector) is
-// recognised in bind() (std::function::target, no RTTI needed with libstdc++ >= 11) and
+// recognised in bind() (std::function::target; libstdc++ needs no RTTI for it) and
 // handled as a key cap j <= i + shift: pieces left of every row's diagonal stay Full and
 // Partial pieces pay a compare per element instead of a std::function call per pair.
 //
@@ -219,6 +219,10 @@ struct BlockSparseMaskPolicy {
     v.offsets = offsets;
     v.indices = indices;
     v.element = element;
+#if defined(__GLIBCXX__) || defined(__cpp_rtti) || defined(__GXX_RTTI)
+    // libstdc++ answers target<T>() by comparing manager pointers (no RTTI needed); other
+    // standard libraries need RTTI for it. Without it the mask stays a generic element mask:
+    // the same result, every listed block Partial.
     if (element != nullptr) {
       if (const auto* c = element->target<CausalElementMask>()) {
         v.element = nullptr;
@@ -226,6 +230,7 @@ struct BlockSparseMaskPolicy {
         v.shift = c->shift;
       }
     }
+#endif
     return v;
   }
 };
