@@ -45,7 +45,22 @@ struct CausalMaskPolicy {
   index_t kv_begin(index_t, index_t) const { return 0; }
   index_t kv_end(index_t, index_t i1) const { return std::clamp<index_t>(i1 - 1 + shift + 1, 0, seq_kv); }
   index_t count_visible(index_t i) const { return std::clamp<index_t>(i + shift + 1, 0, seq_kv); }
+  // Partial tile: key j is visible to the lanes l >= j - shift - i0, a range per key.
+  void apply_tile(const ScoreTile& t) const;
 };
+
+// Sets lanes [0, lo) and [hi, t.nq) of key r of a tile to -inf (lo, hi clamped to [0, nq]).
+inline void mask_outside_lanes(const ScoreTile& t, index_t r, index_t lo, index_t hi) {
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  lo = std::clamp<index_t>(lo, 0, t.nq);
+  hi = std::clamp<index_t>(hi, lo, t.nq);
+  for (index_t l = 0; l < lo; ++l) t.at(l, r) = kNegInf;
+  for (index_t l = hi; l < t.nq; ++l) t.at(l, r) = kNegInf;
+}
+
+inline void CausalMaskPolicy::apply_tile(const ScoreTile& t) const {
+  for (index_t r = 0; r < t.nk; ++r) mask_outside_lanes(t, r, t.j0 + r - shift - t.i0, t.nq);
+}
 
 namespace mask_traits {
 struct BlockProbe {  // a callable of the for_each_block signature, for the detection below

@@ -82,6 +82,18 @@ struct SlidingWindowMaskPolicy {
     visit(std::max(se, bb / bkv * bkv), end);
   }
 
+  // Partial tile: per key, the visible lanes are one range (a band key: the rows whose window
+  // holds it; a sink key: every row right-visible to it), so masking is two fills per key.
+  void apply_tile(const ScoreTile& t) const {
+    const index_t base = t.i0 + shift;  // position of lane 0
+    for (index_t r = 0; r < t.nk; ++r) {
+      const index_t j = t.j0 + r;
+      const index_t lo = j - R() - base;                               // p >= j - right
+      const index_t hi = j < sink_tokens ? t.nq : j + L() - base + 1;  // p - left <= j
+      mask_outside_lanes(t, r, lo, hi);
+    }
+  }
+
   index_t count_visible(index_t i) const {
     const index_t p = i + shift;
     const index_t hi = std::clamp<index_t>(p + R() + 1, 0, seq_kv);  // exclusive right edge
