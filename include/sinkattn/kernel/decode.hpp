@@ -21,6 +21,7 @@
 #include "sinkattn/core/executor.hpp"
 #include "sinkattn/kernel/args.hpp"
 #include "sinkattn/kernel/config.hpp"
+#include "sinkattn/kernel/fp_env.hpp"
 #include "sinkattn/kernel/workspace.hpp"
 #include "sinkattn/policy/mask.hpp"
 #include "sinkattn/policy/normalize.hpp"
@@ -65,6 +66,7 @@ inline constexpr index_t kDecodeHeads = Norm::kSumsV ? 1 : 8;
 template <class V>
 void decode_task(const KernelArgs& a, const typename V::Mask& mask, index_t b, index_t g0, index_t ng, index_t k_lo,
                  index_t k_hi, float* part, Workspace& ws) {
+  const FlushToZeroScope ftz;  // masked lanes underflow in exp2 (kernel/fp_env.hpp)
   using Norm = typename V::Norm;
   const Problem& p = a.p;
   const index_t G = p.group_size(), Sq = p.seq_q, R = G * Sq, HR = ng * R;

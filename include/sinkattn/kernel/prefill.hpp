@@ -17,6 +17,7 @@
 
 #include "sinkattn/kernel/args.hpp"
 #include "sinkattn/kernel/config.hpp"
+#include "sinkattn/kernel/fp_env.hpp"
 #include "sinkattn/kernel/workspace.hpp"
 #include "sinkattn/policy/mask.hpp"
 #include "sinkattn/policy/normalize.hpp"
@@ -52,6 +53,7 @@ inline index_t prefill_workspace_floats(const Problem& p) {
 template <class V>
 void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t b, index_t h, index_t qb,
                   Workspace& ws) {
+  const FlushToZeroScope ftz;                          // masked lanes underflow in exp2 (kernel/fp_env.hpp)
   decltype(auto) mask = policy::bind(mask_all, b, h);  // the (b, h) view of a head-dependent mask
   const Problem& p = a.p;
   const index_t i0 = qb * kBlockQ;

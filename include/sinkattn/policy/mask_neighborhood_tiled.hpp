@@ -35,10 +35,6 @@
 #include "sinkattn/policy/score.hpp"
 #include "sinkattn/tile/simd.hpp"
 
-#if defined(__SSE__) || defined(_M_X64)
-#include <xmmintrin.h>
-#endif
-
 namespace sinkattn::detail {
 
 // One grid dimension in c' coordinates (dilation groups end to end). Unused dimensions of a
@@ -129,19 +125,6 @@ struct GridOrder {
   }
 };
 
-// Flush-to-zero (MXCSR.FTZ) for a scope, then the previous mode back (x86; elsewhere nothing).
-struct NaFtzScope {
-#if defined(__SSE__) || defined(_M_X64)
-  unsigned saved = _mm_getcsr();
-  NaFtzScope() { _mm_setcsr(saved | 0x8000u); }
-  ~NaFtzScope() { _mm_setcsr(saved); }
-#else
-  NaFtzScope() = default;
-#endif
-  NaFtzScope(const NaFtzScope&) = delete;
-  NaFtzScope& operator=(const NaFtzScope&) = delete;
-};
-
 // Everything the tiled policy reads; built once per forward() call (O(tokens)).
 struct NaPlan {
   int rank = 1;
@@ -171,7 +154,8 @@ inline NaQuerySpan na_query_span(const NaPlan& pl, index_t i0, index_t i1) {
     }
     q.any = true;
     for (int d = 0; d < 3; ++d) {
-      const int32_t lo = pl.ax[d].wlo[static_cast<std::size_t>(c[d])], hi = pl.ax[d].whi[static_cast<std::size_t>(c[d])];
+      const int32_t lo = pl.ax[d].wlo[static_cast<std::size_t>(c[d])],
+                    hi = pl.ax[d].whi[static_cast<std::size_t>(c[d])];
       q.ulo[d] = std::min(q.ulo[d], lo);
       q.uhi[d] = std::max(q.uhi[d], hi);
       q.ilo[d] = std::max(q.ilo[d], lo);
@@ -358,15 +342,9 @@ struct NeighborhoodTiledMaskPolicy {
   index_t kv_begin(index_t, index_t) const { return 0; }
   index_t kv_end(index_t, index_t) const { return plan->k.size(); }
 
-  // The fused loop runs a task's whole key loop inside this call, so the task's MXCSR is set
-  // here: flush-to-zero while the blocks run, the caller's mode back afterwards. Most logits
-  // of a Partial neighborhood block are masked (-inf); exp2 clamps them to 2^-160, an
-  // underflow, and without FTZ every such lane takes a microcode assist (measured: the 2-D
-  // 13x13 and 3-D 7x7x7 cases ran 1.7x and 2x slower). FTZ only changes values below 2^-126
-  // (weights that small next to the row max's weight of 1); inputs (DAZ) are left alone.
+  // (The kernels run each task with flush-to-zero on: kernel/fp_env.hpp.)
   template <class F>
   void for_each_block(index_t i0, index_t i1, index_t bkv, F&& f) const {
-    const detail::NaFtzScope ftz;
     detail::na_for_each_block(*plan, i0, i1, bkv, f);
   }
 
