@@ -83,9 +83,9 @@ inline Lists random_lists(index_t heads, index_t n, index_t listed) {
 
 // Visible pairs per (b, h), averaged over the heads of a head-dependent block-sparse mask.
 inline index_t sparse_pairs(const Problem& p, const sinkattn::BlockSparseMask& m) {
-  const sinkattn::policy::BlockSparseMaskPolicy pol{p.seq_q,  p.seq_kv,  p.heads_q,
-                                                    m.q_block, m.kv_block, m.offsets,
-                                                    m.indices, m.element_mask ? &m.element_mask : nullptr};
+  const sinkattn::policy::BlockSparseMaskPolicy pol{
+      p.seq_q,    p.seq_kv,  p.heads_q, m.q_block,
+      m.kv_block, m.offsets, m.indices, m.element_mask ? &m.element_mask : nullptr};
   index_t n = 0;
   for (index_t h = 0; h < p.heads_q; ++h) {
     const auto v = pol.bind(0, h);

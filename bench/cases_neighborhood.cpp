@@ -108,9 +108,11 @@ SINKATTN_BENCH_CASES(neighborhood_cases) {
       {"2d_64x64_k13", NeighborhoodMask{2, {64, 64, 1}, {13, 13, 1}, {1, 1, 1}, {1, 1, 1}, {false, false, false}}},
       {"3d_16x16x16_k7", NeighborhoodMask{3, {16, 16, 16}, {7, 7, 7}, {1, 1, 1}, {1, 1, 1}, {false, false, false}}},
       // Block-aligned (GNA's "ideal speedup" test): stride == kernel, whole tiles.
-      {"2d_64x64_k16_s16", NeighborhoodMask{2, {64, 64, 1}, {16, 16, 1}, {1, 1, 1}, {16, 16, 1}, {false, false, false}}},
+      {"2d_64x64_k16_s16",
+       NeighborhoodMask{2, {64, 64, 1}, {16, 16, 1}, {1, 1, 1}, {16, 16, 1}, {false, false, false}}},
       {"2d_64x64_k8_s8", NeighborhoodMask{2, {64, 64, 1}, {8, 8, 1}, {1, 1, 1}, {8, 8, 1}, {false, false, false}}},
-      {"1d_4096_k256_s256", NeighborhoodMask{1, {4096, 1, 1}, {256, 1, 1}, {1, 1, 1}, {256, 1, 1}, {false, false, false}}},
+      {"1d_4096_k256_s256",
+       NeighborhoodMask{1, {4096, 1, 1}, {256, 1, 1}, {1, 1, 1}, {256, 1, 1}, {false, false, false}}},
   };
   for (const NaCase& c : cases) {
     const index_t pairs = na_pairs(c.mask);

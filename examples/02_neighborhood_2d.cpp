@@ -82,8 +82,8 @@ bool small_grid() {
   double max_diff = 0;
   for (std::size_t e = 0; e < ref.size(); ++e) max_diff = std::max(max_diff, std::abs(ref[e] - fast[e]));
 
-  std::printf("02_neighborhood_2d: %lldx%lld grid, kernel 3x5, dilation 1x2, B=%lld H=%lld D=%lld\n",
-              (long long)grid_h, (long long)grid_w, (long long)p.batch, (long long)p.heads_q, (long long)p.dim_qk);
+  std::printf("02_neighborhood_2d: %lldx%lld grid, kernel 3x5, dilation 1x2, B=%lld H=%lld D=%lld\n", (long long)grid_h,
+              (long long)grid_w, (long long)p.batch, (long long)p.heads_q, (long long)p.dim_qk);
   // What query (0, 0) (a corner: its window is shifted inwards) and query (4, 5) see.
   for (const index_t qi : {index_t(0), 4 * grid_w + 5}) {
     std::printf("  query (%lld, %lld):\n", (long long)(qi / grid_w), (long long)(qi % grid_w));

@@ -84,13 +84,13 @@ int main() {
   for (std::size_t r = 0; r + 1 < sel.offsets.size(); ++r) listed += double(sel.offsets[r + 1] - sel.offsets[r]);
   const double n_lists = double(sel.offsets.size() - 1);
 
-  std::printf("05_moba_block_sparse: MoBA block %lld, top-%lld past blocks + own block, causal\n",
-              (long long)mo.block, (long long)mo.top_k);
+  std::printf("05_moba_block_sparse: MoBA block %lld, top-%lld past blocks + own block, causal\n", (long long)mo.block,
+              (long long)mo.top_k);
   std::printf("  shape  B=%lld Hq=%lld Hkv=%lld S=%lld D=%lld, %lld key blocks\n", (long long)B, (long long)Hq,
               (long long)Hkv, (long long)S, (long long)D, (long long)((S + mo.block - 1) / mo.block));
   std::printf("  blocks listed per query block (mean) = %.2f\n", listed / n_lists);
-  std::printf("  selection %.2f ms, MoBA attention %.2f ms, dense causal %.2f ms (x%.2f), one thread\n", t_sel,
-              t_moba, t_dense, t_dense / t_moba);
+  std::printf("  selection %.2f ms, MoBA attention %.2f ms, dense causal %.2f ms (x%.2f), one thread\n", t_sel, t_moba,
+              t_dense, t_dense / t_moba);
   std::printf("  max |fast - fp64 reference|          = %.3g\n", max_err);
   const bool ok = max_err < 1e-4;
   std::printf("  %s\n", ok ? "OK" : "FAILED: the fast path disagrees with the reference");

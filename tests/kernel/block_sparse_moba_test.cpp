@@ -52,7 +52,7 @@ Csr messy_lists(index_t rows, index_t nkb, std::uint64_t seed, int density) {
       for (index_t kb = 0; kb < nkb; ++kb)
         if (static_cast<int>(next(s) % 100) < density) row.push_back(kb);
       const std::size_t n = row.size();
-      for (std::size_t e = 0; e < n; e += 3) row.push_back(row[e]);  // repeats
+      for (std::size_t e = 0; e < n; e += 3) row.push_back(row[e]);                          // repeats
       for (std::size_t e = row.size(); e > 1; --e) std::swap(row[e - 1], row[next(s) % e]);  // shuffle
     }
     c.indices.insert(c.indices.end(), row.begin(), row.end());
@@ -75,15 +75,17 @@ TEST(BlockSparseForEachBlock, AgreesWithVisibleOverAllPairs) {
         for (int density : {0, 25, 100})
           for (int element : {0, 1, 2}) {  // none, an opaque element mask, the causal element mask
             const index_t nqb = (sq + qblk - 1) / qblk, nkb = (skv + kvblk - 1) / kvblk;
-            const Csr csr = messy_lists(B * H * nqb, nkb, static_cast<std::uint64_t>(sq * 7919 + skv * 31 + kvblk),
-                                        density);
+            const Csr csr =
+                messy_lists(B * H * nqb, nkb, static_cast<std::uint64_t>(sq * 7919 + skv * 31 + kvblk), density);
             BlockSparseMask m{qblk, kvblk, csr.offsets.data(), csr.indices.data(), {}};
             if (element == 1)
-              m.element_mask = [](index_t b, index_t h, index_t i, index_t j) { return (i * 5 + j * 3 + h + b) % 4 != 0; };
+              m.element_mask = [](index_t b, index_t h, index_t i, index_t j) {
+                return (i * 5 + j * 3 + h + b) % 4 != 0;
+              };
             if (element == 2) m.element_mask = CausalElementMask{skv - sq};
             const auto pol = policy_of(m, sq, skv, H);
-            SCOPED_TRACE(::testing::Message() << "qblk=" << qblk << " kvblk=" << kvblk << " density=" << density
-                                              << " element=" << element);
+            SCOPED_TRACE(::testing::Message()
+                         << "qblk=" << qblk << " kvblk=" << kvblk << " density=" << density << " element=" << element);
             const auto v = pol.bind(0, 1);  // head 1: its lists start past head 0's
             ASSERT_EQ(v.causal, element == 2) << "CausalElementMask recognised in bind()";
             test::check_mask(v, MaskSpec{m}, sq, skv, 64, 64, B, H, 0, 1);  // the kernel's tiles
@@ -247,14 +249,14 @@ struct MobaCase {
 };
 
 const std::vector<MobaCase> kMobaCases = {
-    {{1, 4, 2, 300, 300, 33, 33}, {64, 2, true}},    // odd D, GQA, Sq not a multiple of the block
-    {{2, 2, 1, 200, 260, 17, 24}, {48, 3, true}},    // Skv - Sq = 60: rows straddle two own blocks
-    {{1, 2, 2, 130, 130, 64, 64}, {16, 3, false}},   // non-causal
-    {{1, 4, 1, 1, 500, 32, 32}, {64, 2, true}},      // one decode row (prefill loop, see the header)
-    {{1, 2, 1, 150, 100, 16, 16}, {32, 1, true}},    // Sq > Skv: the first rows see no key
-    {{1, 2, 2, 257, 257, 40, 40}, {100, 0, true}},   // top_k = 0: own blocks only
-    {{1, 3, 3, 200, 200, 24, 24}, {64, 10, true}},   // top_k above the candidates: all the past
-    {{1, 8, 2, 640, 640, 128, 128}, {128, 2, true}}, // tile-aligned blocks
+    {{1, 4, 2, 300, 300, 33, 33}, {64, 2, true}},     // odd D, GQA, Sq not a multiple of the block
+    {{2, 2, 1, 200, 260, 17, 24}, {48, 3, true}},     // Skv - Sq = 60: rows straddle two own blocks
+    {{1, 2, 2, 130, 130, 64, 64}, {16, 3, false}},    // non-causal
+    {{1, 4, 1, 1, 500, 32, 32}, {64, 2, true}},       // one decode row (prefill loop, see the header)
+    {{1, 2, 1, 150, 100, 16, 16}, {32, 1, true}},     // Sq > Skv: the first rows see no key
+    {{1, 2, 2, 257, 257, 40, 40}, {100, 0, true}},    // top_k = 0: own blocks only
+    {{1, 3, 3, 200, 200, 24, 24}, {64, 10, true}},    // top_k above the candidates: all the past
+    {{1, 8, 2, 640, 640, 128, 128}, {128, 2, true}},  // tile-aligned blocks
 };
 
 TEST(Moba, SelectionMatchesTheNaiveSelection) {

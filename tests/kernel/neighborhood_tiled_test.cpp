@@ -52,12 +52,12 @@ std::string describe(const NeighborhoodMask& m) {
 // == kernel (blocked), causal dimensions beside non-causal ones, extent == kernel, extents
 // that are no multiple of the query box (8x8, 4x4x4), and 1-D with dilation.
 const std::vector<NeighborhoodMask> kCases = {
-    na(2, {20, 23, 1}, {5, 4, 1}),                                           // odd, even; ragged boxes
-    na(2, {17, 31, 1}, {3, 7, 1}, {2, 3, 1}),                                // dilation, L % d != 0
-    na(2, {24, 24, 1}, {8, 8, 1}, {1, 1, 1}, {8, 8, 1}),                     // blocked: stride == kernel
-    na(2, {18, 13, 1}, {4, 3, 1}, {1, 1, 1}, {4, 3, 1}),                     // blocked, ragged
+    na(2, {20, 23, 1}, {5, 4, 1}),                                              // odd, even; ragged boxes
+    na(2, {17, 31, 1}, {3, 7, 1}, {2, 3, 1}),                                   // dilation, L % d != 0
+    na(2, {24, 24, 1}, {8, 8, 1}, {1, 1, 1}, {8, 8, 1}),                        // blocked: stride == kernel
+    na(2, {18, 13, 1}, {4, 3, 1}, {1, 1, 1}, {4, 3, 1}),                        // blocked, ragged
     na(2, {16, 20, 1}, {5, 6, 1}, {1, 1, 1}, {2, 3, 1}, {true, false, false}),  // causal x non-causal
-    na(2, {9, 7, 1}, {9, 7, 1}),                                             // extent == kernel
+    na(2, {9, 7, 1}, {9, 7, 1}),                                                // extent == kernel
     na(2, {3, 40, 1}, {3, 9, 1}, {1, 2, 1}, {1, 1, 1}, {false, true, false}),   // flat grid
     na(3, {6, 9, 11}, {3, 4, 5}, {2, 1, 2}, {1, 2, 1}, {false, false, true}),
     na(3, {10, 9, 8}, {7, 3, 5}),
@@ -175,7 +175,8 @@ TEST(NeighborhoodTiledPolicy, QueryBoxesAreCubesAndSkipMaskedKeys) {
     index_t keys = 0, visible = 0;
     const policy::NeighborhoodTiledMaskPolicy pol{pl};
     for (index_t i0 = 0; i0 < pl->q.size(); i0 += 64) {
-      policy::for_each_kv_block(pol, i0, i0 + 64, 64, [&](index_t j0, index_t j1, policy::BlockKind) { keys += j1 - j0; });
+      policy::for_each_kv_block(pol, i0, i0 + 64, 64,
+                                [&](index_t j0, index_t j1, policy::BlockKind) { keys += j1 - j0; });
       for (index_t i = i0; i < i0 + 64; ++i) visible += pol.count_visible(i);
     }
     const double frac = static_cast<double>(visible) / static_cast<double>(keys * 64);

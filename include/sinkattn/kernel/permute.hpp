@@ -110,8 +110,8 @@ inline void na_copy_row(float* dst, const float* src, index_t n, index_t stride)
 
 // Rows of view `v` (logical [B, S, H, D]) for (b, h) in the order `token` -> dst [slots, D];
 // padding slots get zeros.
-inline void na_gather(float* dst, const TensorView<const float>& v, index_t b, index_t h, const std::vector<index_t>& token,
-                      index_t dim) {
+inline void na_gather(float* dst, const TensorView<const float>& v, index_t b, index_t h,
+                      const std::vector<index_t>& token, index_t dim) {
   for (std::size_t s = 0; s < token.size(); ++s, dst += dim) {
     if (token[s] < 0)
       std::fill(dst, dst + dim, 0.f);

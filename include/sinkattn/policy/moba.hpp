@@ -82,22 +82,22 @@ inline Status moba_check(const TensorView<const float>& q, const TensorView<cons
   static const char* const dims[4] = {"batch", "seq", "heads", "dim"};
   for (int d = 0; d < 4; ++d) {
     if (q.shape[d] < 0)
-      return Status(Errc::negative_size, std::string("q: shape[") + moba_str(d) + "] (" + dims[d] + ") is " +
-                                             moba_str(q.shape[d]));
+      return Status(Errc::negative_size,
+                    std::string("q: shape[") + moba_str(d) + "] (" + dims[d] + ") is " + moba_str(q.shape[d]));
     if (k.shape[d] < 0)
-      return Status(Errc::negative_size, std::string("k: shape[") + moba_str(d) + "] (" + dims[d] + ") is " +
-                                             moba_str(k.shape[d]));
+      return Status(Errc::negative_size,
+                    std::string("k: shape[") + moba_str(d) + "] (" + dims[d] + ") is " + moba_str(k.shape[d]));
   }
   if (k.shape[0] != q.shape[0])
-    return Status(Errc::shape_mismatch, "k: shape[0] (batch) is " + moba_str(k.shape[0]) + ", expected q's batch " +
-                                            moba_str(q.shape[0]));
+    return Status(Errc::shape_mismatch,
+                  "k: shape[0] (batch) is " + moba_str(k.shape[0]) + ", expected q's batch " + moba_str(q.shape[0]));
   if (k.shape[3] != q.shape[3])
-    return Status(Errc::shape_mismatch, "k: shape[3] (dim) is " + moba_str(k.shape[3]) + ", expected q's dim " +
-                                            moba_str(q.shape[3]));
+    return Status(Errc::shape_mismatch,
+                  "k: shape[3] (dim) is " + moba_str(k.shape[3]) + ", expected q's dim " + moba_str(q.shape[3]));
   const index_t hq = q.shape[2], hkv = k.shape[2];
   if (hq > 0 && (hkv == 0 || hq % hkv != 0))
-    return Status(Errc::heads_not_divisible, "q: shape[2] (heads) is " + moba_str(hq) +
-                                                 ", not a multiple of k's heads " + moba_str(hkv));
+    return Status(Errc::heads_not_divisible,
+                  "q: shape[2] (heads) is " + moba_str(hq) + ", not a multiple of k's heads " + moba_str(hkv));
   if (!q.empty() && q.data == nullptr) return Status(Errc::null_data, "q: data is null");
   if (!k.empty() && k.data == nullptr) return Status(Errc::null_data, "k: data is null");
   return {};
@@ -170,7 +170,8 @@ inline Status moba_select(const TensorView<const float>& q, const TensorView<con
             for (index_t d = 0; d < D; ++d) s += qbar[d] * kbar[kb * D + d];
             score[kb] = std::isnan(s) ? -std::numeric_limits<double>::infinity() : s;
           }
-          const auto take = static_cast<std::ptrdiff_t>(std::min<index_t>(opt.top_k, static_cast<index_t>(cand.size())));
+          const auto take =
+              static_cast<std::ptrdiff_t>(std::min<index_t>(opt.top_k, static_cast<index_t>(cand.size())));
           std::partial_sort(cand.begin(), cand.begin() + take, cand.end(), [&](index_t x, index_t y) {
             return score[x] > score[y] || (score[x] == score[y] && x < y);
           });
