@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "forward_check.hpp"
 #include "harness.hpp"
 #include "mask_properties.hpp"
 #include "sinkattn/kernel/forward.hpp"
@@ -30,6 +31,7 @@ namespace {
 
 using policy::BlockKind;
 using test::Layout;
+using test::run_and_compare;
 
 std::uint64_t next(std::uint64_t& s) {
   std::uint64_t z = (s += 0x9E3779B97F4A7C15ull);
@@ -142,14 +144,6 @@ TEST(BlockSparseForEachBlock, CostFollowsTheListsNotTheSequence) {
     const index_t kb = (qb * 37) % n;
     EXPECT_EQ(starts, (std::vector<index_t>{kb * 256, kb * 256 + 64, kb * 256 + 128, kb * 256 + 192}));
   }
-}
-
-::testing::AssertionResult run_and_compare(const test::Data& d, Options opt, const Executor& ex = Executor::serial()) {
-  test::Out out = test::make_out(d.p, Layout::BSHD, true);
-  opt.lse = out.lse;
-  const Status s = forward(d.p, d.q, d.k, d.v, out.o, opt, ex);
-  if (!s.ok()) return ::testing::AssertionFailure() << "forward failed: " << s.message();
-  return test::matches_reference(d, opt, out);
 }
 
 TEST(BlockSparseKernel, MessyListsAgainstTheReference) {

@@ -8,6 +8,7 @@
 #include <limits>
 #include <vector>
 
+#include "forward_check.hpp"
 #include "harness.hpp"
 #include "sinkattn/kernel/forward.hpp"
 #include "threads.hpp"
@@ -16,14 +17,7 @@ namespace sinkattn {
 namespace {
 
 using test::Layout;
-
-::testing::AssertionResult run_and_compare(const test::Data& d, Options opt, const Executor& ex = Executor::serial()) {
-  test::Out out = test::make_out(d.p, Layout::BSHD, true);
-  opt.lse = out.lse;
-  const Status s = forward(d.p, d.q, d.k, d.v, out.o, opt, ex);
-  if (!s.ok()) return ::testing::AssertionFailure() << "forward failed: " << s.message();
-  return test::matches_reference(d, opt, out);
-}
+using test::run_and_compare;
 
 Options causal(index_t offset = 0) {
   Options o;

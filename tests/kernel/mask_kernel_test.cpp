@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "forward_check.hpp"
 #include "harness.hpp"
 #include "sinkattn/kernel/forward.hpp"
 #include "threads.hpp"
@@ -20,15 +21,7 @@ namespace sinkattn {
 namespace {
 
 using test::Layout;
-
-::testing::AssertionResult run_and_compare(const test::Data& d, Options opt, const Executor& ex = Executor::serial(),
-                                           bool with_lse = true) {
-  test::Out out = test::make_out(d.p, Layout::BSHD, with_lse);
-  opt.lse = out.lse;
-  const Status s = forward(d.p, d.q, d.k, d.v, out.o, opt, ex);
-  if (!s.ok()) return ::testing::AssertionFailure() << "forward failed: " << s.message();
-  return test::matches_reference(d, opt, out);
-}
+using test::run_and_compare;
 
 // 1 and 2 threads give bit-identical O and LSE, and both match the reference.
 ::testing::AssertionResult threads_agree(const test::Data& data, Options opt) {

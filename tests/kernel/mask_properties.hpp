@@ -2,11 +2,13 @@
 // The property check every mask policy must pass, over all (i, j): visible(i, j) equals the
 // fp64 reference's oracle, count_visible counts each row, the block classification agrees
 // with visible, the visited blocks cover every visible pair (and never an Empty one),
-// apply_mask equals visible, and next_kv never jumps a visible key.
+// apply_mask equals visible, and next_kv never jumps a visible key. Policies over permuted or
+// padded indices (neighborhood_tiled_test.cpp) pass a SlotMap to the reference's indices.
 
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <functional>
 #include <limits>
 #include <set>
 #include <vector>
@@ -16,19 +18,32 @@
 
 namespace sinkattn::test {
 
-// The policy against the reference oracle for `spec` (batch 0, head 0), then the block-level
-// properties for query tiles of bq rows and key blocks of bkv keys.
+// The policy's query rows and keys as the reference's: q(i) / k(j) is the reference row / key
+// of the policy's row i / key j, or -1 for a padding slot (which sees, and is seen by,
+// nothing); seq_q / seq_kv are the reference problem's lengths. Empty maps and lengths < 0:
+// the identity on the policy's sq x skv.
+struct SlotMap {
+  std::function<index_t(index_t)> q, k;
+  index_t seq_q = -1, seq_kv = -1;
+};
+
+// The policy against the reference oracle for `spec` (batch b, head h), then the block-level
+// properties for query tiles of bq rows and key blocks of bkv keys, over the policy's sq x skv.
 template <class Mask>
 inline void check_mask(const Mask& m, const MaskSpec& spec, index_t sq, index_t skv, index_t bq, index_t bkv,
-                       index_t batch = 1, index_t heads = 1, index_t b = 0, index_t h = 0) {
+                       index_t batch = 1, index_t heads = 1, index_t b = 0, index_t h = 0, const SlotMap& map = {}) {
   SCOPED_TRACE(::testing::Message() << "sq=" << sq << " skv=" << skv << " bq=" << bq << " bkv=" << bkv << " b=" << b
                                     << " h=" << h);
-  const Problem p{batch, heads, heads, sq, skv, 8, 8};
+  const Problem p{batch, heads, heads, map.seq_q >= 0 ? map.seq_q : sq, map.seq_kv >= 0 ? map.seq_kv : skv, 8, 8};
+  std::vector<index_t> ref_q(static_cast<std::size_t>(sq)), ref_k(static_cast<std::size_t>(skv));
+  for (index_t i = 0; i < sq; ++i) ref_q[static_cast<std::size_t>(i)] = map.q ? map.q(i) : i;
+  for (index_t j = 0; j < skv; ++j) ref_k[static_cast<std::size_t>(j)] = map.k ? map.k(j) : j;
   for (index_t i = 0; i < sq; ++i) {
     index_t n = 0;
     for (index_t j = 0; j < skv; ++j) {
-      const bool want = reference::visible(p, spec, b, h, i, j);
-      ASSERT_EQ(m.visible(i, j), want) << "visible(" << i << ", " << j << ")";
+      const index_t ri = ref_q[static_cast<std::size_t>(i)], rj = ref_k[static_cast<std::size_t>(j)];
+      const bool want = ri >= 0 && rj >= 0 && reference::visible(p, spec, b, h, ri, rj);
+      ASSERT_EQ(m.visible(i, j), want) << "visible(" << i << ", " << j << "), reference (" << ri << ", " << rj << ")";
       n += want;
     }
     ASSERT_EQ(m.count_visible(i), n) << "count_visible(" << i << ")";
@@ -60,7 +75,8 @@ inline void check_mask(const Mask& m, const MaskSpec& spec, index_t sq, index_t 
       policy::apply_mask(m, t);
       for (index_t r = 0; r < j1 - j0; ++r)
         for (index_t l = 0; l < i1 - i0; ++l)
-          ASSERT_EQ(t.at(l, r) == -std::numeric_limits<float>::infinity(), !m.visible(i0 + l, j0 + r));
+          ASSERT_EQ(t.at(l, r) == -std::numeric_limits<float>::infinity(), !m.visible(i0 + l, j0 + r))
+              << "apply_mask at (" << i0 + l << ", " << j0 + r << ")";
     });
     for (index_t i = i0; i < i1; ++i)
       for (index_t j = 0; j < skv; ++j)

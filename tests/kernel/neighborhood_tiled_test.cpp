@@ -6,26 +6,25 @@
 
 #include <gtest/gtest.h>
 
-#include <algorithm>
 #include <cstdint>
-#include <limits>
-#include <set>
 #include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "forward_check.hpp"
 #include "harness.hpp"
+#include "mask_properties.hpp"
 #include "sinkattn/kernel/forward.hpp"
 #include "sinkattn/kernel/permute.hpp"
 #include "sinkattn/policy/mask_neighborhood_tiled.hpp"
-#include "sinkattn/reference/visibility.hpp"
 #include "threads.hpp"
 
 namespace sinkattn {
 namespace {
 
 using test::Layout;
+using test::run_and_compare;
 
 NeighborhoodMask na(int rank, std::array<index_t, 3> ext, std::array<index_t, 3> kernel,
                     std::array<index_t, 3> dilation = {1, 1, 1}, std::array<index_t, 3> stride = {1, 1, 1},
@@ -68,19 +67,15 @@ const std::vector<NeighborhoodMask> kCases = {
 
 // ---- Properties of the policy over all (i, j) -------------------------------------------
 
-// For query tiles of bq slots and key blocks of bkv: visible and count_visible equal the
-// reference's oracle on the original tokens (padding sees and is seen by nothing), blocks
-// come in ascending order, never Empty, classify agrees, Full blocks hold only visible pairs,
-// every visible pair lies in a visited block, apply_tile equals visible; and classify over
-// every aligned block is safe (Empty: no visible pair; Full: all visible).
+// The plan's slot orders are permutations of the tokens (queries padded to whole tiles), and
+// the policy over query tiles of bq slots and key blocks of bkv passes check_mask against the
+// reference's oracle on the original tokens (padding sees and is seen by nothing).
 void check_tiled(const NeighborhoodMask& m, index_t bq, index_t bkv) {
   SCOPED_TRACE(describe(m) + " bq=" + std::to_string(bq) + " bkv=" + std::to_string(bkv));
   detail::NaPlan plan;
   detail::na_build_plan(plan, m, bq, bkv);
   const policy::NeighborhoodTiledMaskPolicy pol{&plan};
   const index_t n = tokens(m), nq = plan.q.size(), nk = plan.k.size();
-  const Problem p{1, 1, 1, n, n, 8, 8};
-  const MaskSpec spec = m;
   ASSERT_EQ(nk, n);
   ASSERT_EQ(nq % bq, 0);
   // Each original token appears exactly once in each order.
@@ -91,69 +86,11 @@ void check_tiled(const NeighborhoodMask& m, index_t bq, index_t bkv) {
     for (index_t t = 0; t < n; ++t) ASSERT_EQ(seen[static_cast<std::size_t>(t)], 1) << "token " << t;
   }
   const std::vector<index_t>&qt = plan.q.token, &kt = plan.k.token;
-  for (index_t i = 0; i < nq; ++i) {
-    index_t cnt = 0;
-    for (index_t j = 0; j < nk; ++j) {
-      const index_t a = qt[static_cast<std::size_t>(i)], b = kt[static_cast<std::size_t>(j)];
-      const bool want = a >= 0 && b >= 0 && reference::visible(p, spec, 0, 0, a, b);
-      ASSERT_EQ(pol.visible(i, j), want) << "visible(" << i << ", " << j << ") tokens " << a << ", " << b;
-      cnt += want;
-    }
-    ASSERT_EQ(pol.count_visible(i), cnt) << "count_visible(" << i << ")";
-  }
-  for (index_t i0 = 0; i0 < nq; i0 += bq) {
-    const index_t i1 = std::min(nq, i0 + bq);
-    std::set<index_t> visited;
-    index_t last_j1 = 0;
-    policy::for_each_kv_block(pol, i0, i1, bkv, [&](index_t j0, index_t j1, policy::BlockKind kind) {
-      ASSERT_LT(j0, j1);
-      ASSERT_GE(j0, last_j1) << "blocks in ascending key order, not overlapping";
-      last_j1 = j1;
-      ASSERT_LE(j1, nk);
-      ASSERT_LE(j1 - j0, bkv);
-      ASSERT_NE(kind, policy::BlockKind::empty);
-      ASSERT_EQ(kind, pol.classify(i0, i1, j0, j1));
-      bool any = false, all = true;
-      for (index_t i = i0; i < i1; ++i)
-        for (index_t j = j0; j < j1; ++j) {
-          const bool v = pol.visible(i, j);
-          any = any || v;
-          all = all && v;
-          if (v) visited.insert(i * nk + j);
-        }
-      if (kind == policy::BlockKind::full) {
-        ASSERT_TRUE(all) << "a Full block with an invisible pair at j0=" << j0;
-      }
-      std::vector<float> st(static_cast<std::size_t>((j1 - j0) * bq), 1.f);
-      const policy::ScoreTile t{st.data(), bq, j1 - j0, 1, 0, 0, i0, i1 - i0, j0, j1 - j0, 1, bq};
-      policy::apply_mask(pol, t);
-      for (index_t r = 0; r < j1 - j0; ++r)
-        for (index_t l = 0; l < i1 - i0; ++l)
-          ASSERT_EQ(t.at(l, r) == -std::numeric_limits<float>::infinity(), !pol.visible(i0 + l, j0 + r))
-              << "apply_tile at (" << i0 + l << ", " << j0 + r << ")";
-    });
-    for (index_t i = i0; i < i1; ++i)
-      for (index_t j = 0; j < nk; ++j)
-        if (pol.visible(i, j)) {
-          ASSERT_TRUE(visited.count(i * nk + j)) << "visible pair (" << i << ", " << j << ") skipped";
-        }
-    for (index_t j0 = 0; j0 < nk; j0 += bkv) {
-      const index_t j1 = std::min(nk, j0 + bkv);
-      bool any = false, all = true;
-      for (index_t i = i0; i < i1; ++i)
-        for (index_t j = j0; j < j1; ++j) any = any || pol.visible(i, j), all = all && pol.visible(i, j);
-      const policy::BlockKind k = pol.classify(i0, i1, j0, j1);
-      if (k == policy::BlockKind::empty) {
-        ASSERT_FALSE(any) << "an Empty block holds a visible pair at j0=" << j0;
-      }
-      if (k == policy::BlockKind::full) {
-        ASSERT_TRUE(all) << "a Full block with an invisible pair at j0=" << j0;
-      }
-      if (any && !all) {
-        ASSERT_EQ(k, policy::BlockKind::partial);
-      }
-    }
-  }
+  test::SlotMap map;
+  map.q = [&qt](index_t i) { return qt[static_cast<std::size_t>(i)]; };
+  map.k = [&kt](index_t j) { return kt[static_cast<std::size_t>(j)]; };
+  map.seq_q = map.seq_kv = n;
+  test::check_mask(pol, m, nq, nk, bq, bkv, 1, 1, 0, 0, map);
 }
 
 TEST(NeighborhoodTiledPolicy, PropertiesOverAllPairs) {
@@ -185,15 +122,6 @@ TEST(NeighborhoodTiledPolicy, QueryBoxesAreCubesAndSkipMaskedKeys) {
 }
 
 // ---- forward() against the reference ----------------------------------------------------
-
-::testing::AssertionResult run_and_compare(const test::Data& d, Options opt, const Executor& ex = Executor::serial(),
-                                           bool with_lse = true) {
-  test::Out out = test::make_out(d.p, Layout::BSHD, with_lse);
-  opt.lse = out.lse;
-  const Status s = forward(d.p, d.q, d.k, d.v, out.o, opt, ex);
-  if (!s.ok()) return ::testing::AssertionFailure() << "forward failed: " << s.message();
-  return test::matches_reference(d, opt, out);
-}
 
 bool tiled(const test::Data& d, const Options& opt) {
   return detail::neighborhood_tiled_applies(detail::make_args(d.p, d.q, d.k, d.v, {}, opt),
