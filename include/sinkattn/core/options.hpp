@@ -60,7 +60,11 @@ struct BlockMask {
 };
 
 // Neighborhood attention (NATTEN semantics), rank 1..3, tokens row-major over the grid
-// extent[0] x extent[1] x extent[2]; requires Sq == Skv == prod(extent).
+// extent[0] x extent[1] x extent[2]; requires Sq == prod(extent) and Skv == extra_keys + Sq.
+// extra_keys: additional keys/values (global, register or sink tokens; NATTEN's
+// additional_keys) stored as the FIRST extra_keys rows of K and V, before the grid tokens, and
+// visible to every query (also under causal). They are attended in the same loop as the
+// neighborhood, so softmax, learned sinks, SSMax's N_i etc. see one row of keys.
 struct NeighborhoodMask {
   int rank = 1;
   std::array<index_t, 3> extent{1, 1, 1};
@@ -68,6 +72,7 @@ struct NeighborhoodMask {
   std::array<index_t, 3> dilation{1, 1, 1};
   std::array<index_t, 3> stride{1, 1, 1};
   std::array<bool, 3> causal{false, false, false};
+  index_t extra_keys = 0;
 };
 
 // Block-sparse lists (FlexAttention's BlockMask, MoBA): query blocks of q_block rows, key

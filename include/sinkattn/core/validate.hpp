@@ -125,9 +125,11 @@ inline Status check_mask(const Problem& p, const NeighborhoodMask& m) {
                                           ") exceeds extent (" + str(m.extent[d]) + ")");
     n *= m.extent[d];
   }
-  if (p.seq_q != n || p.seq_kv != n)
-    return fail(Errc::shape_mismatch, "mask.extent: the grid holds " + str(n) + " tokens but seq_q = " + str(p.seq_q) +
-                                          " and seq_kv = " + str(p.seq_kv));
+  if (m.extra_keys < 0) return fail(Errc::out_of_range, "mask.extra_keys is " + str(m.extra_keys));
+  if (p.seq_q != n || p.seq_kv != n + m.extra_keys)
+    return fail(Errc::shape_mismatch, "mask.extent: the grid holds " + str(n) +
+                                          " tokens (+ mask.extra_keys = " + str(m.extra_keys) +
+                                          ") but seq_q = " + str(p.seq_q) + " and seq_kv = " + str(p.seq_kv));
   return {};
 }
 

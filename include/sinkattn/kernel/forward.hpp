@@ -160,7 +160,9 @@ inline Status dispatch_mask(const KernelArgs& a, const Options& opt, const Execu
         return detail::dispatch_norm(pa, opt, pm, ex);
       });
     return detail::dispatch_norm(
-        a, opt, policy::NeighborhoodMaskPolicy{m->rank, m->extent, m->kernel, m->dilation, m->stride, m->causal}, ex);
+        a, opt,
+        policy::NeighborhoodMaskPolicy{m->rank, m->extent, m->kernel, m->dilation, m->stride, m->causal, m->extra_keys},
+        ex);
   }
   return Status(Errc::unsupported, "mask: this mask is not in the fast path yet (use the reference)");
 }

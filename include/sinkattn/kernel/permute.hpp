@@ -3,9 +3,10 @@
 // NeighborhoodMask of rank >= 2 (or with dilation) runs here, the NATTEN way:
 //
 //   1. gather   Q -> Qp [B, Hq, Nq, Dqk] in the plan's query order (boxes of kBlockQ tokens,
-//               padded: one query tile = one box), K, V -> Kp, Vp [B, Hkv, N, D] in its key
-//               order (pencils or boxes), the gate likewise; head-major, so the fused loop
-//               reads K and V rows in place (contiguous, no V packing);
+//               padded: one query tile = one box), K, V -> Kp, Vp [B, Hkv, E + N, D]: the E
+//               extra keys as they are, then the grid keys in the plan's key order (pencils
+//               or boxes); the gate like Q; head-major, so the fused loop reads K and V rows
+//               in place (contiguous, no V packing);
 //   2. run      the fused kernel, unchanged (dispatch_norm -> run<V>), with
 //               policy::NeighborhoodTiledMaskPolicy over the permuted indices;
 //   3. scatter  Op -> O and LSEp -> LSE in the caller's views.
@@ -83,7 +84,7 @@ inline Workspace& permute_workspace() {
 
 inline NaBuffers na_buffers(const KernelArgs& a, const NaPlan& pl, Workspace& ws) {
   const Problem& p = a.p;
-  const index_t nq = pl.q.size(), nk = pl.k.size();
+  const index_t nq = pl.q.size(), nk = pl.extra + pl.k.size();
   const index_t dg = a.has_gate() ? a.gate.shape[3] : 0;
   auto pad = [](index_t n) { return (n + 15) / 16 * 16; };  // 64-byte aligned sub-buffers
   const index_t sq = pad(p.batch * p.heads_q * nq * p.dim_qk), sk = pad(p.batch * p.heads_kv * nk * p.dim_qk),
@@ -108,22 +109,29 @@ inline void na_copy_row(float* dst, const float* src, index_t n, index_t stride)
   }
 }
 
-// Rows of view `v` (logical [B, S, H, D]) for (b, h) in the order `token` -> dst [slots, D];
-// padding slots get zeros.
+// Rows of view `v` (logical [B, S, H, D]) for (b, h) in the order `token` -> dst [slots, D]
+// (slot s <- row first + token[s]); padding slots get zeros.
 inline void na_gather(float* dst, const TensorView<const float>& v, index_t b, index_t h,
-                      const std::vector<index_t>& token, index_t dim) {
+                      const std::vector<index_t>& token, index_t dim, index_t first = 0) {
   for (std::size_t s = 0; s < token.size(); ++s, dst += dim) {
     if (token[s] < 0)
       std::fill(dst, dst + dim, 0.f);
     else
-      na_copy_row(dst, v.ptr(b, token[s], h), dim, v.stride[3]);
+      na_copy_row(dst, v.ptr(b, first + token[s], h), dim, v.stride[3]);
   }
+}
+
+// K or V of (b, g): the extra keys (rows [0, E)) in order, then the grid keys permuted.
+inline void na_gather_keys(float* dst, const TensorView<const float>& v, index_t b, index_t g, const NaPlan& pl,
+                           index_t dim) {
+  for (index_t r = 0; r < pl.extra; ++r) na_copy_row(dst + r * dim, v.ptr(b, r, g), dim, v.stride[3]);
+  na_gather(dst + pl.extra * dim, v, b, g, pl.k.token, dim, pl.extra);
 }
 
 // Step 1: Q, K, V (and the gate) into the buffers; one task per (batch, query head).
 inline void na_gather_inputs(const KernelArgs& a, const NaPlan& pl, const NaBuffers& buf, const Executor& ex) {
   const Problem& p = a.p;
-  const index_t nq = pl.q.size(), nk = pl.k.size(), group = p.group_size();
+  const index_t nq = pl.q.size(), nk = pl.extra + pl.k.size(), group = p.group_size();
   const index_t dg = a.has_gate() ? a.gate.shape[3] : 0;
   ex.run(p.batch * p.heads_q, [&](index_t t) {
     const index_t b = t / p.heads_q, h = t % p.heads_q;
@@ -131,8 +139,8 @@ inline void na_gather_inputs(const KernelArgs& a, const NaPlan& pl, const NaBuff
     if (dg > 0) na_gather(buf.gate + t * nq * dg, a.gate, b, h, pl.q.token, dg);
     if (h % group == 0) {  // the first query head of a KV head also copies K and V
       const index_t g = h / group, tk = b * p.heads_kv + g;
-      na_gather(buf.k + tk * nk * p.dim_qk, a.k, b, g, pl.k.token, p.dim_qk);
-      na_gather(buf.v + tk * nk * p.dim_v, a.v, b, g, pl.k.token, p.dim_v);
+      na_gather_keys(buf.k + tk * nk * p.dim_qk, a.k, b, g, pl, p.dim_qk);
+      na_gather_keys(buf.v + tk * nk * p.dim_v, a.v, b, g, pl, p.dim_v);
     }
   });
 }
@@ -158,10 +166,10 @@ inline void na_scatter_outputs(const KernelArgs& a, const NaPlan& pl, const NaBu
   });
 }
 
-// The arguments of the permuted problem: Sq = Nq (padded), Skv = N, views on the buffers.
+// The arguments of the permuted problem: Sq = Nq (padded), Skv = E + N, views on the buffers.
 inline KernelArgs na_permuted_args(const KernelArgs& a, const NaPlan& pl, const NaBuffers& buf) {
   const Problem& p = a.p;
-  const index_t nq = pl.q.size(), nk = pl.k.size();
+  const index_t nq = pl.q.size(), nk = pl.extra + pl.k.size();
   KernelArgs pa = a;
   pa.p.seq_q = nq;
   pa.p.seq_kv = nk;

@@ -9,8 +9,13 @@
 // intersection of the query coordinates' key windows decide Empty (a dimension where the
 // union misses the key box) and Full (no dilation and, in every dimension, the intersection
 // covers the key box). Boxes over-approximate the index ranges, so both tests are safe.
-// The 64-row tiles are rows of the flattened grid, not multi-dimensional tiles (see the
-// report: a later step).
+// The 64-row tiles are rows of the flattened grid; 2-D/3-D and dilated grids run on
+// multi-dimensional tiles instead (mask_neighborhood_tiled.hpp), this policy keeps 1-D and
+// the inputs that path cannot permute.
+//
+// Extra keys (NeighborhoodMask::extra_keys): keys [0, extra) are visible to every query and
+// grid token t is key extra + t. The grid methods below work on grid indices; the mask
+// interface (visible, classify, kv range, for_each_block, count_visible) adds the offset.
 
 #include <algorithm>
 #include <array>
@@ -24,6 +29,7 @@ struct NeighborhoodMaskPolicy {
   int rank = 1;
   std::array<index_t, 3> extent{1, 1, 1}, kernel{1, 1, 1}, dilation{1, 1, 1}, stride{1, 1, 1};
   std::array<bool, 3> causal{false, false, false};
+  index_t extra = 0;  // extra keys before the grid, visible to all
 
   index_t tokens() const {
     index_t n = 1;
@@ -60,7 +66,8 @@ struct NeighborhoodMaskPolicy {
     return lo <= kc && kc <= hi;
   }
 
-  bool visible(index_t i, index_t j) const {
+  bool visible(index_t i, index_t j) const { return j < extra || grid_visible(i, j - extra); }
+  bool grid_visible(index_t i, index_t j) const {
     for (int dim = rank - 1; dim >= 0; --dim) {
       const index_t L = extent[dim];
       if (!visible_1d(dim, i % L, j % L)) return false;
@@ -96,10 +103,18 @@ struct NeighborhoodMaskPolicy {
 
   // Union [ulo, uhi] and intersection [ilo, ihi] of the windows of query coordinates
   // [qlo, qhi] along dim.
+  // Without dilation both window ends are non-decreasing in the query coordinate (the leader,
+  // the clamped center and, causal, q itself are), so the two end queries decide: O(1) per
+  // call instead of a loop with divisions per coordinate, which cost a block's worth of work
+  // per tile when a tile visits only a few key blocks (blocked NA).
   void windows(int dim, index_t qlo, index_t qhi, index_t& ulo, index_t& uhi, index_t& ilo, index_t& ihi) const {
-    window(dim, qlo, ulo, uhi);
+    window(dim, qlo, ulo, ihi);
+    if (dilation[dim] == 1) {
+      window(dim, qhi, ilo, uhi);
+      return;
+    }
     ilo = ulo;
-    ihi = uhi;
+    uhi = ihi;
     for (index_t q = qlo + 1; q <= qhi; ++q) {
       index_t lo, hi;
       window(dim, q, lo, hi);
@@ -111,6 +126,11 @@ struct NeighborhoodMaskPolicy {
   }
 
   BlockKind classify(index_t i0, index_t i1, index_t j0, index_t j1) const {
+    if (j1 <= extra) return BlockKind::full;
+    const BlockKind g = grid_classify(i0, i1, std::max<index_t>(j0 - extra, 0), j1 - extra);
+    return j0 < extra && g != BlockKind::full ? BlockKind::partial : g;
+  }
+  BlockKind grid_classify(index_t i0, index_t i1, index_t j0, index_t j1) const {
     std::array<index_t, 3> qlo{}, qhi{}, klo{}, khi{};
     box(i0, i1, qlo, qhi);
     box(j0, j1, klo, khi);
@@ -124,9 +144,24 @@ struct NeighborhoodMaskPolicy {
     return full ? BlockKind::full : BlockKind::partial;
   }
 
-  // Keys between the smallest and the largest corner of the union box.
-  index_t kv_begin(index_t i0, index_t i1) const { return kv_corner(i0, i1, false); }
-  index_t kv_end(index_t i0, index_t i1) const { return kv_corner(i0, i1, true) + 1; }
+  // Keys between the smallest and the largest corner of the union box (and the extra keys).
+  index_t kv_begin(index_t i0, index_t i1) const { return extra > 0 ? 0 : kv_corner(i0, i1, false); }
+  index_t kv_end(index_t i0, index_t i1) const { return extra + kv_corner(i0, i1, true) + 1; }
+  // Split-KV decode: from the extra keys straight to the union box.
+  index_t next_kv(index_t i0, index_t i1, index_t j) const {
+    return j < extra ? j : std::max(j, extra + kv_corner(i0, i1, false));
+  }
+  // The extra keys (Full blocks), then the blocks of the union box's key range.
+  template <class F>
+  void for_each_block(index_t i0, index_t i1, index_t bkv, F&& f) const {
+    for (index_t j0 = 0; j0 < extra; j0 += bkv) f(j0, std::min(j0 + bkv, extra), BlockKind::full);
+    const index_t end = kv_end(i0, i1);
+    for (index_t j0 = extra + kv_corner(i0, i1, false); j0 < end; j0 += bkv) {
+      const index_t j1 = std::min(j0 + bkv, end);
+      const BlockKind kind = grid_classify(i0, i1, j0 - extra, j1 - extra);
+      if (kind != BlockKind::empty) f(j0, j1, kind);
+    }
+  }
   index_t kv_corner(index_t i0, index_t i1, bool upper) const {
     std::array<index_t, 3> qlo{}, qhi{};
     box(i0, i1, qlo, qhi);
@@ -140,7 +175,7 @@ struct NeighborhoodMaskPolicy {
   }
 
   index_t count_visible(index_t i) const {
-    index_t n = 1;
+    index_t n = 1;  // the grid keys, a product over dimensions; plus the extra keys
     for (int dim = rank - 1; dim >= 0; --dim) {
       const index_t L = extent[dim], qc = i % L;
       i /= L;
@@ -148,7 +183,7 @@ struct NeighborhoodMaskPolicy {
       for (index_t kc = 0; kc < L; ++kc) c += visible_1d(dim, qc, kc);
       n *= c;
     }
-    return n;
+    return extra + n;
   }
 };
 

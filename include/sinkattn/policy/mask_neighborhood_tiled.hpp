@@ -21,6 +21,10 @@
 // block is Full when every query's window (intersection over the tile) contains the block's
 // key box (no masking work), Partial otherwise; apply_tile masks with per-tile window tables
 // (no division per element). Padding slots are invisible (rows and keys).
+//
+// Extra keys (NeighborhoodMask::extra_keys) stay in front of the permuted keys: key slot
+// j < extra is extra key j, slot extra + s is the grid key in slot s of plan->k. Every query
+// tile visits them first, as Full blocks (Partial in a box with padding rows, which see nothing).
 
 #include <algorithm>
 #include <array>
@@ -130,6 +134,7 @@ struct NaPlan {
   int rank = 1;
   std::array<NaAxis, 3> ax;
   GridOrder q, k;
+  index_t extra = 0;  // extra keys before the grid keys
   policy::NeighborhoodMaskPolicy base;
 };
 
@@ -241,6 +246,7 @@ inline std::array<index_t, 3> na_query_box(const NaPlan& pl, const std::array<in
 // keys plus `kBlockCost` keys of fixed work (softmax pass setup, O rescale, loop overhead).
 inline void na_build_plan(NaPlan& pl, const NeighborhoodMask& m, index_t slots, index_t bkv) {
   pl.rank = m.rank;
+  pl.extra = m.extra_keys;
   pl.base = policy::NeighborhoodMaskPolicy{m.rank, m.extent, m.kernel, m.dilation, m.stride, m.causal};
   std::array<index_t, 3> ext{1, 1, 1};
   for (int d = 0; d < 3; ++d) {
@@ -316,7 +322,8 @@ struct NeighborhoodTiledMaskPolicy {
 
   bool visible(index_t i, index_t j) const {
     const int32_t* qc = &plan->q.coord[static_cast<std::size_t>(3 * i)];
-    const int32_t* kc = &plan->k.coord[static_cast<std::size_t>(3 * j)];
+    if (j < plan->extra) return qc[0] >= 0;
+    const int32_t* kc = &plan->k.coord[static_cast<std::size_t>(3 * (j - plan->extra))];
     if (qc[0] < 0 || kc[0] < 0) return false;
     for (int d = 0; d < 3; ++d) {
       const auto c = static_cast<std::size_t>(qc[d]);
@@ -332,20 +339,33 @@ struct NeighborhoodTiledMaskPolicy {
       const auto c = static_cast<std::size_t>(qc[d]);
       n *= plan->ax[d].whi[c] - plan->ax[d].wlo[c] + 1;
     }
-    return n;
+    return plan->extra + n;
   }
   BlockKind classify(index_t i0, index_t i1, index_t j0, index_t j1) const {
-    return detail::na_classify(*plan, detail::na_query_span(*plan, i0, i1), j0, j1);
+    const detail::NaQuerySpan q = detail::na_query_span(*plan, i0, i1);
+    const index_t e = plan->extra;
+    if (!q.any) return BlockKind::empty;
+    const BlockKind xk = q.pad ? BlockKind::partial : BlockKind::full;  // the extra keys' kind
+    if (j1 <= e) return xk;
+    const BlockKind g = detail::na_classify(*plan, q, std::max<index_t>(j0 - e, 0), j1 - e);
+    if (j0 >= e) return g;
+    return g == BlockKind::full && xk == BlockKind::full ? BlockKind::full : BlockKind::partial;
   }
   // Only the split-KV decode loop reads these; it never runs this policy (decode shapes keep
   // the flat policy), so the whole key range is a safe answer.
   index_t kv_begin(index_t, index_t) const { return 0; }
-  index_t kv_end(index_t, index_t) const { return plan->k.size(); }
+  index_t kv_end(index_t, index_t) const { return plan->extra + plan->k.size(); }
 
   // (The kernels run each task with flush-to-zero on: kernel/fp_env.hpp.)
   template <class F>
   void for_each_block(index_t i0, index_t i1, index_t bkv, F&& f) const {
-    detail::na_for_each_block(*plan, i0, i1, bkv, f);
+    const index_t e = plan->extra;
+    if (e == 0) return detail::na_for_each_block(*plan, i0, i1, bkv, f);
+    const detail::NaQuerySpan q = detail::na_query_span(*plan, i0, i1);
+    if (!q.any) return;
+    for (index_t j0 = 0; j0 < e; j0 += bkv) f(j0, std::min(j0 + bkv, e), q.pad ? BlockKind::partial : BlockKind::full);
+    detail::na_for_each_block(*plan, i0, i1, bkv,
+                              [&](index_t j0, index_t j1, BlockKind kind) { f(e + j0, e + j1, kind); });
   }
 
   // -inf on invisible pairs. Per tile: each query's window bounds per dimension into lane
@@ -378,7 +398,12 @@ struct NeighborhoodTiledMaskPolicy {
     }
     const vf ninf(kNegInf);
     for (index_t r = 0; r < t.nk; ++r) {
-      const int32_t* kc = &plan->k.coord[static_cast<std::size_t>(3 * (t.j0 + r))];
+      if (t.j0 + r < plan->extra) {  // an extra key: only padding rows are masked
+        for (index_t l = 0; l < t.nq; ++l)
+          if (plan->q.coord[static_cast<std::size_t>(3 * (t.i0 + l))] < 0) t.at(l, r) = kNegInf;
+        continue;
+      }
+      const int32_t* kc = &plan->k.coord[static_cast<std::size_t>(3 * (t.j0 + r - plan->extra))];
       float* row = &t.at(0, r);
       // A padding key has k0 = -1, below every lo.
       const vf k0(static_cast<float>(kc[0])), k1(static_cast<float>(kc[1])), k2(static_cast<float>(kc[2]));

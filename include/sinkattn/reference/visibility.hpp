@@ -85,8 +85,10 @@ inline bool natten_visible_1d(index_t L, index_t k, index_t d, index_t s, bool c
 }
 
 inline bool neighborhood_visible(const NeighborhoodMask& m, index_t i, index_t j) {
+  // The extra keys come first in K/V and every query sees them; grid token t is key extra + t.
+  if (j < m.extra_keys) return true;
   // Tokens are row-major over extent[0] x ... x extent[rank-1]: the last dimension is fastest.
-  index_t qi = i, kj = j;
+  index_t qi = i, kj = j - m.extra_keys;
   for (int dim = m.rank - 1; dim >= 0; --dim) {
     const index_t L = m.extent[dim];
     const index_t qc = qi % L, kc = kj % L;
