@@ -171,6 +171,24 @@ TEST(TileOps, PackingZeroesThePaddingAndHonoursStrides) {
     for (index_t l = 0; l < kQRows; ++l) EXPECT_EQ(qt[x * kQRows + l], l < rows ? src[l * ld_src + x * stride_d] : 0.f);
 }
 
+TEST(TileOps, PackTransposedContiguousRowsAllTails) {
+  // Contiguous head dims take the in-register 16x16 transpose (AVX-512) for whole blocks and
+  // the scalar loop for the row and column tails: every split against the definition.
+  Buf bt;
+  float* qt = bt.get(80 * kQRows);
+  for (index_t rows : {1, 15, 16, 17, 40, 64})
+    for (index_t cols : {3, 16, 19, 48, 72}) {
+      const index_t ld_src = 4 * cols + 5;  // token-major rows of several heads
+      const auto src = test::random_vector(static_cast<std::size_t>(rows * ld_src), 11, -1, 1);
+      std::fill(qt, qt + cols * kQRows, kInf);
+      tile::pack_transposed(qt, src.data(), ld_src, 1, rows, cols, 0.37f);
+      for (index_t x = 0; x < cols; ++x)
+        for (index_t l = 0; l < kQRows; ++l)
+          ASSERT_EQ(qt[x * kQRows + l], l < rows ? src[l * ld_src + x] * 0.37f : 0.f)
+              << "rows=" << rows << " cols=" << cols << " x=" << x << " l=" << l;
+    }
+}
+
 TEST(TileOps, LaneReductionsExpAndRowScaling) {
   Buf b;
   const index_t nk = 7;

@@ -8,8 +8,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <limits>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "sinkattn/tile/gemm.hpp"
 #include "sinkattn/tile/math.hpp"
@@ -30,17 +35,75 @@ struct Lanes {
   }
 };
 
+#if defined(__AVX512F__)
+// GCC 12 flags its own _mm512_undefined_ps() inside the inlined intrinsics
+// (-W[maybe-]uninitialized, a false positive in avx512fintrin.h); silenced for the transpose
+// and pack_transposed only (popped after it).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+namespace detail {
+// r[0..15] (16 rows of 16 floats) := their transpose, in registers: unpack pairs of rows
+// (32-bit, then 64-bit interleave), then two rounds of 128-bit lane shuffles.
+inline void transpose16x16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    const __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 1]), c = _mm512_castps_pd(t[i + 2]),
+                  d = _mm512_castps_pd(t[i + 3]);
+    r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  for (int h = 0; h < 16; h += 8)
+    for (int i = 0; i < 4; ++i) {
+      t[h + i] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0x88);
+      t[h + i + 4] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0xdd);
+    }
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+  }
+}
+}  // namespace detail
+#endif
+
 // qt (d, kQRows) = scale * transpose of nrows rows of src (row r at src + r * ld_src,
 // element x at x * stride_d), lanes >= nrows zero so that padded lanes stay finite. The
 // softmax scale rides along here, once per query tile, instead of once per score.
+// With AVX-512, 16x16 blocks (contiguous head dim) are transposed in registers; a scalar
+// strided loop here cost ~5 us per 64x64 tile, half a key block's work, which weighs on
+// masks whose query tiles visit only a few key blocks (blocked, block-sparse).
 inline void pack_transposed(float* qt, const float* src, index_t ld_src, index_t stride_d, index_t nrows, index_t d,
                             float scale = 1.f) {
+  index_t rv = 0, xv = 0;  // rows [0, rv) x columns [0, xv) in registers
+#if defined(__AVX512F__)
+  if (kWidth == 16 && stride_d == 1) {
+    rv = nrows / 16 * 16;
+    xv = d / 16 * 16;
+    const __m512 sv = _mm512_set1_ps(scale);
+    __m512 blk[16];
+    for (index_t r = 0; r < rv; r += 16)
+      for (index_t x = 0; x < xv; x += 16) {
+        for (int i = 0; i < 16; ++i) blk[i] = _mm512_loadu_ps(src + (r + i) * ld_src + x);
+        detail::transpose16x16(blk);
+        for (int i = 0; i < 16; ++i) _mm512_store_ps(qt + (x + i) * kQRows + r, _mm512_mul_ps(blk[i], sv));
+      }
+  }
+#endif
   for (index_t x = 0; x < d; ++x) {
     float* dst = qt + x * kQRows;
-    for (index_t r = 0; r < nrows; ++r) dst[r] = src[r * ld_src + x * stride_d] * scale;
+    for (index_t r = x < xv ? rv : 0; r < nrows; ++r) dst[r] = src[r * ld_src + x * stride_d] * scale;
     for (index_t r = nrows; r < kQRows; ++r) dst[r] = 0.f;
   }
 }
+#if defined(__AVX512F__)
+#pragma GCC diagnostic pop
+#endif
 
 // dst (nrows, cols_pad) = scale * src rows (row r at src + r * ld_src, element x at
 // x * stride_d), columns [cols, cols_pad) zero: a contiguous, padded copy for strided or
