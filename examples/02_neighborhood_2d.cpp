@@ -6,7 +6,8 @@
 //
 // 1. A small grid (8 x 14, kernel 3x5, dilation 1x2): the fast path against the fp64
 //    reference on every row, and the window of a corner query and of an inner one.
-// 2. An image-like grid (64 x 64 = 4096 tokens, kernel 13x13, 4 heads, D = 64): the fast path
+// 2. An image-like grid (64 x 64 = 4096 tokens by default, `02_neighborhood_2d <side>` for
+//    another size >= 13; ctest runs 32; kernel 13x13, 4 heads, D = 64): the fast path
 //    (query tiles of 8x8 pixels over permuted tokens, kernel/permute.hpp) checked against an
 //    fp64 computation on a sample of rows, and timed beside the same pattern spelled as dense
 //    attention with a -inf bias outside the windows.
@@ -16,6 +17,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <limits>
 #include <vector>
 
@@ -100,8 +102,8 @@ bool small_grid() {
   return max_diff < 1e-5;
 }
 
-bool image_grid() {
-  const index_t side = 64, n = side * side, kernel = 13;
+bool image_grid(index_t side) {
+  const index_t n = side * side, kernel = 13;
   const sinkattn::Problem p{1, 4, 4, n, n, 64, 64};
   sinkattn::NeighborhoodMask nat;
   nat.rank = 2;
@@ -177,8 +179,13 @@ bool image_grid() {
 
 }  // namespace
 
-int main() {
-  const bool ok = small_grid() && image_grid();
+int main(int argc, char** argv) {
+  const long side = argc > 1 ? std::atol(argv[1]) : 64;
+  if (side < 13 || side > 256) {
+    std::fprintf(stderr, "usage: 02_neighborhood_2d [side of the image grid, 13..256; default 64]\n");
+    return 2;
+  }
+  const bool ok = small_grid() && image_grid(static_cast<index_t>(side));
   std::printf("  %s\n", ok ? "OK" : "FAILED");
   return ok ? 0 : 1;
 }

@@ -4,12 +4,14 @@
 // per (batch, head, query block), its own block plus the top-k blocks of the past; forward()
 // then visits only the listed blocks (a BlockSparseMask, causal inside the own block). The
 // result is checked against the fp64 reference given the same selection, and timed beside
-// dense causal attention on the same data (one thread).
+// dense causal attention on the same data (one thread). `05_moba_block_sparse <tokens>` runs
+// another length (default 4096; ctest runs 2048).
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <vector>
 
 #include "sinkattn/policy/moba.hpp"
@@ -35,10 +37,15 @@ double best_ms(int reps, F&& f) {
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
   using sinkattn::index_t;
   using sinkattn::TensorView;
-  const sinkattn::Problem p{1, 4, 2, 4096, 4096, 64, 64};  // GQA: 4 query heads on 2 KV heads
+  const long tokens = argc > 1 ? std::atol(argv[1]) : 4096;
+  if (tokens < 1 || tokens > (1L << 20)) {
+    std::fprintf(stderr, "usage: 05_moba_block_sparse [tokens, 1..1048576; default 4096]\n");
+    return 2;
+  }
+  const sinkattn::Problem p{1, 4, 2, tokens, tokens, 64, 64};  // GQA: 4 query heads on 2 KV heads
   const index_t B = p.batch, Hq = p.heads_q, Hkv = p.heads_kv, S = p.seq_q, D = p.dim_qk;
   const std::vector<float> q = random_values(static_cast<std::size_t>(B * S * Hq * D), 11);
   const std::vector<float> k = random_values(static_cast<std::size_t>(B * S * Hkv * D), 12);
