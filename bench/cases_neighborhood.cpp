@@ -8,6 +8,7 @@
 //   BM_na_flat/<mask>        the same mask on the flat 64-row tiles (the path before issue 6)
 //   BM_na_masked_dense/<mask>  dense attention with a -inf bias outside the neighborhoods
 //   BM_na_copies/<mask>      the permutation alone: plan, Q/K/V gather, O/LSE scatter
+//   BM_na_tiled_extra64/2d_64x64_k13  the 2-D case plus 64 extra (global) keys every query sees
 //
 // GFLOPS counts the VISIBLE pairs (4 * D per pair, as everywhere in bench/): for the NA cases
 // it reads directly as a fraction of BM_na_dense's GFLOPS. Goals: 13x13 (2-D) and 7x7x7 (3-D)
@@ -43,19 +44,29 @@ struct NaCase {
 };
 
 const Problem kNaProblem{1, 4, 4, 4096, 4096, 64, 64};
+// The same tokens with 64 extra keys in front of K/V (NeighborhoodMask::extra_keys).
+const Problem kNaExtraProblem{1, 4, 4, 4096, 4096 + 64, 64, 64};
+
+Shape na_shape(const char* name, const Problem& p) {
+  Shape x;
+  x.name = name;
+  x.problem = p;
+  return x;
+}
 
 Data& na_data() {
-  static Shape s = [] {
-    Shape x;
-    x.name = "na_B1_H4_S4096_D64";
-    x.problem = kNaProblem;
-    return x;
-  }();
+  static Shape s = na_shape("na_B1_H4_S4096_D64", kNaProblem);
+  return data_for(s);
+}
+
+Data& na_extra_data() {
+  static Shape s = na_shape("na_B1_H4_S4096_X64_D64", kNaExtraProblem);
   return data_for(s);
 }
 
 index_t na_pairs(const NeighborhoodMask& m) {
-  const sinkattn::policy::NeighborhoodMaskPolicy pol{m.rank, m.extent, m.kernel, m.dilation, m.stride, m.causal};
+  const sinkattn::policy::NeighborhoodMaskPolicy pol{m.rank,   m.extent, m.kernel,    m.dilation,
+                                                     m.stride, m.causal, m.extra_keys};
   index_t n = 0;
   for (index_t i = 0; i < kNaProblem.seq_q; ++i) n += pol.count_visible(i);
   return n;
@@ -155,6 +166,20 @@ SINKATTN_BENCH_CASES(neighborhood_cases) {
         Data& d = na_data();
         for (auto _ : st) {
           check(forward(p, d.q, d.k, d.v, d.o, o));
+          benchmark::ClobberMemory();
+        }
+        counters(st, pairs);
+      });
+    }
+    if (c.name == "2d_64x64_k13") {
+      NeighborhoodMask mx = m;
+      mx.extra_keys = kNaExtraProblem.seq_kv - kNaExtraProblem.seq_q;
+      Options ox;
+      ox.mask = mx;
+      reg("BM_na_tiled_extra64" + sfx, 10, [ox, pairs = na_pairs(mx)](benchmark::State& st) {
+        Data& d = na_extra_data();
+        for (auto _ : st) {
+          check(forward(kNaExtraProblem, d.q, d.k, d.v, d.o, ox));
           benchmark::ClobberMemory();
         }
         counters(st, pairs);
