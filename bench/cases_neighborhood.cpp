@@ -72,8 +72,7 @@ index_t na_pairs(const NeighborhoodMask& m) {
   return n;
 }
 
-void counters(benchmark::State& st, index_t pairs) {
-  const Problem& p = kNaProblem;
+void counters(benchmark::State& st, index_t pairs, const Problem& p = kNaProblem) {
   const double gflop = 2.0 * static_cast<double>(p.dim_qk + p.dim_v) * static_cast<double>(pairs) *
                        static_cast<double>(p.batch * p.heads_q) * 1e-9;
   st.counters["GFLOPS"] = benchmark::Counter(gflop, benchmark::Counter::kIsIterationInvariantRate);
@@ -182,7 +181,7 @@ SINKATTN_BENCH_CASES(neighborhood_cases) {
           check(forward(kNaExtraProblem, d.q, d.k, d.v, d.o, ox));
           benchmark::ClobberMemory();
         }
-        counters(st, pairs);
+        counters(st, pairs, kNaExtraProblem);
       });
     }
     reg("BM_na_copies" + sfx, 40, [p, opt, m](benchmark::State& st) {

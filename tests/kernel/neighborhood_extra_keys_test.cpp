@@ -96,7 +96,11 @@ TEST(NeighborhoodExtraKeysPolicy, TiledPolicyAgreesWithTheReference) {
       const std::vector<index_t>&qt = plan.q.token, &kt = plan.k.token;
       test::SlotMap map;
       map.q = [&qt](index_t i) { return qt[static_cast<std::size_t>(i)]; };
-      map.k = [&kt, e](index_t j) { return j < e ? j : e + kt[static_cast<std::size_t>(j - e)]; };
+      map.k = [&kt, e](index_t j) {
+        if (j < e) return j;
+        const index_t t = kt[static_cast<std::size_t>(j - e)];
+        return t < 0 ? t : e + t;  // a padding key slot stays padding
+      };
       map.seq_q = n;
       map.seq_kv = n + e;
       test::check_mask(pol, m, plan.q.size(), e + plan.k.size(), bq, bkv, 1, 1, 0, 0, map);
@@ -175,9 +179,12 @@ TEST(NeighborhoodExtraKeysKernel, RowIndexedInputsOnTheFlatPath) {
 
 TEST(NeighborhoodExtraKeysKernel, DominantExtraKeysAndDecodeShapes) {
   // Extra keys whose logits dwarf the neighborhood's (an attention sink): the online softmax
-  // rescales exactly; and a 2x2 grid (decode shapes: the split-KV loop jumps to the box).
+  // rescales exactly; and a 2x2 grid (decode shapes: the split-KV loop jumps to the box),
+  // with enough extra keys for two splits of kDecodeSplitKeys, one of them cut right at the
+  // extra / grid boundary (1022 + 4 keys).
   for (const auto& m :
-       {na(2, {16, 16, 1}, {3, 3, 1}, 4), na(2, {2, 2, 1}, {2, 2, 1}, 3), na(1, {3, 1, 1}, {2, 1, 1}, 90)}) {
+       {na(2, {16, 16, 1}, {3, 3, 1}, 4), na(2, {2, 2, 1}, {2, 2, 1}, 3), na(1, {3, 1, 1}, {2, 1, 1}, 90),
+        na(2, {2, 2, 1}, {2, 2, 1}, 1500), na(2, {2, 2, 1}, {2, 2, 1}, 1022)}) {
     SCOPED_TRACE(describe(m));
     auto data = test::make_data(problem(m, 2, 2, 16, 16), Layout::BSHD, 29);
     auto k = data.mk();

@@ -126,7 +126,7 @@ inline Status check_mask(const Problem& p, const NeighborhoodMask& m) {
     n *= m.extent[d];
   }
   if (m.extra_keys < 0) return fail(Errc::out_of_range, "mask.extra_keys is " + str(m.extra_keys));
-  if (p.seq_q != n || p.seq_kv != n + m.extra_keys)
+  if (p.seq_q != n || p.seq_kv - n != m.extra_keys)  // (a difference: no overflow for huge extra_keys)
     return fail(Errc::shape_mismatch, "mask.extent: the grid holds " + str(n) +
                                           " tokens (+ mask.extra_keys = " + str(m.extra_keys) +
                                           ") but seq_q = " + str(p.seq_q) + " and seq_kv = " + str(p.seq_kv));

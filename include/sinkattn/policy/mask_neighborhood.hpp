@@ -2,7 +2,7 @@
 // Neighborhood attention 1-D/2-D/3-D (NATTEN semantics, SEMANTICS.md section 2): tokens
 // row-major over extent[0] x ... x extent[rank-1] (last dimension fastest); a pair is visible
 // iff it is visible in every dimension (kernel k, dilation d, stride s, causal flag; the
-// window shifts at the borders). Requires Sq == Skv == prod(extent).
+// window shifts at the borders). Requires Sq == prod(extent), Skv == extra + prod(extent).
 //
 // Classification works on per-dimension coordinate ranges: a query tile (a range of row
 // indices) and a key block are bounded by coordinate boxes; per dimension, the union and the

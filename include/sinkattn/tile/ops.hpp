@@ -91,7 +91,7 @@ inline void pack_transposed(float* qt, const float* src, index_t ld_src, index_t
       for (index_t x = 0; x < xv; x += 16) {
         for (int i = 0; i < 16; ++i) blk[i] = _mm512_loadu_ps(src + (r + i) * ld_src + x);
         detail::transpose16x16(blk);
-        for (int i = 0; i < 16; ++i) _mm512_store_ps(qt + (x + i) * kQRows + r, _mm512_mul_ps(blk[i], sv));
+        for (int i = 0; i < 16; ++i) _mm512_storeu_ps(qt + (x + i) * kQRows + r, _mm512_mul_ps(blk[i], sv));
       }
   }
 #endif
