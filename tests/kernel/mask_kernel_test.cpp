@@ -22,21 +22,7 @@ namespace {
 
 using test::Layout;
 using test::run_and_compare;
-
-// 1 and 2 threads give bit-identical O and LSE, and both match the reference.
-::testing::AssertionResult threads_agree(const test::Data& data, Options opt) {
-  const Problem& p = data.p;
-  test::Out one = test::make_out(p, Layout::BSHD, true), two = test::make_out(p, Layout::BSHD, true);
-  Options o2 = opt;
-  opt.lse = one.lse;
-  o2.lse = two.lse;
-  if (!forward(p, data.q, data.k, data.v, one.o, opt).ok() ||
-      !forward(p, data.q, data.k, data.v, two.o, o2, test::thread_executor(2)).ok())
-    return ::testing::AssertionFailure() << "forward failed";
-  if (!test::bit_identical(one.obuf, two.obuf) || !test::bit_identical(one.lsebuf, two.lsebuf))
-    return ::testing::AssertionFailure() << "1 and 2 threads differ";
-  return test::matches_reference(data, opt, one);
-}
+using test::threads_agree;
 
 // A mask composed with learned sinks + gate, SSMax, affine-scaled and sigmoid (issue 6 item 4;
 // SSMax and affine read N_i from the policy's count_visible).
