@@ -16,6 +16,7 @@
 #include "forward_check.hpp"
 #include "harness.hpp"
 #include "mask_properties.hpp"
+#include "neighborhood_cases.hpp"
 #include "sinkattn/kernel/forward.hpp"
 #include "sinkattn/kernel/permute.hpp"
 #include "sinkattn/policy/mask_neighborhood_tiled.hpp"
@@ -31,20 +32,8 @@ NeighborhoodMask na(int rank, std::array<index_t, 3> ext, std::array<index_t, 3>
   return NeighborhoodMask{rank, ext, kernel, dilation, stride, causal, extra};
 }
 
-index_t tokens(const NeighborhoodMask& m) {
-  index_t n = 1;
-  for (int d = 0; d < m.rank; ++d) n *= m.extent[d];
-  return n;
-}
-
-std::string describe(const NeighborhoodMask& m) {
-  std::ostringstream s;
-  s << "rank=" << m.rank << " extra=" << m.extra_keys;
-  for (int d = 0; d < m.rank; ++d)
-    s << " [L=" << m.extent[d] << " k=" << m.kernel[d] << " d=" << m.dilation[d] << " s=" << m.stride[d]
-      << (m.causal[d] ? " causal" : "") << "]";
-  return s.str();
-}
+using test::describe;
+using test::tokens;
 
 Problem problem(const NeighborhoodMask& m, index_t hq, index_t hkv, index_t dqk, index_t dv, index_t batch = 1) {
   const index_t n = tokens(m);

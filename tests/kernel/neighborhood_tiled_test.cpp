@@ -15,6 +15,7 @@
 #include "forward_check.hpp"
 #include "harness.hpp"
 #include "mask_properties.hpp"
+#include "neighborhood_cases.hpp"
 #include "sinkattn/kernel/forward.hpp"
 #include "sinkattn/kernel/permute.hpp"
 #include "sinkattn/policy/mask_neighborhood_tiled.hpp"
@@ -31,20 +32,8 @@ NeighborhoodMask na(int rank, std::array<index_t, 3> ext, std::array<index_t, 3>
   return NeighborhoodMask{rank, ext, kernel, dilation, stride, causal};
 }
 
-index_t tokens(const NeighborhoodMask& m) {
-  index_t n = 1;
-  for (int d = 0; d < m.rank; ++d) n *= m.extent[d];
-  return n;
-}
-
-std::string describe(const NeighborhoodMask& m) {
-  std::ostringstream s;
-  s << "rank=" << m.rank;
-  for (int d = 0; d < m.rank; ++d)
-    s << " [L=" << m.extent[d] << " k=" << m.kernel[d] << " d=" << m.dilation[d] << " s=" << m.stride[d]
-      << (m.causal[d] ? " causal" : "") << "]";
-  return s.str();
-}
+using test::describe;
+using test::tokens;
 
 // 2-D and 3-D cases: odd and even kernels, dilation with extents not divisible by it, stride
 // == kernel (blocked), causal dimensions beside non-causal ones, extent == kernel, extents
