@@ -70,6 +70,14 @@ struct KernelArgs {
     }
   }
 
+  // Query rows in a permuted order (neighborhood attention on multi-dimensional tiles,
+  // kernel/permute.hpp): query slot i reads Q row q_rows[i] and writes that row of O, LSE and
+  // the gate's row; slots < 0 are padding (zero queries, nothing written). Null: slot i = row i.
+  // Read by the prefill loop only (the permuted path never takes the split-KV decode loop).
+  const index_t* q_rows = nullptr;
+
+  // The caller's row of query slot i (< 0: padding).
+  index_t q_row(index_t i) const { return q_rows ? q_rows[i] : i; }
   bool want_lse() const { return lse.data != nullptr && !lse.empty(); }
   bool has_gate() const { return gate.data != nullptr && !gate.empty(); }
 };

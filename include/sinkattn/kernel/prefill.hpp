@@ -76,15 +76,31 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
     // RoPE on load: the query rows rotated at their positions (through kpack), transposed.
     const auto pack_rotated = [&](float* dst, bool sink) {
       for (index_t r = 0; r < nq; ++r) {
-        index_t pos = a.rope_q0 + i0 + r;
+        const index_t row = a.q_row(i0 + r);
+        if (row < 0) {
+          std::fill(kpack + r * dqk_pad, kpack + r * dqk_pad + p.dim_qk, 0.f);
+          continue;
+        }
+        index_t pos = a.rope_q0 + row;
         if (sink) pos = std::min(pos, a.rope_sink_qmax);
-        rope_row(kpack + r * dqk_pad, a.q.ptr(b, i0 + r, h), a.q.stride[3], p.dim_qk, a.rope->config(),
+        rope_row(kpack + r * dqk_pad, a.q.ptr(b, row, h), a.q.stride[3], p.dim_qk, a.rope->config(),
                  a.rope->row(pos));
       }
       tile::pack_transposed(dst, kpack, dqk_pad, 1, nq, p.dim_qk, a.scale * kLog2e);
     };
     pack_rotated(qt, false);
     if (a.rope_two_queries()) pack_rotated(qt_sink, true);
+  } else if (a.q_rows) {
+    // Permuted query rows: gathered into kpack (L1), then transposed from there; this replaces
+    // a permuted copy of all of Q in memory (kernel/permute.hpp).
+    for (index_t r = 0; r < nq; ++r) {
+      const index_t row = a.q_rows[i0 + r];
+      if (row < 0)
+        std::fill(kpack + r * dqk_pad, kpack + r * dqk_pad + p.dim_qk, 0.f);
+      else
+        tile::pack_rows(kpack + r * dqk_pad, dqk_pad, a.q.ptr(b, row, h), 0, a.q.stride[3], 1, p.dim_qk, p.dim_qk);
+    }
+    tile::pack_transposed(qt, kpack, dqk_pad, 1, nq, p.dim_qk, a.scale * kLog2e);
   } else {
     tile::pack_transposed(qt, a.q.ptr(b, i0, h), a.q.stride[1], a.q.stride[3], nq, p.dim_qk, a.scale * kLog2e);
   }
@@ -172,9 +188,11 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
   V::Norm::finalize(state, V::Sink::logit2(a, h), fin);
   if constexpr (V::Norm::kSumsV) vsums.fold();
   for (index_t r = 0; r < nq; ++r) {
+    const index_t row = a.q_row(i0 + r);  // the caller's row (permuted NA: padding slots < 0)
+    if (row < 0) continue;
     if constexpr (V::Norm::kSumsV) V::Norm::combine(state, r, acc + r * dv_pad, vsums.row(r), dv_pad, fin.out_scale[r]);
-    V::Gate::store(a, b, i0 + r, h, acc + r * dv_pad, fin.out_scale[r]);
-    if (a.want_lse()) a.lse(b, h, i0 + r, 0) = fin.lse[r];
+    V::Gate::store(a, b, row, h, acc + r * dv_pad, fin.out_scale[r]);
+    if (a.want_lse()) a.lse(b, h, row, 0) = fin.lse[r];
   }
 }
 
