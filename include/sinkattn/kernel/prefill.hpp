@@ -72,35 +72,27 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
   float* kpack = vpack + kBlockKV * dv_pad;                                      // (BKV, Dqk_pad)
 
   // Q^T carries scale * log2(e): S^T comes out of the micro-kernel in log2 units.
-  if (a.rope) {
-    // RoPE on load: the query rows rotated at their positions (through kpack), transposed.
-    const auto pack_rotated = [&](float* dst, bool sink) {
+  if (a.rope || a.q_rows) {
+    // Through kpack: RoPE on load rotates the rows at their positions; a query slot map
+    // (permuted neighborhood attention) gathers them, in place of a permuted copy of Q.
+    const auto pack_rows_of = [&](float* dst, bool sink) {
       for (index_t r = 0; r < nq; ++r) {
+        float* d = kpack + r * dqk_pad;
         const index_t row = a.q_row(i0 + r);
-        if (row < 0) {
-          std::fill(kpack + r * dqk_pad, kpack + r * dqk_pad + p.dim_qk, 0.f);
-          continue;
+        if (row < 0) {  // padding slot: a zero query
+          std::fill(d, d + p.dim_qk, 0.f);
+        } else if (a.rope) {
+          index_t pos = a.rope_q0 + row;
+          if (sink) pos = std::min(pos, a.rope_sink_qmax);
+          rope_row(d, a.q.ptr(b, row, h), a.q.stride[3], p.dim_qk, a.rope->config(), a.rope->row(pos));
+        } else {
+          tile::pack_rows(d, dqk_pad, a.q.ptr(b, row, h), 0, a.q.stride[3], 1, p.dim_qk, p.dim_qk);
         }
-        index_t pos = a.rope_q0 + row;
-        if (sink) pos = std::min(pos, a.rope_sink_qmax);
-        rope_row(kpack + r * dqk_pad, a.q.ptr(b, row, h), a.q.stride[3], p.dim_qk, a.rope->config(),
-                 a.rope->row(pos));
       }
       tile::pack_transposed(dst, kpack, dqk_pad, 1, nq, p.dim_qk, a.scale * kLog2e);
     };
-    pack_rotated(qt, false);
-    if (a.rope_two_queries()) pack_rotated(qt_sink, true);
-  } else if (a.q_rows) {
-    // Permuted query rows: gathered into kpack (L1), then transposed from there; this replaces
-    // a permuted copy of all of Q in memory (kernel/permute.hpp).
-    for (index_t r = 0; r < nq; ++r) {
-      const index_t row = a.q_rows[i0 + r];
-      if (row < 0)
-        std::fill(kpack + r * dqk_pad, kpack + r * dqk_pad + p.dim_qk, 0.f);
-      else
-        tile::pack_rows(kpack + r * dqk_pad, dqk_pad, a.q.ptr(b, row, h), 0, a.q.stride[3], 1, p.dim_qk, p.dim_qk);
-    }
-    tile::pack_transposed(qt, kpack, dqk_pad, 1, nq, p.dim_qk, a.scale * kLog2e);
+    pack_rows_of(qt, false);
+    if (a.rope_two_queries()) pack_rows_of(qt_sink, true);
   } else {
     tile::pack_transposed(qt, a.q.ptr(b, i0, h), a.q.stride[1], a.q.stride[3], nq, p.dim_qk, a.scale * kLog2e);
   }
