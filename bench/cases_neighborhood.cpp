@@ -7,7 +7,7 @@
 //   BM_na_tiled/<mask>       forward() with the NeighborhoodMask (box tiles, permuted)
 //   BM_na_flat/<mask>        the same mask on the flat 64-row tiles (the path before issue 6)
 //   BM_na_masked_dense/<mask>  dense attention with a -inf bias outside the neighborhoods
-//   BM_na_copies/<mask>      the permutation alone: plan, Q/K/V gather, O/LSE scatter
+//   BM_na_copies/<mask>      the permutation alone: plan, K/V gather (Q, O go through a slot map)
 //   BM_na_tiled_extra64/2d_64x64_k13  the 2-D case plus 64 extra (global) keys every query sees
 //
 // GFLOPS counts the VISIBLE pairs (4 * D per pair, as everywhere in bench/): for the NA cases

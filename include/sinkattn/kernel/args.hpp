@@ -71,9 +71,9 @@ struct KernelArgs {
   }
 
   // Query rows in a permuted order (neighborhood attention on multi-dimensional tiles,
-  // kernel/permute.hpp): query slot i reads Q row q_rows[i] and writes that row of O, LSE and
-  // the gate's row; slots < 0 are padding (zero queries, nothing written). Null: slot i = row i.
-  // Read by the prefill loop only (the permuted path never takes the split-KV decode loop).
+  // kernel/permute.hpp): query slot i reads row q_rows[i] of Q and of the gate and writes that
+  // row of O and LSE; slots < 0 are padding (zero queries, nothing written). Null: slot i = row
+  // i. Read by the prefill loop only (run() never sends a call with a slot map to decode).
   const index_t* q_rows = nullptr;
 
   // The caller's row of query slot i (< 0: padding).

@@ -74,7 +74,7 @@ void run(const KernelArgs& a, const typename V::Mask& mask, const Executor& ex) 
   // Split-KV decode runs the rows of several heads together under one mask; head-dependent
   // masks (block-sparse lists) take the prefill loop, which binds the mask per (b, h).
   if constexpr (!policy::kHeadDependent<typename V::Mask>) {
-    if (use_decode(p)) {
+    if (use_decode(p) && a.q_rows == nullptr) {  // (the decode loop has no query slot map)
       run_decode<V>(a, mask, ex);
       return;
     }

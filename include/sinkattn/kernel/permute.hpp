@@ -18,7 +18,7 @@
 // normalization (SSMax's N_i comes from the policy's count_visible), the gate, LSE, GQA.
 //
 // Workspace: one aligned thread_local buffer of the calling thread, grown on first use and
-// reused (the K and V copies: 2 x tokens x KV heads x D floats); the copies run on the
+// reused (the K and V copies: B x (E + N) x Hkv x (Dqk + Dv) floats); the copies run on the
 // executor, one task per (batch, KV head). Q, O, LSE and the gate went through copies too
 // until the query map replaced them: half of the copy traffic (bench/RESULTS.md).
 

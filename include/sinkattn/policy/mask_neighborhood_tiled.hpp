@@ -4,8 +4,8 @@
 // The flat NeighborhoodMaskPolicy tiles queries as 64 consecutive rows of the row-major grid:
 // in 2-D that is one image row of 64 pixels, whose neighborhoods together span 13 rows x 76
 // columns for a 13x13 kernel, and most keys between the corners are masked. Here the kernels
-// run on PERMUTED tokens instead (kernel/permute.hpp copies K, V in; the queries are read and
-// written through a slot -> row map):
+// run on PERMUTED tokens instead (kernel/permute.hpp copies K, V in; Q and the gate are read,
+// O and LSE written, at the caller's rows through the slot map KernelArgs::q_rows):
 //
 //   coordinates  per dimension, the dilation groups are laid end to end (c' = offset(group) +
 //                raw / dilation), so every window is a contiguous c' range and a dilated
