@@ -146,8 +146,7 @@ Status forward_neighborhood_tiled(const KernelArgs& a, const NeighborhoodMask& m
   const NaBuffers buf = na_buffers(a, plan, permute_workspace());
   na_gather_inputs(a, plan, buf, ex);
   const KernelArgs pa = na_permuted_args(a, plan, buf);
-  const Status s = dispatch(pa, policy::NeighborhoodTiledMaskPolicy{&plan});
-  return s;
+  return dispatch(pa, policy::NeighborhoodTiledMaskPolicy{&plan});
 }
 
 }  // namespace sinkattn::detail
