@@ -16,6 +16,7 @@
 // 4 + 1 fit without spills.
 
 #include <algorithm>
+#include <cassert>
 #include <cstring>
 #include <type_traits>
 #include <utility>
@@ -49,6 +50,7 @@ inline void prefetch_rows(const float* p, index_t ld, index_t nrows, index_t byt
 // With copy_to set, the rows are copied there instead (row r to copy_to + r * copy_ld): a
 // packing copy spread the same way, whose loads then overlap with the FMAs instead of
 // stalling a separate copy loop.
+inline constexpr int kMaxRowStreams = 2;  // per mma_kqt call
 struct RowStream {
   const float* p = nullptr;
   index_t ld = 0, rows = 0, bytes = 0;
@@ -118,15 +120,18 @@ inline void pv_block(float* o, index_t ld_o, const float* p, index_t pj, index_t
 //   k   (nk, d)       row j at k + j * ld_k, unit stride along d (read in place)
 //   qt  (d, kQRows)   packed Q^T, aligned; only the first `vecs` vectors of lanes are used
 // vecs = ceil(query rows / kWidth) in [1, kQVecs]: a short query tile costs proportionally less.
-// pf[0 .. npf): rows to prefetch meanwhile, spread over the row groups.
+// pf[0 .. npf), npf <= kMaxRowStreams: rows to prefetch meanwhile, spread over the row groups.
 inline void mma_kqt(float* st, index_t ld_st, const float* k, index_t ld_k, index_t nk, const float* qt, index_t d,
                     int vecs, const RowStream* pf = nullptr, int npf = 0) {
   const index_t groups = (nk + kRowsQK - 1) / kRowsQK;
+  index_t per[kMaxRowStreams] = {};  // rows of each stream per row group (divided once, not per group)
+  assert(npf <= kMaxRowStreams);
+  for (int s = 0; s < npf; ++s) per[s] = (pf[s].rows + groups - 1) / groups;
   auto prefetch_share = [&](index_t gi) {  // this row group's share of every stream
     for (int s = 0; s < npf; ++s) {
-      const index_t per = (pf[s].rows + groups - 1) / groups, r0 = gi * per;
+      const index_t r0 = gi * per[s];
       if (r0 >= pf[s].rows) continue;
-      const index_t n = std::min(per, pf[s].rows - r0);
+      const index_t n = std::min(per[s], pf[s].rows - r0);
       if (pf[s].copy_to == nullptr) {
         prefetch_rows(pf[s].p + r0 * pf[s].ld, pf[s].ld, n, pf[s].bytes);
       } else {
