@@ -1,7 +1,8 @@
 #pragma once
 // The property check every mask policy must pass, over all (i, j): visible(i, j) equals the
 // fp64 reference's oracle, count_visible counts each row, the block classification agrees
-// with visible, the visited blocks cover every visible pair (and never an Empty one),
+// with visible, the visited blocks cover every visible pair (and never an Empty one, and with
+// the rows version no row outside a block's row span sees it),
 // apply_mask equals visible, and next_kv never jumps a visible key. Policies over permuted or
 // padded indices (neighborhood_tiled_test.cpp) pass a SlotMap to the reference's indices.
 
@@ -85,6 +86,37 @@ inline void check_mask(const Mask& m, const MaskSpec& spec, index_t sq, index_t 
           ASSERT_GE(j, m.kv_begin(i0, i1));
           ASSERT_LT(j, m.kv_end(i0, i1));
         }
+    // The rows version: the same cover, each block with a span of rows (in steps of the
+    // group) outside which no row sees any of its keys; Full blocks span the whole tile.
+    for (const index_t group : {index_t{4}, index_t{16}}) {
+      std::set<index_t> covered;
+      index_t prev_j1 = 0;
+      policy::for_each_kv_block_rows(m, i0, i1, bkv, group,
+                                     [&](index_t j0, index_t j1, policy::BlockKind kind, policy::RowSpan rows) {
+                                       ASSERT_GE(j0, prev_j1);
+                                       prev_j1 = j1;
+                                       ASSERT_NE(kind, policy::BlockKind::empty);
+                                       ASSERT_EQ(kind, m.classify(i0, i1, j0, j1));
+                                       ASSERT_LE(0, rows.lo);
+                                       ASSERT_LT(rows.lo, rows.hi);
+                                       ASSERT_LE(rows.hi, i1 - i0);
+                                       ASSERT_EQ(rows.lo % group, 0);
+                                       ASSERT_TRUE(rows.hi % group == 0 || rows.hi == i1 - i0);
+                                       if (kind == policy::BlockKind::full) {
+                                         ASSERT_EQ(rows.lo, 0);
+                                         ASSERT_EQ(rows.hi, i1 - i0);
+                                       }
+                                       for (index_t i = i0; i < i1; ++i)
+                                         for (index_t j = j0; j < j1; ++j)
+                                           if (m.visible(i, j)) {
+                                             ASSERT_TRUE(i - i0 >= rows.lo && i - i0 < rows.hi)
+                                                 << "row " << i << " sees key " << j << " outside the block's rows ["
+                                                 << i0 + rows.lo << ", " << i0 + rows.hi << "), group " << group;
+                                             covered.insert(i * skv + j);
+                                           }
+                                     });
+      ASSERT_EQ(covered.size(), visited.size()) << "the rows version skips visible pairs, group " << group;
+    }
     // next_kv(j) never passes a key some row of the tile sees.
     std::vector<index_t> next_seen(static_cast<std::size_t>(skv + 1), skv);  // first key >= j a row sees
     for (index_t j = skv - 1; j >= 0; --j) {

@@ -106,6 +106,15 @@ TEST(NeighborhoodTiledPolicy, QueryBoxesAreCubesAndSkipMaskedKeys) {
     }
     const double frac = static_cast<double>(visible) / static_cast<double>(keys * 64);
     EXPECT_GT(frac, 0.25) << "visible pairs / visited pairs, rank " << pl->rank;
+    // Per vector of 16 lanes (one slab of the box), fewer still: the pairs the kernel computes.
+    index_t lane_pairs = 0;
+    for (index_t i0 = 0; i0 < pl->q.size(); i0 += 64)
+      policy::for_each_kv_block_rows(pol, i0, i0 + 64, 64, 16,
+                                     [&](index_t j0, index_t j1, policy::BlockKind, policy::RowSpan r) {
+                                       lane_pairs += (j1 - j0) * (r.hi - r.lo);
+                                     });
+    EXPECT_GT(static_cast<double>(visible) / static_cast<double>(lane_pairs), pl->rank == 2 ? 0.62 : 0.55)
+        << "visible pairs / computed lane pairs, rank " << pl->rank;
   }
 }
 

@@ -197,7 +197,7 @@ TEST(TileOps, LaneReductionsExpAndRowScaling) {
   std::copy(v.begin(), v.end(), st);
   st[3 * kQRows + 1] = -kInf;
   tile::Lanes m = tile::Lanes::fill(-kInf);
-  tile::col_max(m, st, kQRows, nk, tile::kQVecs);
+  tile::col_max(m, st, kQRows, nk, 0, tile::kQVecs);
   alignas(64) float mm[kQRows];
   m.store(mm);
   for (index_t l = 0; l < kQRows; ++l) {
@@ -207,7 +207,7 @@ TEST(TileOps, LaneReductionsExpAndRowScaling) {
   }
   tile::Lanes sum = tile::Lanes::fill(0.f);
   std::vector<float> before(st, st + nk * kQRows);
-  tile::exp2_sub_colsum(st, kQRows, nk, tile::kQVecs, m, sum);
+  tile::exp2_sub_colsum(st, kQRows, nk, 0, tile::kQVecs, m, sum);
   alignas(64) float ss[kQRows];
   sum.store(ss);
   for (index_t l = 0; l < kQRows; ++l) {

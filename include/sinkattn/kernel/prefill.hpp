@@ -72,6 +72,21 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
   float* kpack = vpack + kBlockKV * dv_pad;                                      // (BKV, Dqk_pad)
 
   // Q^T carries scale * log2(e): S^T comes out of the micro-kernel in log2 units.
+  if (a.q_rows) {
+    // A slot map scatters the tile's rows over the caller's tensors: ask for all of them at
+    // once (the Q rows to read now, the O rows written at the end of this short task) rather
+    // than meeting one miss per row copy and per row store.
+    for (index_t r = 0; r < nq; ++r) {
+      const index_t row = a.q_row(i0 + r);
+      if (row < 0) continue;
+      const char* qr = reinterpret_cast<const char*>(a.q.ptr(b, row, h));
+      const char* orow = reinterpret_cast<const char*>(a.o.ptr(b, row, h));
+      for (index_t off = 0; off < p.dim_qk * static_cast<index_t>(sizeof(float)); off += 64)
+        __builtin_prefetch(qr + off, 0, 3);
+      for (index_t off = 0; off < p.dim_v * static_cast<index_t>(sizeof(float)); off += 64)
+        __builtin_prefetch(orow + off, 1, 3);
+    }
+  }
   if (a.rope || a.q_rows) {
     // Through kpack: RoPE on load rotates the rows at their positions; a query slot map
     // (permuted neighborhood attention) gathers them, in place of a permuted copy of Q.
@@ -114,8 +129,12 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
   if constexpr (V::Norm::kSumsV) vsums = policy::VSums::make(nq, dv_pad, kBlockKV);
   alignas(64) float alpha_rows[kBlockQ];
 
-  // One key block [j0, j1) inside one segment (KernelArgs::for_each_piece).
-  const auto block = [&](index_t j0, index_t j1, policy::BlockKind kind, const KernelArgs::KvPiece& pc) {
+  // One key block [j0, j1) inside one segment (KernelArgs::for_each_piece), computed for the
+  // lane vectors [v0, v1) that hold the query rows `rows` only: the mask guarantees that the
+  // other rows see none of its keys (a neighborhood tile's slabs, policy/mask.hpp), so their
+  // state is exactly what a fully masked block would leave, and they cost nothing.
+  const auto block = [&](index_t j0, index_t j1, policy::BlockKind kind, policy::RowSpan rows,
+                         const KernelArgs::KvPiece& pc) {
     const TensorView<const float>& K = *pc.k;
     const TensorView<const float>& Vw = *pc.v;
     const index_t nk = j1 - j0, r0 = j0 - pc.base;  // r0: the block's first row in its segment
@@ -134,28 +153,39 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
       ld_k = dqk_pad;
     }
     // While S^T computes: fetch this block's V rows (packed right after the softmax) and the
-    // next block's K rows (when they follow in the same segment).
-    // Contiguous V rows that only need packing (not a stride) are copied by the same stream.
+    // next block's K rows (when they follow in the same segment), when the rows are strided
+    // (token-major: pages apart). Contiguous rows stream through the hardware prefetchers;
+    // asking for them too cost 2-4% of a neighborhood call (bench/RESULTS.md). Contiguous V
+    // rows that only need packing (not a stride) are copied by the same stream.
     tile::RowStream pf[2];
-    pf[0] = {Vw.ptr(b, r0, g), Vw.stride[1], nk, p.dim_v * static_cast<index_t>(sizeof(float))};
-    if (v_copy) {
-      pf[0].copy_to = vpack;
-      pf[0].copy_ld = dv_pad;
+    int npf = 0;
+    if (v_copy || Vw.stride[1] != p.dim_v) {
+      pf[npf] = {Vw.ptr(b, r0, g), Vw.stride[1], nk, p.dim_v * static_cast<index_t>(sizeof(float))};
+      if (v_copy) {
+        pf[npf].copy_to = vpack;
+        pf[npf].copy_ld = dv_pad;
+      }
+      ++npf;
     }
     const index_t nn = std::min(kBlockKV, pc.end - j1);
-    if (nn > 0) pf[1] = {K.ptr(b, r0 + nk, g), K.stride[1], nn, p.dim_qk * static_cast<index_t>(sizeof(float))};
+    if (nn > 0 && K.stride[1] != p.dim_qk)
+      pf[npf++] = {K.ptr(b, r0 + nk, g), K.stride[1], nn, p.dim_qk * static_cast<index_t>(sizeof(float))};
     const float* q_blk = a.rope_two_queries() && j0 < a.rope_sink_keys ? qt_sink : qt;
-    tile::mma_kqt(st, kBlockQ, kp, ld_k, nk, q_blk, p.dim_qk, vecs, pf, nn > 0 ? 2 : 1);
+    const int v0 = static_cast<int>(rows.lo / tile::kWidth);
+    const int v1 = std::min(vecs, static_cast<int>((rows.hi + tile::kWidth - 1) / tile::kWidth));
+    const index_t l0 = index_t{v0} * tile::kWidth;                      // the first lane computed
+    const index_t nql = std::min(nq, index_t{v1} * tile::kWidth) - l0;  // and the lanes computed
+    tile::mma_kqt(st + l0, kBlockQ, kp, ld_k, nk, q_blk + l0, p.dim_qk, v1 - v0, pf, npf);
 
-    const policy::ScoreTile t{st, kBlockQ, nk, vecs, b, h, i0, nq, j0, nk, 1, kBlockQ};
+    const policy::ScoreTile t{st + l0, kBlockQ, nk, v1 - v0, b, h, i0 + l0, nql, j0, nk, 1, kBlockQ};
     V::Score::apply(a, t);
     if (kind == policy::BlockKind::partial) policy::apply_mask(mask, t);
 
-    const bool rescale = V::Norm::update(state, st, kBlockQ, nk, vecs, alpha);
+    const bool rescale = V::Norm::update(state, st, kBlockQ, nk, v0, v1, alpha);
     if constexpr (V::Norm::kRescales) {
-      if (rescale) {
+      if (rescale) {  // (alpha outside [v0, v1) is stale: not read)
         alpha.store(alpha_rows);
-        tile::scale_rows(acc, dv_pad, nq, dv_vecs, alpha_rows);
+        tile::scale_rows(acc + l0 * dv_pad, dv_pad, nql, dv_vecs, alpha_rows + l0);
       }
     }
 
@@ -169,12 +199,15 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
       vp = vpack;
       ld_v = dv_pad;
     }
-    tile::mma_pv(acc, dv_pad, nq, st, kBlockQ, 1, vp, ld_v, nk, dv_vecs);
+    tile::mma_pv(acc + l0 * dv_pad, dv_pad, nql, st + l0, kBlockQ, 1, vp, ld_v, nk, dv_vecs);
     if constexpr (V::Norm::kSumsV) vsums.add(mask, kind, i0, nq, j0, nk, vp, ld_v);
   };
-  policy::for_each_kv_block(mask, i0, i0 + nq, kBlockKV, [&](index_t j0, index_t j1, policy::BlockKind kind) {
-    a.for_each_piece(j0, j1, [&](index_t s0, index_t s1, const KernelArgs::KvPiece& pc) { block(s0, s1, kind, pc); });
-  });
+  policy::for_each_kv_block_rows(mask, i0, i0 + nq, kBlockKV, tile::kWidth,
+                                 [&](index_t j0, index_t j1, policy::BlockKind kind, policy::RowSpan rows) {
+                                   a.for_each_piece(j0, j1, [&](index_t s0, index_t s1, const KernelArgs::KvPiece& pc) {
+                                     block(s0, s1, kind, rows, pc);
+                                   });
+                                 });
 
   policy::RowFinal fin;
   V::Norm::finalize(state, V::Sink::logit2(a, h), fin);

@@ -8,7 +8,9 @@
 //   BlockKind M::classify(i0, i1, j0, j1)      for query rows [i0, i1) x keys [j0, j1)
 //   index_t   M::kv_begin(i0, i1), kv_end(...) the key range worth visiting
 //   index_t   M::count_visible(i)             visible keys of row i (N_i of SSMax / affine)
-// and the free functions below build the loop and the Partial masking from those.
+// optionally for_each_block / for_each_block_rows (its own block walk, and the rows of the
+// tile that see each block) and apply_tile (vectorised Partial masking), and the free
+// functions below build the loop and the Partial masking from those.
 
 #include <algorithm>
 #include <limits>
@@ -21,6 +23,12 @@
 namespace sinkattn::policy {
 
 enum class BlockKind { empty, partial, full };
+
+// Query rows [lo, hi) of a tile, relative to its first row: the rows that may see a key of
+// a block (for_each_kv_block_rows); the others see none of it.
+struct RowSpan {
+  index_t lo = 0, hi = 0;
+};
 
 // Every key.
 struct FullMaskPolicy {
@@ -71,6 +79,15 @@ struct has_for_each_block : std::false_type {};
 template <class M>
 struct has_for_each_block<
     M, std::void_t<decltype(std::declval<const M&>().for_each_block(index_t(), index_t(), index_t(), BlockProbe()))>>
+    : std::true_type {};
+struct BlockRowsProbe {  // the same with the rows that see the block (for_each_block_rows)
+  void operator()(index_t, index_t, BlockKind, RowSpan) const {}
+};
+template <class M, class = void>
+struct has_for_each_block_rows : std::false_type {};
+template <class M>
+struct has_for_each_block_rows<M, std::void_t<decltype(std::declval<const M&>().for_each_block_rows(
+                                      index_t(), index_t(), index_t(), index_t(), BlockRowsProbe()))>>
     : std::true_type {};
 template <class M, class = void>
 struct has_bind : std::false_type {};
@@ -127,6 +144,21 @@ inline void for_each_kv_block(const Mask& m, index_t i0, index_t i1, index_t bkv
       const BlockKind kind = m.classify(i0, i1, j0, j1);
       if (kind != BlockKind::empty) f(j0, j1, kind);
     }
+  }
+}
+
+// for_each_kv_block, and with each block the rows of the tile that may see it:
+// f(j0, j1, kind, RowSpan). A mask with a member for_each_block_rows(i0, i1, bkv, group, f)
+// narrows the span in steps of `group` rows (the kernels' SIMD width: rows outside the span
+// then cost no FMAs); for the others it is the whole tile.
+template <class Mask, class F>
+inline void for_each_kv_block_rows(const Mask& m, index_t i0, index_t i1, index_t bkv, index_t group, F&& f) {
+  if constexpr (mask_traits::has_for_each_block_rows<Mask>::value) {
+    m.for_each_block_rows(i0, i1, bkv, group, f);
+  } else {
+    for_each_kv_block(m, i0, i1, bkv, [&](index_t j0, index_t j1, BlockKind kind) {
+      f(j0, j1, kind, RowSpan{0, i1 - i0});
+    });
   }
 }
 

@@ -13,6 +13,8 @@
 //   query order  boxes of c' coordinates (8x8 in 2-D, 4x4x4 in 3-D, 64 in 1-D: the shape with
 //                kBlockQ tokens whose neighborhood union is smallest for the kernel), boxes
 //                row-major, each box padded to exactly kBlockQ slots: one query tile = one box;
+//                inside a box dimension 1 goes slowest, so each SIMD vector of query lanes is
+//                one slab of the box (2 x 8 of an 8x8 box, 1 x 4 x 4 of a 4x4x4 one);
 //   key order    boxes too, unpadded, of a shape chosen per problem (plan below): "pencils"
 //                (whole extent of dimension 0 x w1 x w2) so that the keys of a query box's
 //                union that lie in one pencil are ONE contiguous run of slots.
@@ -20,8 +22,10 @@
 // for_each_block visits, per query tile, only the key boxes that intersect the union of its
 // neighborhoods, restricted to the union's rows, merged into runs and cut to <= bkv keys; a
 // block is Full when every query's window (intersection over the tile) contains the block's
-// key box (no masking work), Partial otherwise; apply_tile masks with per-tile window tables
-// (no division per element). Padding slots are invisible (rows and keys).
+// key box (no masking work), Partial otherwise; for_each_block_rows also names the slabs
+// whose windows meet each block, and the kernels compute the block for those lanes only (a
+// slab's union of windows is ~30% smaller than the box's); apply_tile masks with the plan's
+// per-slot window tables (no division per element). Padding slots are invisible (rows and keys).
 //
 // Extra keys (NeighborhoodMask::extra_keys) stay in front of the permuted keys: key slot
 // j < extra is extra key j, slot extra + s is the grid key in slot s of plan->k. Every query
@@ -55,6 +59,7 @@ struct NaAxis {
 // padding) when slots > 0, exactly its size when slots == 0.
 struct GridOrder {
   std::array<index_t, 3> ext{1, 1, 1}, box{1, 1, 1}, nbox{1, 1, 1};
+  std::array<int, 3> order{0, 1, 2};  // dimensions inside a box, slowest first (fill)
   index_t slots = 0;
   std::vector<index_t> start;  // per box id: first slot; nboxes + 1 entries
   std::vector<index_t> token;  // slot -> row-major token index of the caller's grid, -1: padding
@@ -83,29 +88,39 @@ struct GridOrder {
     start.back() = s;
   }
 
-  // The slot tables (token index and c' coordinates per slot).
+  // The slot tables (token index and c' coordinates per slot). Inside a box the tokens go
+  // in the dimension order `order` (slowest first): {0, 1, 2} is row-major, which runs()
+  // below relies on (key orders); query orders put the dimension that the key order cuts
+  // into pencils slowest, so that each SIMD vector of query lanes holds one thin slab of
+  // the box and its own union of windows misses more of the key blocks (for_each_block_rows).
   void fill(const std::array<NaAxis, 3>& ax) {
     const auto n = static_cast<std::size_t>(size());
     token.assign(n, -1);
     coord.assign(3 * n, -1);
+    const int o0 = order[0], o1 = order[1], o2 = order[2];
     for (index_t b0 = 0; b0 < nbox[0]; ++b0)
       for (index_t b1 = 0; b1 < nbox[1]; ++b1)
         for (index_t b2 = 0; b2 < nbox[2]; ++b2) {
           auto s = static_cast<std::size_t>(start[static_cast<std::size_t>(box_id(b0, b1, b2))]);
-          for (index_t c0 = b0 * box[0]; c0 < b0 * box[0] + width(0, b0); ++c0)
-            for (index_t c1 = b1 * box[1]; c1 < b1 * box[1] + width(1, b1); ++c1)
-              for (index_t c2 = b2 * box[2]; c2 < b2 * box[2] + width(2, b2); ++c2, ++s) {
-                token[s] = (ax[0].to_raw[c0] * ext[1] + ax[1].to_raw[c1]) * ext[2] + ax[2].to_raw[c2];
-                coord[3 * s] = static_cast<int32_t>(c0);
-                coord[3 * s + 1] = static_cast<int32_t>(c1);
-                coord[3 * s + 2] = static_cast<int32_t>(c2);
+          const std::array<index_t, 3> first{b0 * box[0], b1 * box[1], b2 * box[2]},
+              w{width(0, b0), width(1, b1), width(2, b2)};
+          std::array<index_t, 3> c{};
+          for (index_t x = 0; x < w[o0]; ++x)
+            for (index_t y = 0; y < w[o1]; ++y)
+              for (index_t z = 0; z < w[o2]; ++z, ++s) {
+                c[o0] = first[o0] + x;
+                c[o1] = first[o1] + y;
+                c[o2] = first[o2] + z;
+                token[s] = (ax[0].to_raw[c[0]] * ext[1] + ax[1].to_raw[c[1]]) * ext[2] + ax[2].to_raw[c[2]];
+                for (int d = 0; d < 3; ++d) coord[3 * s + d] = static_cast<int32_t>(c[d]);
               }
         }
   }
 
   // Calls f(a, e) for the maximal contiguous slot runs holding the tokens of the c' box
   // [lo, hi] (and possibly more in dimensions 1, 2: a run covers a box's whole cross-section),
-  // in ascending order. Inside a box the tokens of the rows lo[0]..hi[0] are contiguous.
+  // in ascending order. Row-major boxes only: the tokens of the rows lo[0]..hi[0] of a box
+  // are contiguous.
   template <class F>
   void runs(const std::array<int32_t, 3>& lo, const std::array<int32_t, 3>& hi, F&& f) const {
     index_t r0 = 0, r1 = 0;
@@ -137,6 +152,9 @@ struct NaPlan {
   GridOrder q, k;
   index_t extra = 0;  // extra keys before the grid keys
   policy::NeighborhoodMaskPolicy base;
+  // Per query slot its window bounds as floats, [lo0, hi0, lo1, hi1, lo2, hi2][slots]
+  // (padding slots: the empty window [1, 0]): apply_tile's lane vectors, loaded directly.
+  std::vector<float> qwin;
 };
 
 // What a range of query slots needs from the keys: the union [ulo, uhi] and the intersection
@@ -171,48 +189,87 @@ inline NaQuerySpan na_query_span(const NaPlan& pl, index_t i0, index_t i1) {
   return q;
 }
 
-// Full / Partial / Empty of query span x key slots [j0, j1), from the key slots' c' bounding
-// box: Empty when a dimension's key range misses the union, Full when (no padding and) every
-// dimension's key range lies inside the intersection of the windows. Both are safe because
-// the boxes over-approximate the tokens.
-inline policy::BlockKind na_classify(const NaPlan& pl, const NaQuerySpan& q, index_t j0, index_t j1) {
-  using policy::BlockKind;
-  if (!q.any) return BlockKind::empty;
-  std::array<int32_t, 3> lo, hi;
-  lo.fill(std::numeric_limits<int32_t>::max());
-  hi.fill(std::numeric_limits<int32_t>::min());
+// The c' bounding box of key slots [j0, j1) and whether they hold padding / any token.
+struct NaKeyBox {
+  std::array<int32_t, 3> lo{}, hi{};
   bool pad = false, any = false;
+};
+
+inline NaKeyBox na_key_box(const NaPlan& pl, index_t j0, index_t j1) {
+  NaKeyBox k;
+  k.lo.fill(std::numeric_limits<int32_t>::max());
+  k.hi.fill(std::numeric_limits<int32_t>::min());
   for (index_t j = j0; j < j1; ++j) {
     const int32_t* c = &pl.k.coord[static_cast<std::size_t>(3 * j)];
     if (c[0] < 0) {
-      pad = true;
+      k.pad = true;
       continue;
     }
-    any = true;
+    k.any = true;
     for (int d = 0; d < 3; ++d) {
-      lo[d] = std::min(lo[d], c[d]);
-      hi[d] = std::max(hi[d], c[d]);
+      k.lo[d] = std::min(k.lo[d], c[d]);
+      k.hi[d] = std::max(k.hi[d], c[d]);
     }
   }
-  if (!any) return BlockKind::empty;
-  bool full = !pad && !q.pad;
-  for (int d = 0; d < 3; ++d) {
-    if (hi[d] < q.ulo[d] || q.uhi[d] < lo[d]) return BlockKind::empty;
-    full = full && q.ilo[d] <= lo[d] && hi[d] <= q.ihi[d];
-  }
+  return k;
+}
+
+// Whether some query of the span may see a key of the box: the union meets it in every
+// dimension (safe: the boxes over-approximate the tokens).
+inline bool na_meets(const NaQuerySpan& q, const std::array<int32_t, 3>& lo, const std::array<int32_t, 3>& hi) {
+  if (!q.any) return false;
+  for (int d = 0; d < 3; ++d)
+    if (hi[d] < q.ulo[d] || q.uhi[d] < lo[d]) return false;
+  return true;
+}
+
+// Full / Partial / Empty of query span x key box: Empty when a dimension's key range misses
+// the union, Full when (no padding and) every dimension's key range lies inside the
+// intersection of the windows.
+inline policy::BlockKind na_classify(const NaQuerySpan& q, const NaKeyBox& k) {
+  using policy::BlockKind;
+  if (!k.any || !na_meets(q, k.lo, k.hi)) return BlockKind::empty;
+  bool full = !k.pad && !q.pad;
+  for (int d = 0; d < 3; ++d) full = full && q.ilo[d] <= k.lo[d] && k.hi[d] <= q.ihi[d];
   return full ? BlockKind::full : BlockKind::partial;
 }
 
-// Calls f(j0, j1, kind) for the non-empty blocks (<= bkv keys) query slots [i0, i1) visit.
+inline policy::BlockKind na_classify(const NaPlan& pl, const NaQuerySpan& q, index_t j0, index_t j1) {
+  return q.any ? na_classify(q, na_key_box(pl, j0, j1)) : policy::BlockKind::empty;
+}
+
+// Calls f(j0, j1, kind, rows) for the non-empty blocks (<= bkv keys) query slots [i0, i1)
+// visit. rows: the slots (relative to i0, in steps of `group`) whose windows may meet the
+// block; group <= 0, or more than kMaxGroups groups: all of them. A Partial block whose
+// groups all miss it (each dimension met by some query, but no query in all) is skipped.
 template <class F>
-inline void na_for_each_block(const NaPlan& pl, index_t i0, index_t i1, index_t bkv, F&& f) {
+inline void na_for_each_block(const NaPlan& pl, index_t i0, index_t i1, index_t bkv, index_t group, F&& f) {
+  constexpr int kMaxGroups = 16;
   const NaQuerySpan q = na_query_span(pl, i0, i1);
   if (!q.any) return;
+  std::array<NaQuerySpan, kMaxGroups> gs;
+  int ng = 0;
+  if (group > 0 && (i1 - i0 + group - 1) / group <= kMaxGroups)
+    for (index_t g0 = i0; g0 < i1; g0 += group)
+      gs[static_cast<std::size_t>(ng++)] = na_query_span(pl, g0, std::min(i1, g0 + group));
   pl.k.runs(q.ulo, q.uhi, [&](index_t a, index_t e) {
     for (index_t j0 = a; j0 < e; j0 += bkv) {
       const index_t j1 = std::min(e, j0 + bkv);
-      const policy::BlockKind kind = na_classify(pl, q, j0, j1);
-      if (kind != policy::BlockKind::empty) f(j0, j1, kind);
+      const NaKeyBox kb = na_key_box(pl, j0, j1);
+      const policy::BlockKind kind = na_classify(q, kb);
+      if (kind == policy::BlockKind::empty) continue;
+      policy::RowSpan rows{0, i1 - i0};
+      if (ng > 0 && kind == policy::BlockKind::partial) {
+        int lo = ng, hi = -1;
+        for (int g = 0; g < ng; ++g)
+          if (na_meets(gs[static_cast<std::size_t>(g)], kb.lo, kb.hi)) {
+            lo = std::min(lo, g);
+            hi = g;
+          }
+        if (hi < lo) continue;
+        rows = {lo * group, std::min(i1 - i0, (hi + 1) * group)};
+      }
+      f(j0, j1, kind, rows);
     }
   });
 }
@@ -281,9 +338,24 @@ inline void na_build_plan(NaPlan& pl, const NeighborhoodMask& m, index_t slots, 
   for (int d = 0; d < m.rank; ++d) kern[d] = m.kernel[d];
   const std::array<index_t, 3> qbox = na_query_box(pl, kern, slots);
   pl.q.layout(ext, qbox, slots);
+  // Dimension 1 slowest inside a query box: a vector of lanes is one slab of dimension 1,
+  // and the key pencils below cut dimension 1 (and 2), so a slab's windows miss the pencils
+  // far from it and its lanes skip their blocks (for_each_block_rows).
+  if (m.rank >= 2) pl.q.order = {1, 0, 2};
   pl.q.fill(pl.ax);
+  const auto nq = static_cast<std::size_t>(pl.q.size());
+  pl.qwin.assign(6 * nq, 0.f);
+  for (std::size_t i = 0; i < nq; ++i)
+    for (std::size_t d = 0; d < 3; ++d) {
+      const int32_t c = pl.q.coord[3 * i + d];
+      const bool pad = pl.q.coord[3 * i] < 0;
+      pl.qwin[2 * d * nq + i] = pad ? 1.f : static_cast<float>(pl.ax[d].wlo[static_cast<std::size_t>(c)]);
+      pl.qwin[(2 * d + 1) * nq + i] = pad ? 0.f : static_cast<float>(pl.ax[d].whi[static_cast<std::size_t>(c)]);
+    }
 
-  // Key order: simulate the visits of every query tile for each candidate.
+  // Key order: simulate the visits of every query tile for each candidate. (Counting only
+  // the lane vectors that compute each block, for_each_block_rows, picked the same orders
+  // on the benchmarked grids at 5-8x the planning time.)
   constexpr index_t kBlockCost = 16;
   std::vector<NaQuerySpan> spans;
   for (index_t i0 = 0; i0 < pl.q.size(); i0 += slots) spans.push_back(na_query_span(pl, i0, i0 + slots));
@@ -358,15 +430,25 @@ struct NeighborhoodTiledMaskPolicy {
   index_t kv_end(index_t, index_t) const { return plan->extra + plan->k.size(); }
 
   // (The kernels run each task with flush-to-zero on: kernel/fp_env.hpp.)
+  // The blocks, each with the query rows (in steps of `group`) that may see it: a vector of
+  // lanes is one slab of its query box (NaPlan), whose windows miss many of the blocks that
+  // the box as a whole visits.
+  template <class F>
+  void for_each_block_rows(index_t i0, index_t i1, index_t bkv, index_t group, F&& f) const {
+    const index_t e = plan->extra;
+    if (e > 0) {
+      const detail::NaQuerySpan q = detail::na_query_span(*plan, i0, i1);
+      if (!q.any) return;
+      for (index_t j0 = 0; j0 < e; j0 += bkv)
+        f(j0, std::min(j0 + bkv, e), q.pad ? BlockKind::partial : BlockKind::full, RowSpan{0, i1 - i0});
+    }
+    detail::na_for_each_block(*plan, i0, i1, bkv, group, [&](index_t j0, index_t j1, BlockKind kind, RowSpan rows) {
+      f(e + j0, e + j1, kind, rows);
+    });
+  }
   template <class F>
   void for_each_block(index_t i0, index_t i1, index_t bkv, F&& f) const {
-    const index_t e = plan->extra;
-    if (e == 0) return detail::na_for_each_block(*plan, i0, i1, bkv, f);
-    const detail::NaQuerySpan q = detail::na_query_span(*plan, i0, i1);
-    if (!q.any) return;
-    for (index_t j0 = 0; j0 < e; j0 += bkv) f(j0, std::min(j0 + bkv, e), q.pad ? BlockKind::partial : BlockKind::full);
-    detail::na_for_each_block(*plan, i0, i1, bkv,
-                              [&](index_t j0, index_t j1, BlockKind kind) { f(e + j0, e + j1, kind); });
+    for_each_block_rows(i0, i1, bkv, 0, [&](index_t j0, index_t j1, BlockKind kind, RowSpan) { f(j0, j1, kind); });
   }
 
   // -inf on invisible pairs. Per tile: each query's window bounds per dimension into lane
@@ -384,17 +466,27 @@ struct NeighborhoodTiledMaskPolicy {
           if (!visible(t.i0 + l, t.j0 + r)) t.at(l, r) = kNegInf;
       return;
     }
-    alignas(64) float lo[3][kMax], hi[3][kMax];
-    for (index_t l = 0; l < lanes; ++l) {
-      const int32_t* qc = l < t.nq ? &plan->q.coord[static_cast<std::size_t>(3 * (t.i0 + l))] : nullptr;
+    // The lanes' windows: the plan's table when the tile is whole vectors (query slots come in
+    // boxes of kBlockQ, so always in the kernels), else a copy with empty windows past nq.
+    alignas(64) float tab[6][kMax];
+    const float* lo[3];
+    const float* hi[3];
+    const std::size_t nslots = static_cast<std::size_t>(plan->q.size());
+    if (t.nq == lanes && plan->qwin.size() == 6 * nslots) {
+      for (std::size_t d = 0; d < 3; ++d) {
+        lo[d] = &plan->qwin[2 * d * nslots + static_cast<std::size_t>(t.i0)];
+        hi[d] = &plan->qwin[(2 * d + 1) * nslots + static_cast<std::size_t>(t.i0)];
+      }
+    } else {
       for (int d = 0; d < 3; ++d) {
-        if (qc == nullptr || qc[0] < 0) {  // padding row or lane: an empty window
-          lo[d][l] = 1.f;
-          hi[d][l] = 0.f;
-        } else {
-          lo[d][l] = static_cast<float>(plan->ax[d].wlo[static_cast<std::size_t>(qc[d])]);
-          hi[d][l] = static_cast<float>(plan->ax[d].whi[static_cast<std::size_t>(qc[d])]);
+        for (index_t l = 0; l < lanes; ++l) {
+          const int32_t* qc = l < t.nq ? &plan->q.coord[static_cast<std::size_t>(3 * (t.i0 + l))] : nullptr;
+          const bool empty = qc == nullptr || qc[0] < 0;  // padding row or lane: an empty window
+          tab[2 * d][l] = empty ? 1.f : static_cast<float>(plan->ax[d].wlo[static_cast<std::size_t>(qc[d])]);
+          tab[2 * d + 1][l] = empty ? 0.f : static_cast<float>(plan->ax[d].whi[static_cast<std::size_t>(qc[d])]);
         }
+        lo[d] = tab[2 * d];
+        hi[d] = tab[2 * d + 1];
       }
     }
     const vf ninf(kNegInf);
@@ -409,9 +501,9 @@ struct NeighborhoodTiledMaskPolicy {
       // A padding key has k0 = -1, below every lo.
       const vf k0(static_cast<float>(kc[0])), k1(static_cast<float>(kc[1])), k2(static_cast<float>(kc[2]));
       for (index_t c = 0; c < lanes; c += tile::kWidth) {
-        const auto vis = (vf::load_aligned(lo[0] + c) <= k0) & (k0 <= vf::load_aligned(hi[0] + c)) &
-                         (vf::load_aligned(lo[1] + c) <= k1) & (k1 <= vf::load_aligned(hi[1] + c)) &
-                         (vf::load_aligned(lo[2] + c) <= k2) & (k2 <= vf::load_aligned(hi[2] + c));
+        const auto vis = (vf::load_unaligned(lo[0] + c) <= k0) & (k0 <= vf::load_unaligned(hi[0] + c)) &
+                         (vf::load_unaligned(lo[1] + c) <= k1) & (k1 <= vf::load_unaligned(hi[1] + c)) &
+                         (vf::load_unaligned(lo[2] + c) <= k2) & (k2 <= vf::load_unaligned(hi[2] + c));
         xsimd::select(vis, vf::load_unaligned(row + c), ninf).store_unaligned(row + c);
       }
     }

@@ -1,7 +1,9 @@
 #pragma once
 // Normalization policies. The loop calls, per KV block of a query tile:
-//   bool rescale = Norm::update(state, tile, alpha);   // logits -> weights in place
+//   bool rescale = Norm::update(state, st, ld, nk, c0, c1, alpha);   // logits -> weights in place
 //   if (Norm::kRescales && rescale) O *= alpha (lane-wise)
+// over the vectors of lanes [c0, c1) that the block reaches (the others, and their alpha,
+// are left as they are: a neighborhood tile's slabs, policy/mask.hpp).
 // and at the end Norm::finalize(state, extra_logit2, out) for 1/l and the LSE. kRescales is
 // false for normalizations without a running max (sigmoid), so the rescale compiles away.
 
@@ -43,20 +45,20 @@ struct OnlineSoftmax {
     return {};
   }
 
-  static bool update(State& s, float* st, index_t ld, index_t nk, int vecs, tile::Lanes& alpha) {
+  static bool update(State& s, float* st, index_t ld, index_t nk, int c0, int c1, tile::Lanes& alpha) {
     tile::Lanes m_new = s.m;
-    tile::col_max(m_new, st, ld, nk, vecs);
-    return update_from_max(s, st, ld, nk, vecs, m_new, alpha);
+    tile::col_max(m_new, st, ld, nk, c0, c1);
+    return update_from_max(s, st, ld, nk, c0, c1, m_new, alpha);
   }
 
   // The rest of update() once the new lane max m_new (>= s.m) is known: for normalizations
   // that take the max in a pass of their own (scalable softmax).
-  static bool update_from_max(State& s, float* st, index_t ld, index_t nk, int vecs, const tile::Lanes& m_new,
+  static bool update_from_max(State& s, float* st, index_t ld, index_t nk, int c0, int c1, const tile::Lanes& m_new,
                               tile::Lanes& alpha) {
     using tile::vf;
     tile::Lanes m_safe;
     bool changed = false;
-    for (int c = 0; c < vecs; ++c) {
+    for (int c = c0; c < c1; ++c) {
       // A lane that has seen only masked keys keeps m = -inf; exponentiating against 0
       // instead keeps exp2(-inf - m) = 0 rather than NaN. The state keeps the true max.
       m_safe.v[c] = xsimd::select(m_new.v[c] == vf(-std::numeric_limits<float>::infinity()), vf(0.f), m_new.v[c]);
@@ -64,8 +66,8 @@ struct OnlineSoftmax {
       changed = changed || xsimd::any(m_new.v[c] != s.m.v[c]);
     }
     tile::Lanes sum = tile::Lanes::fill(0.f);
-    tile::exp2_sub_colsum(st, ld, nk, vecs, m_safe, sum);
-    for (int c = 0; c < vecs; ++c) {
+    tile::exp2_sub_colsum(st, ld, nk, c0, c1, m_safe, sum);
+    for (int c = c0; c < c1; ++c) {
       s.l.v[c] = xsimd::fma(s.l.v[c], alpha.v[c], sum.v[c]);
       s.m.v[c] = m_new.v[c];
     }
@@ -182,11 +184,11 @@ struct SigmoidNorm {
     s.eps = a.sigmoid.eps;
     return s;
   }
-  static bool update(State& s, float* st, index_t ld, index_t nk, int vecs, tile::Lanes&) {
+  static bool update(State& s, float* st, index_t ld, index_t nk, int c0, int c1, tile::Lanes&) {
     using tile::vf;
     const vf nb(-s.bias2);
     auto pass = [&](auto with_sum) {
-      for (int c = 0; c < vecs; ++c) {
+      for (int c = c0; c < c1; ++c) {
         vf sum(0.f);
         for (index_t j = 0; j < nk; ++j) {
           float* p = st + j * ld + c * tile::kWidth;
@@ -280,12 +282,12 @@ struct SoftpickNorm {
     s.eps = a.softpick.eps;
     return s;
   }
-  static bool update(State& s, float* st, index_t ld, index_t nk, int vecs, tile::Lanes& alpha) {
+  static bool update(State& s, float* st, index_t ld, index_t nk, int c0, int c1, tile::Lanes& alpha) {
     using tile::vf;
     tile::Lanes m_new = s.m;
-    tile::col_max(m_new, st, ld, nk, vecs);
+    tile::col_max(m_new, st, ld, nk, c0, c1);
     bool changed = false;
-    for (int c = 0; c < vecs; ++c) {
+    for (int c = c0; c < c1; ++c) {
       const vf mc = m_new.v[c], off = tile::exp2(-mc);
       alpha.v[c] = tile::exp2(s.m.v[c] - mc);
       changed = changed || xsimd::any(mc != s.m.v[c]);
@@ -367,12 +369,12 @@ struct ScalableSoftmaxNorm : OnlineSoftmax {
     for (int c = 0; c < tile::kQVecs; ++c) s.f.v[c] = tile::vf::load_aligned(f + c * tile::kWidth);
     return s;
   }
-  static bool update(State& s, float* st, index_t ld, index_t nk, int vecs, tile::Lanes& alpha) {
+  static bool update(State& s, float* st, index_t ld, index_t nk, int c0, int c1, tile::Lanes& alpha) {
     using tile::vf;
     // One pass scales the logits and takes the lane max (it replaces the softmax's max pass).
     tile::Lanes m_new = s.m;
     auto pass = [&](auto guard) {
-      for (int c = 0; c < vecs; ++c) {
+      for (int c = c0; c < c1; ++c) {
         const vf f = s.f.v[c];
         vf m = m_new.v[c];
         for (index_t j = 0; j < nk; ++j) {
@@ -393,7 +395,7 @@ struct ScalableSoftmaxNorm : OnlineSoftmax {
       pass(std::false_type{});
     else
       pass(std::true_type{});
-    return update_from_max(s, st, ld, nk, vecs, m_new, alpha);
+    return update_from_max(s, st, ld, nk, c0, c1, m_new, alpha);
   }
 
   struct RowState : OnlineSoftmax::RowState {

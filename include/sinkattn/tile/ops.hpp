@@ -128,18 +128,18 @@ inline void zero(float* o, index_t ld_o, index_t nrows, index_t cols_pad) {
   for (index_t r = 0; r < nrows; ++r) std::fill(o + r * ld_o, o + r * ld_o + cols_pad, 0.f);
 }
 
-// m = max(m, max over rows of st), lane-wise.
-inline void col_max(Lanes& m, const float* st, index_t ld, index_t nk, int vecs) {
-  for (int c = 0; c < vecs; ++c) {
+// m = max(m, max over rows of st), lane-wise, for the vectors of lanes [c0, c1).
+inline void col_max(Lanes& m, const float* st, index_t ld, index_t nk, int c0, int c1) {
+  for (int c = c0; c < c1; ++c) {
     vf acc = m.v[c];
     for (index_t j = 0; j < nk; ++j) acc = xsimd::max(acc, vf::load_aligned(st + j * ld + c * kWidth));
     m.v[c] = acc;
   }
 }
 
-// st = 2^(st - m) in place, and sum += column sums of the result.
-inline void exp2_sub_colsum(float* st, index_t ld, index_t nk, int vecs, const Lanes& m, Lanes& sum) {
-  for (int c = 0; c < vecs; ++c) {
+// st = 2^(st - m) in place, and sum += column sums of the result (vectors [c0, c1)).
+inline void exp2_sub_colsum(float* st, index_t ld, index_t nk, int c0, int c1, const Lanes& m, Lanes& sum) {
+  for (int c = c0; c < c1; ++c) {
     vf acc(0.f);
     const vf mc = m.v[c];
     for (index_t j = 0; j < nk; ++j) {
