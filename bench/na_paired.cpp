@@ -1,0 +1,138 @@
+// The issue-6 neighborhood goals measured in pairs: every round runs the dense call, the
+// tiled neighborhood calls and the dense masked calls back to back, and each goal is the
+// median over rounds of its ratio within a round. On a shared host whose speed drifts by
+// 2x within minutes (bench/RESULTS.md), ratios of benchmarks run minutes apart mean little;
+// ratios of calls a second apart do.
+//
+//   sinkattn_na_paired [rounds = 12]      (one thread: run it under taskset -c N)
+//
+// Same problem as BM_na_* (B1 H4 S4096 D64, token-major), same masks, same pair counts.
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <limits>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "sinkattn/sinkattn.hpp"
+
+namespace {
+
+using namespace sinkattn;
+
+struct Buffers {
+  Problem p{1, 4, 4, 4096, 4096, 64, 64};
+  std::vector<float> q, k, v, o;
+  Buffers() {
+    const auto n = static_cast<std::size_t>(p.seq_q * p.heads_q * p.dim_qk);
+    q.resize(n), k.resize(n), v.resize(n), o.resize(n);
+    std::mt19937 rng(7);
+    std::normal_distribution<float> nd;
+    for (auto* x : {&q, &k, &v})
+      for (float& e : *x) e = nd(rng);
+  }
+  double run(const Options& opt) {
+    using CV = TensorView<const float>;
+    const auto t0 = std::chrono::steady_clock::now();
+    const Status s =
+        forward(p, CV::bshd(q.data(), 1, p.seq_q, 4, 64), CV::bshd(k.data(), 1, p.seq_kv, 4, 64),
+                CV::bshd(v.data(), 1, p.seq_kv, 4, 64), TensorView<float>::bshd(o.data(), 1, p.seq_q, 4, 64), opt);
+    if (!s.ok()) {
+      std::fprintf(stderr, "forward failed: %s\n", s.message().c_str());
+      std::exit(1);
+    }
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  }
+};
+
+struct Case {
+  std::string name;
+  NeighborhoodMask m;
+  bool masked_dense = false;  // also time the dense call with a -inf bias outside the windows
+  double visible = 0;         // visible pairs per head
+  std::vector<float> bias;
+  std::vector<double> frac, speedup, ideal;  // per round
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+double median3(Buffers& b, const Options& o) {
+  std::vector<double> t{b.run(o), b.run(o), b.run(o)};
+  return median(t);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const int rounds = argc > 1 ? std::atoi(argv[1]) : 12;
+  Buffers buf;
+  const Problem& p = buf.p;
+  auto na = [](int rank, std::array<index_t, 3> e, std::array<index_t, 3> k, std::array<index_t, 3> s) {
+    NeighborhoodMask m;
+    m.rank = rank;
+    m.extent = e;
+    m.kernel = k;
+    m.stride = s;
+    return m;
+  };
+  std::vector<Case> cases;
+  auto add = [&](const char* name, const NeighborhoodMask& m, bool masked_dense) {
+    Case c;
+    c.name = name;
+    c.m = m;
+    c.masked_dense = masked_dense;
+    cases.push_back(std::move(c));
+  };
+  add("2d_64x64_k13", na(2, {64, 64, 1}, {13, 13, 1}, {1, 1, 1}), true);
+  add("3d_16x16x16_k7", na(3, {16, 16, 16}, {7, 7, 7}, {1, 1, 1}), true);
+  add("2d_64x64_k16_s16", na(2, {64, 64, 1}, {16, 16, 1}, {16, 16, 1}), false);
+  add("2d_64x64_k8_s8", na(2, {64, 64, 1}, {8, 8, 1}, {8, 8, 1}), false);
+  add("1d_4096_k256_s256", na(1, {4096, 1, 1}, {256, 1, 1}, {256, 1, 1}), false);
+  for (Case& c : cases) {
+    const policy::NeighborhoodMaskPolicy pol{c.m.rank, c.m.extent, c.m.kernel, c.m.dilation, c.m.stride, c.m.causal};
+    for (index_t i = 0; i < p.seq_q; ++i) c.visible += static_cast<double>(pol.count_visible(i));
+    if (c.masked_dense) {
+      c.bias.resize(static_cast<std::size_t>(p.seq_q * p.seq_kv));
+      for (index_t i = 0; i < p.seq_q; ++i)
+        for (index_t j = 0; j < p.seq_kv; ++j)
+          c.bias[static_cast<std::size_t>(i * p.seq_kv + j)] =
+              pol.visible(i, j) ? 0.f : -std::numeric_limits<float>::infinity();
+    }
+  }
+  const double all = static_cast<double>(p.seq_q) * static_cast<double>(p.seq_kv);
+  std::vector<double> dense_ms;
+  for (int r = 0; r < rounds; ++r) {
+    const double td = buf.run(Options{});
+    dense_ms.push_back(td);
+    for (Case& c : cases) {
+      Options opt;
+      opt.mask = c.m;
+      const double t = median3(buf, opt);
+      c.frac.push_back((c.visible / t) / (all / td));         // GFLOP/s over visible pairs / dense
+      c.ideal.push_back(t / (td * (c.visible / all) / 0.9));  // <= 1: within 90% of the ideal speedup
+      if (c.masked_dense) {
+        Options ob;
+        ob.score.bias = TensorView<const float>(c.bias.data(), {1, p.heads_q, p.seq_q, p.seq_kv}, {0, 0, p.seq_kv, 1});
+        c.speedup.push_back(buf.run(ob) / t);
+      }
+    }
+  }
+  std::printf("%d rounds, dense call median %.1f ms (min %.1f, max %.1f)\n", rounds, median(dense_ms),
+              *std::min_element(dense_ms.begin(), dense_ms.end()), *std::max_element(dense_ms.begin(), dense_ms.end()));
+  std::printf("%-20s %14s %18s %22s\n", "case", "of dense", "x masked dense", "time / (ideal / 0.9)");
+  for (const Case& c : cases) {
+    std::printf("%-20s %14.3f", c.name.c_str(), median(c.frac));
+    if (c.masked_dense)
+      std::printf(" %18.1f", median(c.speedup));
+    else
+      std::printf(" %18s", "-");
+    std::printf(" %22.2f\n", median(c.ideal));
+  }
+}
