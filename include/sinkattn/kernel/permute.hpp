@@ -19,11 +19,10 @@
 //
 // Workspace: one aligned thread_local buffer of the calling thread, grown on first use and
 // reused (the K and V copies: B x (E + N) x Hkv x (Dqk + Dv) floats); the copies run on the
-// executor, one task per (batch, KV head). Q, O, LSE and the gate went through copies too
+// executor, in chunks of rows (all heads of a token at once). Q, O, LSE and the gate went through copies too
 // until the query map replaced them: half of the copy traffic (bench/RESULTS.md).
 
 #include <algorithm>
-#include <cstring>
 #include <type_traits>
 #include <utility>
 #include <variant>
@@ -36,6 +35,7 @@
 #include "sinkattn/kernel/decode.hpp"
 #include "sinkattn/kernel/workspace.hpp"
 #include "sinkattn/policy/mask_neighborhood_tiled.hpp"
+#include "sinkattn/tile/ops.hpp"
 
 namespace sinkattn::detail {
 
@@ -91,34 +91,47 @@ inline NaBuffers na_buffers(const KernelArgs& a, const NaPlan& pl, Workspace& ws
 
 inline void na_copy_row(float* dst, const float* src, index_t n, index_t stride) {
   if (stride == 1) {
-    std::memcpy(dst, src, static_cast<std::size_t>(n) * sizeof(float));
+    tile::copy_row(dst, src, n);
   } else {
     for (index_t x = 0; x < n; ++x) dst[x] = src[x * stride];
   }
 }
 
-// K or V of (b, g) -> dst [E + slots, dim]: the extra keys (rows [0, E)) in order, then slot s
-// <- row E + token[s] of the grid keys; padding slots get zeros.
-inline void na_gather_keys(float* dst, const TensorView<const float>& v, index_t b, index_t g, const NaPlan& pl,
-                           index_t dim) {
-  for (index_t r = 0; r < pl.extra; ++r, dst += dim) na_copy_row(dst, v.ptr(b, r, g), dim, v.stride[3]);
-  for (const index_t tok : pl.k.token) {
-    if (tok < 0)
-      std::fill(dst, dst + dim, 0.f);
-    else
-      na_copy_row(dst, v.ptr(b, pl.extra + tok, g), dim, v.stride[3]);
-    dst += dim;
+// Rows [s0, s1) of the permuted K or V (row E + s <- grid key slot s, rows < E the extra
+// keys) for every KV head of batch b: dst + (b * Hkv + g) * (E + slots) * dim is head g's
+// [E + slots, dim]. Padding slots get zeros. Token-outer: in token-major layouts (BSHD) the
+// heads of a token share one contiguous row, read once in full instead of once per head at
+// a stride (a third less time than the head-outer loop, bench/RESULTS.md).
+inline void na_gather_rows(float* dst, const TensorView<const float>& v, index_t b, const NaPlan& pl, index_t dim,
+                           index_t heads, index_t s0, index_t s1) {
+  const index_t nk = pl.extra + pl.k.size();
+  for (index_t s = s0; s < s1; ++s) {
+    const index_t tok = s < pl.extra ? s : pl.k.token[static_cast<std::size_t>(s - pl.extra)];
+    const index_t row = s < pl.extra ? s : pl.extra + tok;
+    for (index_t g = 0; g < heads; ++g) {
+      float* d = dst + ((b * heads + g) * nk + s) * dim;
+      if (tok < 0)
+        std::fill(d, d + dim, 0.f);
+      else
+        na_copy_row(d, v.ptr(b, row, g), dim, v.stride[3]);
+    }
   }
 }
 
-// Step 1: K and V into the buffers; one task per (batch, KV head).
+// Step 1: K and V into the buffers; tasks of kGatherRows permuted rows of K or of V (all
+// heads), so that two threads share even a one-head problem.
 inline void na_gather_inputs(const KernelArgs& a, const NaPlan& pl, const NaBuffers& buf, const Executor& ex) {
+  constexpr index_t kGatherRows = 512;
   const Problem& p = a.p;
   const index_t nk = pl.extra + pl.k.size();
-  ex.run(p.batch * p.heads_kv, [&](index_t t) {
-    const index_t b = t / p.heads_kv, g = t % p.heads_kv;
-    na_gather_keys(buf.k + t * nk * p.dim_qk, a.k, b, g, pl, p.dim_qk);
-    na_gather_keys(buf.v + t * nk * p.dim_v, a.v, b, g, pl, p.dim_v);
+  const index_t chunks = (nk + kGatherRows - 1) / kGatherRows;
+  ex.run(p.batch * 2 * chunks, [&](index_t t) {
+    const index_t b = t / (2 * chunks), kv = t / chunks % 2, c = t % chunks;
+    const index_t s0 = c * kGatherRows, s1 = std::min(nk, s0 + kGatherRows);
+    if (kv == 0)
+      na_gather_rows(buf.k, a.k, b, pl, p.dim_qk, p.heads_kv, s0, s1);
+    else
+      na_gather_rows(buf.v, a.v, b, pl, p.dim_v, p.heads_kv, s0, s1);
   });
 }
 

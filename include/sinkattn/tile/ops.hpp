@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <limits>
 
 #if defined(__AVX512F__)
@@ -105,6 +104,15 @@ inline void pack_transposed(float* qt, const float* src, index_t ld_src, index_t
 #pragma GCC diagnostic pop
 #endif
 
+// dst[0, n) = src[0, n), unit strides: the short row copies of packing and gathers. Inline
+// vector moves rather than memcpy: the rows are a few hundred bytes, where the library call
+// and its size dispatch cost as much as the copy (bench/RESULTS.md, the K/V gather).
+inline void copy_row(float* dst, const float* src, index_t n) {
+  index_t x = 0;
+  for (; x + kWidth <= n; x += kWidth) vf::load_unaligned(src + x).store_unaligned(dst + x);
+  for (; x < n; ++x) dst[x] = src[x];
+}
+
 // dst (nrows, cols_pad) = scale * src rows (row r at src + r * ld_src, element x at
 // x * stride_d), columns [cols, cols_pad) zero: a contiguous, padded copy for strided or
 // tail-y inputs.
@@ -116,7 +124,7 @@ inline void pack_rows(float* dst, index_t ld_dst, const float* src, index_t ld_s
     if (scale != 1.f) {
       for (index_t x = 0; x < cols; ++x) d[x] = s[x * stride_d] * scale;
     } else if (stride_d == 1) {
-      std::memcpy(d, s, sizeof(float) * static_cast<std::size_t>(cols));
+      copy_row(d, s, cols);
     } else {
       for (index_t x = 0; x < cols; ++x) d[x] = s[x * stride_d];
     }
