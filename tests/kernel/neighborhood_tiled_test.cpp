@@ -214,6 +214,25 @@ TEST(NeighborhoodTiledKernel, OneAndTwoThreadsBitIdentical) {
   }
 }
 
+// Both task orders (kernel/permute.hpp: heads innermost when one tile's keys over all KV
+// heads fit in half of L2): a 16x16 grid whose tiles' unions are all 256 keys, with 2 KV
+// heads (256 KiB of K/V: heads inner) and 8 (1 MiB: heads outer), each on 1 and 2 threads.
+TEST(NeighborhoodTiledKernel, BothTaskOrdersAgreeWithTheReference) {
+  const auto m = na(2, {16, 16, 1}, {15, 13, 1});
+  for (const index_t hkv : {2, 8}) {
+    const Problem p{1, 8, hkv, 256, 256, 64, 64};
+    const auto data = test::make_data(p, Layout::BSHD, 31);
+    Options opt;
+    opt.mask = m;
+    detail::NaPlan plan;
+    detail::na_build_plan(plan, m, detail::kBlockQ, detail::kBlockKV);
+    const detail::KernelArgs a = detail::make_args(p, data.q, data.k, data.v, {}, opt);
+    const bool inner = detail::na_permuted_args(a, plan, {}).heads_inner;
+    EXPECT_EQ(inner, hkv == 2) << "Hkv=" << hkv << ": union " << plan.union_keys << " keys";
+    EXPECT_TRUE(test::threads_agree(data, opt)) << "Hkv=" << hkv;
+  }
+}
+
 TEST(NeighborhoodTiledKernel, DecodeShapesKeepTheFlatPath) {
   // A 2x2 grid, one query head per KV head: 4 rows <= the decode threshold.
   const auto m = na(2, {2, 2, 1}, {2, 2, 1});

@@ -75,6 +75,9 @@ struct KernelArgs {
   // row of O and LSE; slots < 0 are padding (zero queries, nothing written). Null: slot i = row
   // i. Read by the prefill loop only (run() never sends a call with a slot map to decode).
   const index_t* q_rows = nullptr;
+  // Task order with the heads innermost, (b, query block, h): set for slot-mapped calls whose
+  // K/V blocks of one query tile, over all KV heads, fit in L2 (kernel/permute.hpp).
+  bool heads_inner = false;
 
   // The caller's row of query slot i (< 0: padding).
   index_t q_row(index_t i) const { return q_rows ? q_rows[i] : i; }

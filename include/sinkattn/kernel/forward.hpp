@@ -84,9 +84,14 @@ void run(const KernelArgs& a, const typename V::Mask& mask, const Executor& ex) 
   // a head the last query blocks go first: under causal masks they are the longest, and a
   // dynamic schedule that ends on short tasks keeps both threads busy to the end. Each task
   // owns its output rows, so the result does not depend on the thread count.
+  // a.heads_inner (permuted neighborhood attention with small tiles) takes (b, query block,
+  // h) instead: a tile's Q and O rows are scattered over the caller's tensors, and in
+  // token-major layouts the heads of a token share one row, so the heads of a tile run back
+  // to back while the rows are in cache (their K/V blocks fit in L2 together).
+  const bool hi = a.heads_inner;
   ex.run(p.batch * p.heads_q * nqb, [&](index_t t) {
-    const index_t qb = nqb - 1 - t % nqb;
-    const index_t h = (t / nqb) % p.heads_q;
+    const index_t h = hi ? t % p.heads_q : (t / nqb) % p.heads_q;
+    const index_t qb = nqb - 1 - (hi ? t / p.heads_q % nqb : t % nqb);
     const index_t b = t / (nqb * p.heads_q);
     prefill_task<V>(a, mask, b, h, qb, thread_workspace());
   });

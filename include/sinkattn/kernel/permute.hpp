@@ -144,6 +144,13 @@ inline KernelArgs na_permuted_args(const KernelArgs& a, const NaPlan& pl, const 
   pa.p.seq_q = nq;
   pa.p.seq_kv = nk;
   pa.q_rows = pl.q.token.data();
+  // Heads innermost when one tile's keys, over all KV heads, take at most half of a 1 MiB L2
+  // (blocked NA with small blocks: k = s = 8 in 2-D; not 2-D 13x13 or 3-D 7^3, where
+  // the (b, h, tile) order, reusing one head's K/V across neighbouring tiles, was faster).
+  constexpr double kHeadsInnerBytes = 512.0 * 1024;
+  pa.heads_inner = (pl.union_keys + static_cast<double>(pl.extra)) * static_cast<double>(p.dim_qk + p.dim_v) *
+                       sizeof(float) * static_cast<double>(p.heads_kv) <=
+                   kHeadsInnerBytes;
   pa.k = TensorView<const float>::bhsd(buf.k, p.batch, nk, p.heads_kv, p.dim_qk);
   pa.v = TensorView<const float>::bhsd(buf.v, p.batch, nk, p.heads_kv, p.dim_v);
   return pa;

@@ -155,6 +155,8 @@ struct NaPlan {
   // Per query slot its window bounds as floats, [lo0, hi0, lo1, hi1, lo2, hi2][slots]
   // (padding slots: the empty window [1, 0]): apply_tile's lane vectors, loaded directly.
   std::vector<float> qwin;
+  // Mean grid keys in the union of a query tile's windows (its K/V working set per head).
+  double union_keys = 0;
 };
 
 // What a range of query slots needs from the keys: the union [ulo, uhi] and the intersection
@@ -359,6 +361,12 @@ inline void na_build_plan(NaPlan& pl, const NeighborhoodMask& m, index_t slots, 
   constexpr index_t kBlockCost = 16;
   std::vector<NaQuerySpan> spans;
   for (index_t i0 = 0; i0 < pl.q.size(); i0 += slots) spans.push_back(na_query_span(pl, i0, i0 + slots));
+  for (const NaQuerySpan& q : spans)
+    if (q.any) {
+      double n = 1;
+      for (int d = 0; d < 3; ++d) n *= static_cast<double>(q.uhi[d] - q.ulo[d] + 1);
+      pl.union_keys += n / static_cast<double>(spans.size());
+    }
   std::vector<std::array<index_t, 3>> cands{qbox};
   const index_t ws[] = {1, 2, 4, 8, 16};
   for (index_t w1 : ws)
