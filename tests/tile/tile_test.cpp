@@ -108,13 +108,15 @@ TEST(TileGemm, MmaKqtMatchesScalarLoops) {
       }
 }
 
-// O += P V in both P orientations, for row counts and value widths that cross the tiles.
+// O = diag(f) O + P V in both P orientations, with and without the row factors f, for row
+// counts and value widths that cross the tiles.
 TEST(TileGemm, MmaPvMatchesScalarLoopsInBothOrientations) {
   Buf bo, bp;
   for (index_t nq : {1, 2, 5, 6, 7, 13, 64})
     for (index_t nk : {1, 3, 16, 64})
       for (index_t dv_vecs : {1, 2, 3, 4, 5, 9})
-        for (bool transposed : {true, false}) {
+        for (int variant = 0; variant < 4; ++variant) {
+          const bool transposed = variant % 2 == 0, scaled = variant >= 2;
           const index_t dv = dv_vecs * kWidth, ld_o = dv, ld_v = dv + 5;
           const index_t pj = transposed ? kQRows : 1, pr = transposed ? 1 : nk + 2;
           float* p = bp.get(std::max(nk * kQRows, nq * (nk + 2)));
@@ -124,13 +126,18 @@ TEST(TileGemm, MmaPvMatchesScalarLoopsInBothOrientations) {
           float* o = bo.get(nq * ld_o);
           const auto o0 = test::random_vector(static_cast<std::size_t>(nq * ld_o), 3, -1, 1);
           std::copy(o0.begin(), o0.end(), o);
-          tile::mma_pv(o, ld_o, nq, p, pj, pr, v.data(), ld_v, nk, dv_vecs);
+          // Factors as the online softmax makes them: some rows 1, the others in (0, 1).
+          const auto f = test::random_vector(static_cast<std::size_t>(nq), 11 + nq, 0, 1);
+          std::vector<float> row_scale(f.begin(), f.end());
+          for (index_t r = 0; r < nq; r += 3) row_scale[static_cast<std::size_t>(r)] = 1.f;
+          tile::mma_pv(o, ld_o, nq, p, pj, pr, v.data(), ld_v, nk, dv_vecs, scaled ? row_scale.data() : nullptr);
           for (index_t r = 0; r < nq; ++r)
             for (index_t x = 0; x < dv; ++x) {
-              double want = o0[r * ld_o + x];
+              double want = double(o0[r * ld_o + x]) * (scaled ? row_scale[static_cast<std::size_t>(r)] : 1.0);
               for (index_t j = 0; j < nk; ++j) want += double(p[j * pj + r * pr]) * v[j * ld_v + x];
               ASSERT_NEAR(o[r * ld_o + x], want, 1e-5 * (1 + nk))
-                  << "nq=" << nq << " nk=" << nk << " dv_vecs=" << dv_vecs << " transposed=" << transposed;
+                  << "nq=" << nq << " nk=" << nk << " dv_vecs=" << dv_vecs << " transposed=" << transposed
+                  << " scaled=" << scaled;
             }
         }
 }

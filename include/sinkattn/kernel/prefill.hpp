@@ -6,8 +6,7 @@
 //     Score::apply                  scale/softcap/bias/ALiBi -> log2 units
 //     apply_mask                    Partial blocks only
 //     Norm::update                  online softmax: weights in place, rescale factors
-//     O *= alpha                    only when some lane's max moved
-//     O += P . V                    tile::mma_pv
+//     O = alpha O + P . V           tile::mma_pv (alpha only when some lane's max moved)
 //
 // and finishes with Sink (extra logit), Norm::finalize (1/l, LSE) and the Gate epilogue.
 // Nothing of size Sq x Skv is ever materialised; the workspace is O(tile).
@@ -182,10 +181,11 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
     if (kind == policy::BlockKind::partial) policy::apply_mask(mask, t);
 
     const bool rescale = V::Norm::update(state, st, kBlockQ, nk, v0, v1, alpha);
+    const float* acc_scale = nullptr;  // O *= alpha, fused into O += P.V below
     if constexpr (V::Norm::kRescales) {
       if (rescale) {  // (alpha outside [v0, v1) is stale: not read)
         alpha.store(alpha_rows);
-        tile::scale_rows(acc + l0 * dv_pad, dv_pad, nql, dv_vecs, alpha_rows + l0);
+        acc_scale = alpha_rows + l0;
       }
     }
 
@@ -199,7 +199,7 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
       vp = vpack;
       ld_v = dv_pad;
     }
-    tile::mma_pv(acc + l0 * dv_pad, dv_pad, nql, st + l0, kBlockQ, 1, vp, ld_v, nk, dv_vecs);
+    tile::mma_pv(acc + l0 * dv_pad, dv_pad, nql, st + l0, kBlockQ, 1, vp, ld_v, nk, dv_vecs, acc_scale);
     if constexpr (V::Norm::kSumsV) vsums.add(mask, kind, i0, nq, j0, nk, vp, ld_v);
   };
   policy::for_each_kv_block_rows(mask, i0, i0 + nq, kBlockKV, tile::kWidth,

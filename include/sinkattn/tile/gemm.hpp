@@ -92,13 +92,19 @@ inline void kqt_block(float* st, index_t ld_st, const float* k, index_t ld_k, co
     for (int c = 0; c < C; ++c) acc[r][c].store_aligned(st + r * ld_st + c * kWidth);
 }
 
-// o[R rows][C vectors] += sum_j P(r, j) * v[j][C vectors], P(r, j) = p[j * pj + r * pr]
+// o[R rows][C vectors] = o * f[r] (f = row_scale, or 1 when null)
+//                        + sum_j P(r, j) * v[j][C vectors],   P(r, j) = p[j * pj + r * pr]
 template <int R, int C>
-inline void pv_block(float* o, index_t ld_o, const float* p, index_t pj, index_t pr, const float* v, index_t ld_v,
-                     index_t nk) {
+inline void pv_block(float* o, index_t ld_o, const float* row_scale, const float* p, index_t pj, index_t pr,
+                     const float* v, index_t ld_v, index_t nk) {
   vf acc[R][C];
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < C; ++c) acc[r][c] = vf::load_aligned(o + r * ld_o + c * kWidth);
+  if (row_scale != nullptr)
+    for (int r = 0; r < R; ++r) {
+      const vf f(row_scale[r]);
+      for (int c = 0; c < C; ++c) acc[r][c] *= f;
+    }
   for (index_t j = 0; j < nk; ++j) {
     const float* vrow = v + j * ld_v;
     const float* prow = p + j * pj;
@@ -156,24 +162,29 @@ inline void mma_kqt(float* st, index_t ld_st, const float* k, index_t ld_k, inde
   });
 }
 
-// O += P . V, P (nq x nk) addressed as P(r, j) = p[j * pj + r * pr]: the prefill loop
-// passes the S^T tile (pj = kQRows, pr = 1), the decode loop its row-major scores (pj = 1).
-//   o   (nq, dv_vecs * kWidth) aligned, leading dimension ld_o
-//   v   (nk, dv_vecs * kWidth) row j at v + j * ld_v, unit stride (padded by the caller
-//       when the value dimension is not a multiple of kWidth)
+// O = diag(row_scale) O + P . V, P (nq x nk) addressed as P(r, j) = p[j * pj + r * pr]: the
+// prefill loop passes the S^T tile (pj = kQRows, pr = 1), the decode loop its row-major
+// scores (pj = 1).
+//   o          (nq, dv_vecs * kWidth) aligned, leading dimension ld_o
+//   v          (nk, dv_vecs * kWidth) row j at v + j * ld_v, unit stride (padded by the caller
+//              when the value dimension is not a multiple of kWidth)
+//   row_scale  nq factors (the online-softmax rescale of O), or null for none. Applied as the
+//              register tile of O is loaded: a separate pass would load and store O once more.
 inline void mma_pv(float* o, index_t ld_o, index_t nq, const float* p, index_t pj, index_t pr, const float* v,
-                   index_t ld_v, index_t nk, index_t dv_vecs) {
+                   index_t ld_v, index_t nk, index_t dv_vecs, const float* row_scale = nullptr) {
   // Column chunks outermost: one V panel (nk x kColsPV vectors) stays in L1 while every
   // register tile of query rows streams over it.
   auto rows = [&](index_t c, auto cc) {
     constexpr int C = decltype(cc)::value;
+    const auto scale_of = [&](index_t i) { return row_scale != nullptr ? row_scale + i : nullptr; };
     index_t i = 0;
     for (; i + kRowsPV <= nq; i += kRowsPV)
-      detail::pv_block<kRowsPV, C>(o + i * ld_o + c * kWidth, ld_o, p + i * pr, pj, pr, v + c * kWidth, ld_v, nk);
+      detail::pv_block<kRowsPV, C>(o + i * ld_o + c * kWidth, ld_o, scale_of(i), p + i * pr, pj, pr, v + c * kWidth,
+                                   ld_v, nk);
     if (i < nq)
       detail::dispatch_upto<kRowsPV - 1>(static_cast<int>(nq - i), [&](auto rr) {
-        detail::pv_block<decltype(rr)::value, C>(o + i * ld_o + c * kWidth, ld_o, p + i * pr, pj, pr, v + c * kWidth,
-                                                 ld_v, nk);
+        detail::pv_block<decltype(rr)::value, C>(o + i * ld_o + c * kWidth, ld_o, scale_of(i), p + i * pr, pj, pr,
+                                                 v + c * kWidth, ld_v, nk);
       });
   };
   index_t c = 0;
