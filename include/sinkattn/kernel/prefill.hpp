@@ -210,6 +210,7 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
                                  });
 
   policy::RowFinal fin;
+  fin.want_lse = a.want_lse();
   V::Norm::finalize(state, V::Sink::logit2(a, h), fin);
   if constexpr (V::Norm::kSumsV) vsums.fold();
   for (index_t r = 0; r < nq; ++r) {
