@@ -233,7 +233,9 @@ TEST(NeighborhoodTiledKernel, BothTaskOrdersAgreeWithTheReference) {
     const bool inner = detail::na_permuted_args(a, plan, {}).heads_inner;
     const bool fits = static_cast<std::size_t>(hkv) * 128 * 1024 * 2 <= detail::l2_cache_bytes();
     EXPECT_EQ(inner, fits) << "Hkv=" << hkv << ": union " << plan.union_keys << " keys";
-    if (hkv == outer) EXPECT_FALSE(inner) << "the outer case must not fit";
+    if (hkv == outer) {
+      EXPECT_FALSE(inner) << "the outer case must not fit";
+    }
     EXPECT_TRUE(test::threads_agree(data, opt)) << "Hkv=" << hkv;
   }
 }
