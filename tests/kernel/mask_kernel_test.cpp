@@ -10,6 +10,7 @@
 #include <limits>
 #include <string>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include "forward_check.hpp"
@@ -228,6 +229,30 @@ TEST(BlockKernel, OneAndTwoThreadsBitIdentical) {
   for (const Problem& p : {Problem{2, 4, 2, 300, 700, 64, 64}, Problem{1, 8, 2, 1, 5000, 64, 64}}) {
     const auto data = test::make_data(p, Layout::BSHD, 78);
     EXPECT_TRUE(threads_agree(data, blocks(0, {0, 100, 250, 600}, 4, true, false)));
+  }
+}
+
+// Task order (detail::block_heads_inner, kernel/config.hpp): heads innermost while a query
+// tile's keys over all KV heads fit in half of this core's L2, not with the last block
+// attending to all; both orders agree with the reference and across thread counts.
+TEST(BlockKernel, BothTaskOrdersAgreeWithTheReference) {
+  const auto mask_of = [](const Options& o) { return std::get<BlockMask>(o.mask); };
+  // 64 keys x (32 + 32) floats x 2 KV heads = 32 KiB per tile: inner.
+  const Problem small{2, 4, 2, 300, 300, 32, 32};
+  EXPECT_TRUE(detail::block_heads_inner(mask_of(blocks(64)), small));
+  EXPECT_FALSE(detail::block_heads_inner(mask_of(blocks(64, {}, 0, true)), small));
+  // Ragged blocks count the longest one (here 150 keys: inner).
+  EXPECT_TRUE(detail::block_heads_inner(mask_of(blocks(0, {0, 100, 250})), small));
+  // A block whose keys over both KV heads fill the whole L2: outer.
+  const auto fill = static_cast<index_t>(detail::l2_cache_bytes() / ((32 + 32) * sizeof(float) * 2));
+  const Problem large{1, 4, 2, 300, fill + 64, 32, 32};
+  EXPECT_FALSE(detail::block_heads_inner(mask_of(blocks(fill)), large));
+  for (const Problem& p : {small, large}) {
+    const auto data = test::make_data(p, Layout::BSHD, 91);
+    const Options o = blocks(p.seq_kv == 300 ? 64 : fill, {}, 4, false, true);
+    SCOPED_TRACE(::testing::Message() << "Skv=" << p.seq_kv);
+    EXPECT_TRUE(run_and_compare(data, o));
+    EXPECT_TRUE(threads_agree(data, o));
   }
 }
 

@@ -8,6 +8,7 @@
 //   sinkattn::forward<Variant<...>>(problem, q, k, v, o, mask, options, executor)
 //       one specialisation only, for those who want exactly one instantiation.
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <type_traits>
@@ -84,10 +85,10 @@ void run(const KernelArgs& a, const typename V::Mask& mask, const Executor& ex) 
   // a head the last query blocks go first: under causal masks they are the longest, and a
   // dynamic schedule that ends on short tasks keeps both threads busy to the end. Each task
   // owns its output rows, so the result does not depend on the thread count.
-  // a.heads_inner (permuted neighborhood attention with small tiles) takes (b, query block,
-  // h) instead: a tile's Q and O rows are scattered over the caller's tensors, and in
-  // token-major layouts the heads of a token share one row, so the heads of a tile run back
-  // to back while the rows are in cache (their K/V blocks fit in L2 together).
+  // a.heads_inner (short tiles: small blocks, neighborhood tiles; heads_inner_fits in
+  // kernel/config.hpp) takes (b, query block, h) instead: in token-major layouts the heads of
+  // a token share one row of Q and of O, so the heads of a tile run back to back while the
+  // rows are in cache (their K/V blocks fit in L2 together).
   const bool hi = a.heads_inner;
   ex.run(p.batch * p.heads_q * nqb, [&](index_t t) {
     const index_t h = hi ? t % p.heads_q : (t / nqb) % p.heads_q;
@@ -132,6 +133,25 @@ Status dispatch_norm(const KernelArgs& a, const Options& opt, const Mask& mask, 
 
 namespace detail {
 
+// Block attention's task order: heads innermost when a query tile's keys (its block, two
+// blocks when tiles may straddle a boundary, plus the global keys) fit (heads_inner_fits).
+// Not with last_block_attends_all: that block's tiles visit every key.
+inline bool block_heads_inner(const BlockMask& m, const Problem& p) {
+  if (m.last_block_attends_all) return false;
+  index_t longest = m.block_size;
+  if (m.block_size <= 0) {  // ragged: the longest block
+    longest = 0;
+    for (std::size_t i = 0; i < m.boundaries.size(); ++i) {
+      const index_t end = i + 1 < m.boundaries.size() ? m.boundaries[i + 1] : p.seq_kv;
+      longest = std::max(longest, end - m.boundaries[i]);
+    }
+  }
+  const bool aligned =
+      m.block_size > 0 && m.block_size % kBlockQ == 0 && (p.seq_kv - p.seq_q + m.offset) % kBlockQ == 0;
+  const index_t keys = std::min(p.seq_kv, (aligned ? 1 : 2) * longest + m.global_keys);
+  return heads_inner_fits(static_cast<double>(keys), p);
+}
+
 // Runtime mask -> its policy, then the normalization switch (dispatch_norm).
 inline Status dispatch_mask(const KernelArgs& a, const Options& opt, const Executor& ex) {
   if (std::holds_alternative<FullMask>(opt.mask))
@@ -143,14 +163,17 @@ inline Status dispatch_mask(const KernelArgs& a, const Options& opt, const Execu
                                  policy::SlidingWindowMaskPolicy{a.p.seq_kv, a.p.seq_kv - a.p.seq_q + w->offset,
                                                                  w->left, w->right, w->sink_tokens},
                                  ex);
-  if (const auto* m = std::get_if<BlockMask>(&opt.mask))
+  if (const auto* m = std::get_if<BlockMask>(&opt.mask)) {
+    KernelArgs ab = a;
+    ab.heads_inner = block_heads_inner(*m, a.p);
     return detail::dispatch_norm(
-        a, opt,
+        ab, opt,
         policy::BlockMaskPolicy{a.p.seq_kv, a.p.seq_kv - a.p.seq_q + m->offset,
                                 m->boundaries.empty() ? m->block_size : 0, m->boundaries.data(),
                                 static_cast<index_t>(m->boundaries.size()), m->global_keys, m->last_block_attends_all,
                                 m->causal},
         ex);
+  }
   if (const auto* m = std::get_if<BlockSparseMask>(&opt.mask))
     return detail::dispatch_norm(
         a, opt,

@@ -23,16 +23,9 @@
 // until the query map replaced them: half of the copy traffic (bench/RESULTS.md).
 
 #include <algorithm>
-#include <cstddef>
 #include <type_traits>
 #include <utility>
 #include <variant>
-
-#if defined(__has_include)
-#if __has_include(<unistd.h>)
-#include <unistd.h>  // sysconf: the L2 size (l2_cache_bytes)
-#endif
-#endif
 
 #include "sinkattn/core/executor.hpp"
 #include "sinkattn/core/options.hpp"
@@ -142,19 +135,6 @@ inline void na_gather_inputs(const KernelArgs& a, const NaPlan& pl, const NaBuff
   });
 }
 
-// The L2 size of this core in bytes, as the C library reports it (glibc: CPUID); 1 MiB
-// when it does not (a common size: Zen 4, Ice Lake server).
-inline std::size_t l2_cache_bytes() {
-  static const std::size_t bytes = [] {
-    long n = 0;
-#if defined(_SC_LEVEL2_CACHE_SIZE)
-    n = sysconf(_SC_LEVEL2_CACHE_SIZE);
-#endif
-    return n > 0 ? static_cast<std::size_t>(n) : std::size_t{1} << 20;
-  }();
-  return bytes;
-}
-
 // The arguments of the permuted problem: Sq = Nq query slots (padded) mapped to the caller's
 // rows by q_rows (Q, O, LSE and the gate stay the caller's views), Skv = E + N permuted keys.
 inline KernelArgs na_permuted_args(const KernelArgs& a, const NaPlan& pl, const NaBuffers& buf) {
@@ -164,15 +144,8 @@ inline KernelArgs na_permuted_args(const KernelArgs& a, const NaPlan& pl, const 
   pa.p.seq_q = nq;
   pa.p.seq_kv = nk;
   pa.q_rows = pl.q.token.data();
-  // Heads innermost when one tile's keys, over all KV heads, take at most half of the L2.
-  // Then a token's Q and O rows (every head, adjacent in token-major layouts) are used by
-  // back-to-back tasks. Past that the (b, h, tile) order, reusing one head's K/V across
-  // neighbouring tiles, is faster: 3-D 7^3 (1.2 MiB of keys per tile at D 64, Hkv 4) was 1.05x
-  // slower heads-inner with a 2 MiB L2 and 1.09x with 1 MiB; 2-D 13x13 (700 KiB) was 0.97x
-  // with a 2 MiB L2 (bench/RESULTS.md).
-  pa.heads_inner = (pl.union_keys + static_cast<double>(pl.extra)) * static_cast<double>(p.dim_qk + p.dim_v) *
-                       sizeof(float) * static_cast<double>(p.heads_kv) <=
-                   0.5 * static_cast<double>(l2_cache_bytes());
+  // Heads innermost when a tile's window union over all KV heads fits (kernel/config.hpp).
+  pa.heads_inner = heads_inner_fits(pl.union_keys + static_cast<double>(pl.extra), p);
   pa.k = TensorView<const float>::bhsd(buf.k, p.batch, nk, p.heads_kv, p.dim_qk);
   pa.v = TensorView<const float>::bhsd(buf.v, p.batch, nk, p.heads_kv, p.dim_v);
   return pa;
