@@ -53,8 +53,10 @@ inline void opaque(B& x) {
 }
 
 // `iters` rounds of kAcc independent FMA chains, all in registers. The chains are independent
-// so the core can overlap them: 2 FMA ports x 4 cycles latency needs >= 8 in flight; 16 leaves
-// slack for the loop overhead and fits in the 32 zmm registers with a and b.
+// so the core can overlap them: 2 FMA ports x 4 cycles latency needs >= 8 in flight. The
+// chains, a and b must all fit in the vector registers: 16 + 2 of 32 zmm with AVX-512, 12 + 2
+// of 16 ymm with AVX2 (16 chains there spill to the stack and measure a third of the peak:
+// 33.5 instead of 103 GFLOP/s on a Zen 3).
 template <class B, std::size_t... I>
 float fma_chains(std::int64_t iters, float a0, float b0, std::index_sequence<I...>) {
   const B a(a0), b(b0);
@@ -75,7 +77,8 @@ float fma_chains(std::int64_t iters, float a0, float b0, std::index_sequence<I..
 // runs undisturbed even when the machine is shared, so the best one is robust to preemption.
 inline FmaPeak measure_fma_peak(double seconds = 0.2) {
   using B = xsimd::batch<float>;
-  constexpr std::size_t kAcc = 16;
+  // 32 vector registers come with 16-lane floats (AVX-512), 16 otherwise (AVX2, SSE).
+  constexpr std::size_t kAcc = B::size >= 16 ? 16 : 12;
   // volatile: the compiler must not know a and b (nor prove the chains constant).
   volatile float va = 0.9999999f, vb = 1e-7f;
   volatile float sink = 0;
