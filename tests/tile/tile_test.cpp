@@ -84,7 +84,7 @@ TEST(TileGemm, TransposeSumPutsTheSumOfVectorIIntoLaneI) {
 TEST(TileGemm, MmaKqtMatchesScalarLoops) {
   Buf b1, b2;
   for (index_t d : {1, 7, 16, 17, 33, 128})
-    for (index_t nk : {1, 2, 5, 6, 7, 12, 13, 64})
+    for (index_t nk : {1, 2, 3, 4, 5, 6, 7, 12, 13, 64})
       for (int vecs = 1; vecs <= tile::kQVecs; ++vecs) {
         const index_t ld_k = d + 3;  // rows not contiguous with each other
         const auto k = test::random_vector(static_cast<std::size_t>(nk * ld_k), 11 + d + nk, -1, 1);
@@ -112,7 +112,7 @@ TEST(TileGemm, MmaKqtMatchesScalarLoops) {
 // counts and value widths that cross the tiles.
 TEST(TileGemm, MmaPvMatchesScalarLoopsInBothOrientations) {
   Buf bo, bp;
-  for (index_t nq : {1, 2, 5, 6, 7, 13, 64})
+  for (index_t nq : {1, 2, 3, 4, 5, 6, 7, 13, 64})
     for (index_t nk : {1, 3, 16, 64})
       for (index_t dv_vecs : {1, 2, 3, 4, 5, 9})
         for (int variant = 0; variant < 4; ++variant) {

@@ -12,8 +12,8 @@
 // Both are the classic broadcast-FMA GEMM micro-kernel. Register budget on AVX-512
 // (32 zmm): 6 rows x 4 vectors = 24 accumulators + 4 operand vectors + 1 broadcast = 29.
 // Zen 4 retires one 512-bit FMA per cycle with latency 4, so 24 independent chains keep the
-// FMA pipes busy with room to spare; with 16 registers (AVX2/SSE) 2 x 4 = 8 accumulators +
-// 4 + 1 fit without spills.
+// FMA pipes busy with room to spare; with 16 registers (AVX2/SSE) 6 x 2 = 12 accumulators +
+// 2 + 1 fit without spills.
 
 #include <algorithm>
 #include <cassert>
@@ -28,11 +28,16 @@ namespace sinkattn::tile {
 // Query lanes of one tile = kQVecs vectors (64 rows on AVX-512).
 inline constexpr int kQVecs = 4;
 inline constexpr index_t kQRows = kQVecs * kWidth;
-// Register tile heights of the two micro-kernels (rows of K resp. query rows of O).
-inline constexpr int kRowsQK = kRegisters >= 32 ? 6 : 2;
-inline constexpr int kRowsPV = kRegisters >= 32 ? 6 : 2;
-// Register tile width of O += P.V, in vectors of the value dimension.
-inline constexpr int kColsPV = 4;
+// Register tiles of the two micro-kernels: rows (of K resp. query rows of O) x vectors (of
+// query lanes resp. of the value dimension). With 32 registers 6 x 4; with 16, 6 x 2 = 12
+// accumulators + 2 operand vectors + 1 broadcast = 15 registers. (2 x 4 has the same load
+// count per FMA but only 8 accumulators: exactly the 2 ports x 4 cycles of latency of a Zen 3,
+// no slack: 6 x 2 takes 0.82x the time of 2 x 4 for dense attention there, 4 x 3 for P.V
+// 0.95x, 8 x 2 for S^T spills; bench/RESULTS.md, run H.)
+inline constexpr int kRowsQK = 6;
+inline constexpr int kColsQK = kRegisters >= 32 ? kQVecs : 2;
+inline constexpr int kRowsPV = 6;
+inline constexpr int kColsPV = kRegisters >= 32 ? 4 : 2;
 
 // Asks for nrows rows of `bytes` bytes each (row r at p + r * ld floats) to be brought into
 // the cache ahead of use (prefetcht1).
@@ -90,6 +95,15 @@ inline void kqt_block(float* st, index_t ld_st, const float* k, index_t ld_k, co
   }
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < C; ++c) acc[r][c].store_aligned(st + r * ld_st + c * kWidth);
+}
+
+// The same for C vectors of lanes in register tiles of at most kColsQK vectors: the R rows of
+// K are read once per tile, from L1 after the first.
+template <int R, int C>
+inline void kqt_tile(float* st, index_t ld_st, const float* k, index_t ld_k, const float* qt, index_t d) {
+  constexpr int C0 = C < kColsQK ? C : kColsQK;
+  kqt_block<R, C0>(st, ld_st, k, ld_k, qt, d);
+  if constexpr (C > C0) kqt_tile<R, C - C0>(st + C0 * kWidth, ld_st, k, ld_k, qt + C0 * kWidth, d);
 }
 
 // o[R rows][C vectors] = o * f[r] (f = row_scale, or 1 when null)
@@ -151,12 +165,12 @@ inline void mma_kqt(float* st, index_t ld_st, const float* k, index_t ld_k, inde
     index_t j = 0;
     for (; j + kRowsQK <= nk; j += kRowsQK) {
       prefetch_share(j / kRowsQK);
-      detail::kqt_block<kRowsQK, C>(st + j * ld_st, ld_st, k + j * ld_k, ld_k, qt, d);
+      detail::kqt_tile<kRowsQK, C>(st + j * ld_st, ld_st, k + j * ld_k, ld_k, qt, d);
     }
     if (j < nk) {
       prefetch_share(j / kRowsQK);
       detail::dispatch_upto<kRowsQK - 1>(static_cast<int>(nk - j), [&](auto rr) {
-        detail::kqt_block<decltype(rr)::value, C>(st + j * ld_st, ld_st, k + j * ld_k, ld_k, qt, d);
+        detail::kqt_tile<decltype(rr)::value, C>(st + j * ld_st, ld_st, k + j * ld_k, ld_k, qt, d);
       });
     }
   });
