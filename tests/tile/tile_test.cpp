@@ -180,11 +180,13 @@ TEST(TileOps, PackingZeroesThePaddingAndHonoursStrides) {
 
 TEST(TileOps, PackTransposedContiguousRowsAllTails) {
   // Contiguous head dims take the in-register 16x16 transpose (AVX-512) for whole blocks and
-  // the scalar loop for the row and column tails: every split against the definition.
+  // the scalar loop for the row and column tails: every split against the definition, up to
+  // a full tile of kQRows rows (32 with AVX2).
   Buf bt;
   float* qt = bt.get(80 * kQRows);
-  for (index_t rows : {1, 15, 16, 17, 40, 64})
-    for (index_t cols : {3, 16, 19, 48, 72}) {
+  for (index_t rows : {1, 7, 8, 9, 15, 16, 17, 31, 32, 40, 64})
+    for (index_t cols : {3, 8, 11, 16, 19, 48, 72}) {
+      if (rows > kQRows) continue;
       const index_t ld_src = 4 * cols + 5;  // token-major rows of several heads
       const auto src = test::random_vector(static_cast<std::size_t>(rows * ld_src), 11, -1, 1);
       std::fill(qt, qt + cols * kQRows, kInf);
