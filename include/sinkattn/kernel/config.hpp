@@ -1,8 +1,8 @@
 #pragma once
 // Tile sizes of the fused loop, and why.
 //
-//   query tile  BQ  = tile::kQRows = 4 vectors of lanes (64 rows with AVX-512): the width
-//                     of the S^T register tile; Q^T (Dqk x 64 floats = 32 KiB at D = 128) is
+//   query tile  BQ  = tile::kQRows = 64 rows (4 AVX-512 or 8 AVX2 vectors of lanes): the width
+//                     of S^T; Q^T (Dqk x 64 floats = 32 KiB at D = 128) is
 //                     packed once per tile and re-read from L1/L2 for every key block.
 //   key block   BKV = 64 keys: S^T (64 x 64 floats = 16 KiB) stays in L1 between the three
 //                     passes over it (score, max, exp); the V block (64 x Dv) streams from

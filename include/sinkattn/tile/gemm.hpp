@@ -25,8 +25,11 @@
 
 namespace sinkattn::tile {
 
-// Query lanes of one tile = kQVecs vectors (64 rows on AVX-512).
-inline constexpr int kQVecs = 4;
+// Query lanes of one tile = kQVecs vectors: 64 rows on AVX-512 and on AVX2. Every query tile
+// streams the K and V rows it sees once, so the tile's height sets the K/V traffic per FLOP:
+// with 4 AVX2 vectors (32 rows) dense attention over 8192 keys at D128 took 1.25x the time
+// of 8 vectors on a Zen 3 (K and V of a head, 8 MiB, stream from L3 per tile).
+inline constexpr int kQVecs = kRegisters >= 32 ? 4 : 8;
 inline constexpr index_t kQRows = kQVecs * kWidth;
 // Register tiles of the two micro-kernels: rows (of K resp. query rows of O) x vectors (of
 // query lanes resp. of the value dimension). With 32 registers 6 x 4; with 16, 6 x 2 = 12
@@ -97,15 +100,6 @@ inline void kqt_block(float* st, index_t ld_st, const float* k, index_t ld_k, co
     for (int c = 0; c < C; ++c) acc[r][c].store_aligned(st + r * ld_st + c * kWidth);
 }
 
-// The same for C vectors of lanes in register tiles of at most kColsQK vectors: the R rows of
-// K are read once per tile, from L1 after the first.
-template <int R, int C>
-inline void kqt_tile(float* st, index_t ld_st, const float* k, index_t ld_k, const float* qt, index_t d) {
-  constexpr int C0 = C < kColsQK ? C : kColsQK;
-  kqt_block<R, C0>(st, ld_st, k, ld_k, qt, d);
-  if constexpr (C > C0) kqt_tile<R, C - C0>(st + C0 * kWidth, ld_st, k, ld_k, qt + C0 * kWidth, d);
-}
-
 // o[R rows][C vectors] = o * f[r] (f = row_scale, or 1 when null)
 //                        + sum_j P(r, j) * v[j][C vectors],   P(r, j) = p[j * pj + r * pr]
 template <int R, int C>
@@ -160,20 +154,30 @@ inline void mma_kqt(float* st, index_t ld_st, const float* k, index_t ld_k, inde
       }
     }
   };
-  detail::dispatch_upto<kQVecs>(vecs, [&](auto cc) {
-    constexpr int C = decltype(cc)::value;
-    index_t j = 0;
-    for (; j + kRowsQK <= nk; j += kRowsQK) {
-      prefetch_share(j / kRowsQK);
-      detail::kqt_tile<kRowsQK, C>(st + j * ld_st, ld_st, k + j * ld_k, ld_k, qt, d);
-    }
-    if (j < nk) {
-      prefetch_share(j / kRowsQK);
-      detail::dispatch_upto<kRowsQK - 1>(static_cast<int>(nk - j), [&](auto rr) {
-        detail::kqt_tile<decltype(rr)::value, C>(st + j * ld_st, ld_st, k + j * ld_k, ld_k, qt, d);
+  // One row group of R rows of K, against the `vecs` vectors of lanes in register tiles of
+  // kColsQK vectors (all of them with 32 registers; pairs with 16, the K rows read from L1
+  // after the first pair). A run-time loop over the pairs keeps the instantiations few.
+  auto group = [&](index_t j, auto rr) {
+    constexpr int R = decltype(rr)::value;
+    float* s = st + j * ld_st;
+    const float* kj = k + j * ld_k;
+    int c = 0;
+    for (; c + kColsQK <= vecs; c += kColsQK)
+      detail::kqt_block<R, kColsQK>(s + c * kWidth, ld_st, kj, ld_k, qt + c * kWidth, d);
+    if (c < vecs)
+      detail::dispatch_upto<kColsQK - 1>(vecs - c, [&](auto cc) {
+        detail::kqt_block<R, decltype(cc)::value>(s + c * kWidth, ld_st, kj, ld_k, qt + c * kWidth, d);
       });
-    }
-  });
+  };
+  index_t j = 0;
+  for (; j + kRowsQK <= nk; j += kRowsQK) {
+    prefetch_share(j / kRowsQK);
+    group(j, std::integral_constant<int, kRowsQK>{});
+  }
+  if (j < nk) {
+    prefetch_share(j / kRowsQK);
+    detail::dispatch_upto<kRowsQK - 1>(static_cast<int>(nk - j), [&](auto rr) { group(j, rr); });
+  }
 }
 
 // O = diag(row_scale) O + P . V, P (nq x nk) addressed as P(r, j) = p[j * pj + r * pr]: the
