@@ -268,3 +268,6 @@ Status forward(const Problem& p, const TensorView<const float>& q, const TensorV
 }
 
 }  // namespace sinkattn
+
+// SINKATTN_EXTERN_KERNELS: the specialisations above are compiled elsewhere (kernel/instantiate.hpp).
+#include "sinkattn/kernel/instantiate.hpp"
