@@ -230,7 +230,7 @@ TEST(NeighborhoodTiledKernel, BothTaskOrdersAgreeWithTheReference) {
     detail::NaPlan plan;
     detail::na_build_plan(plan, m, detail::kBlockQ, detail::kBlockKV);
     const detail::KernelArgs a = detail::make_args(p, data.q, data.k, data.v, {}, opt);
-    const bool inner = detail::na_permuted_args(a, plan, {}).heads_inner;
+    const bool inner = detail::na_permuted_args(a, plan, nullptr).heads_inner;
     const bool fits = static_cast<std::size_t>(hkv) * 128 * 1024 * 2 <= detail::l2_cache_bytes();
     EXPECT_EQ(inner, fits) << "Hkv=" << hkv << ": union " << plan.union_keys << " keys";
     if (hkv == outer) {
@@ -238,6 +238,58 @@ TEST(NeighborhoodTiledKernel, BothTaskOrdersAgreeWithTheReference) {
     }
     EXPECT_TRUE(test::threads_agree(data, opt)) << "Hkv=" << hkv;
   }
+}
+
+// Blocked neighborhoods (each key serves about one query tile) read K and V at the caller's
+// rows (KernelArgs::kv_rows: K in place, V copied per block) instead of from gathered copies;
+// shared keys (stride 1) keep the gather, as do K/V whose head dim is not contiguous.
+TEST(NeighborhoodTiledKernel, BlockedNeighborhoodsReadKeysAtTheCallersRows) {
+  const auto in_place = [](const test::Data& d, const NeighborhoodMask& m) {
+    detail::NaPlan plan;
+    detail::na_build_plan(plan, m, detail::kBlockQ, detail::kBlockKV);
+    Options opt;
+    opt.mask = m;
+    return detail::na_keys_in_place(detail::make_args(d.p, d.q, d.k, d.v, {}, opt), plan);
+  };
+  const std::vector<std::pair<NeighborhoodMask, bool>> cases = {
+      {na(2, {24, 24, 1}, {8, 8, 1}, {1, 1, 1}, {8, 8, 1}), true},                        // one 8x8 tile per block
+      {na(3, {8, 12, 8}, {4, 4, 4}, {1, 1, 1}, {4, 4, 4}), true},                         // one 4x4x4 tile per block
+      {na(2, {32, 32, 1}, {16, 16, 1}, {1, 1, 1}, {16, 16, 1}), false},                   // 4 tiles share a block
+      {na(2, {20, 23, 1}, {5, 4, 1}), false},                                             // stride 1
+      {na(2, {24, 16, 1}, {8, 8, 1}, {1, 1, 1}, {8, 8, 1}, {true, false, false}), true},  // causal in x
+  };
+  for (const auto& [m, expect] : cases) {
+    SCOPED_TRACE(describe(m));
+    const index_t n = tokens(m);
+    for (const Layout layout : {Layout::BSHD, Layout::BHSD}) {
+      // GQA with odd head dims (a padded V panel), then MQA with a Dv of whole vectors.
+      for (const Problem p : {Problem{2, 4, 2, n, n, 72, 40}, Problem{1, 3, 1, n, n, 16, 64}}) {
+        const auto data = test::make_data(p, layout, static_cast<std::uint64_t>(n + p.dim_v));
+        Options opt;
+        opt.mask = m;
+        ASSERT_TRUE(tiled(data, opt));
+        EXPECT_EQ(in_place(data, m), expect) << to_string(layout);
+        EXPECT_TRUE(run_and_compare(data, opt)) << to_string(layout) << " Dqk " << p.dim_qk;
+      }
+    }
+  }
+  // K and V with every other float of the head dim: gathered (the kernels read rows of unit stride).
+  const auto m = cases[0].first;
+  const index_t n = tokens(m);
+  auto data = test::make_data(Problem{1, 2, 2, n, n, 24, 24}, Layout::BSHD, 41);
+  ASSERT_TRUE(in_place(data, m));
+  std::vector<float> k2(data.kbuf.size() * 2), v2(data.vbuf.size() * 2);
+  for (std::size_t x = 0; x < data.kbuf.size(); ++x) k2[2 * x] = data.kbuf[x], v2[2 * x] = data.vbuf[x];
+  const auto strided = [](const std::vector<float>& buf, const TensorView<const float>& like) {
+    return TensorView<const float>(buf.data(), like.shape,
+                                   {2 * like.stride[0], 2 * like.stride[1], 2 * like.stride[2], 2});
+  };
+  data.k = strided(k2, data.k);
+  data.v = strided(v2, data.v);
+  EXPECT_FALSE(in_place(data, m));
+  Options opt;
+  opt.mask = m;
+  EXPECT_TRUE(run_and_compare(data, opt)) << "strided head dim";
 }
 
 TEST(NeighborhoodTiledKernel, DecodeShapesKeepTheFlatPath) {

@@ -75,6 +75,10 @@ struct KernelArgs {
   // row of O and LSE; slots < 0 are padding (zero queries, nothing written). Null: slot i = row
   // i. Read by the prefill loop only (run() never sends a call with a slot map to decode).
   const index_t* q_rows = nullptr;
+  // Key rows in a permuted order (the same neighborhood calls, when each key serves about one
+  // query tile): key slot j reads row kv_rows[j] of K and of V, K in place, V copied into the
+  // packed panel. Null: slot j = row j.
+  const index_t* kv_rows = nullptr;
   // Task order with the heads innermost, (b, query block, h): set for slot-mapped calls whose
   // K/V blocks of one query tile, over all KV heads, fit in L2 (kernel/permute.hpp).
   bool heads_inner = false;

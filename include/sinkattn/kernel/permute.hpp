@@ -4,7 +4,9 @@
 //
 //   1. gather   K, V -> Kp, Vp [B, Hkv, E + N, D]: the E extra keys as they are, then the grid
 //               keys in the plan's key order (pencils or boxes); head-major, so the fused loop
-//               reads K and V rows in place (contiguous, no V packing);
+//               reads K and V rows in place (contiguous, no V packing). Skipped when each key
+//               serves about one query tile (blocked neighborhoods, na_keys_in_place): the
+//               loop then reads the caller's rows through KernelArgs::kv_rows;
 //   2. run      the fused kernel, unchanged (dispatch_norm -> run<V>), with
 //               policy::NeighborhoodTiledMaskPolicy over the permuted indices; the queries are
 //               not copied: KernelArgs::q_rows maps each query slot (boxes of kBlockQ tokens,
@@ -135,9 +137,24 @@ inline void na_gather_inputs(const KernelArgs& a, const NaPlan& pl, const NaBuff
   });
 }
 
+// Whether the kernel reads K and V at the caller's rows (KernelArgs::kv_rows: K in place, V
+// copied into its packed panel per block, as for token-major V anyway) instead of gathering
+// them first: when each key serves about one query tile (blocked neighborhoods, stride ==
+// kernel), the gather copies every row once and the kernel reads the copy once more, where
+// the per-block copy goes straight into L1 (0.91x the time for 8x8 blocks on 64x64,
+// bench/RESULTS.md). Keys that several tiles share (stride 1: each key in ~6 tiles' unions
+// in 2-D) are gathered: one copy, then contiguous rows that the hardware prefetchers stream
+// (reading them in place took 1.05x the time). Rows must have a unit stride.
+inline bool na_keys_in_place(const KernelArgs& a, const NaPlan& pl) {
+  if (a.k.stride[3] != 1 || a.v.stride[3] != 1 || pl.k.size() == 0) return false;
+  const double tiles = static_cast<double>(pl.q.size() / kBlockQ);
+  return pl.union_keys * tiles <= 1.5 * static_cast<double>(pl.k.size());
+}
+
 // The arguments of the permuted problem: Sq = Nq query slots (padded) mapped to the caller's
-// rows by q_rows (Q, O, LSE and the gate stay the caller's views), Skv = E + N permuted keys.
-inline KernelArgs na_permuted_args(const KernelArgs& a, const NaPlan& pl, const NaBuffers& buf) {
+// rows by q_rows (Q, O, LSE and the gate stay the caller's views), Skv = E + N key slots, read
+// from the gathered copies in `buf`, or (buf null) at the caller's rows through kv_rows.
+inline KernelArgs na_permuted_args(const KernelArgs& a, const NaPlan& pl, const NaBuffers* buf) {
   const Problem& p = a.p;
   const index_t nq = pl.q.size(), nk = pl.extra + pl.k.size();
   KernelArgs pa = a;
@@ -146,8 +163,12 @@ inline KernelArgs na_permuted_args(const KernelArgs& a, const NaPlan& pl, const 
   pa.q_rows = pl.q.token.data();
   // Heads innermost when a tile's window union over all KV heads fits (kernel/config.hpp).
   pa.heads_inner = heads_inner_fits(pl.union_keys + static_cast<double>(pl.extra), p);
-  pa.k = TensorView<const float>::bhsd(buf.k, p.batch, nk, p.heads_kv, p.dim_qk);
-  pa.v = TensorView<const float>::bhsd(buf.v, p.batch, nk, p.heads_kv, p.dim_v);
+  if (buf == nullptr) {
+    pa.kv_rows = pl.k_rows.data();
+  } else {
+    pa.k = TensorView<const float>::bhsd(buf->k, p.batch, nk, p.heads_kv, p.dim_qk);
+    pa.v = TensorView<const float>::bhsd(buf->v, p.batch, nk, p.heads_kv, p.dim_v);
+  }
   return pa;
 }
 
@@ -158,10 +179,11 @@ Status forward_neighborhood_tiled(const KernelArgs& a, const NeighborhoodMask& m
                                   Dispatch&& dispatch) {
   NaPlan plan;
   na_build_plan(plan, m, kBlockQ, kBlockKV);
+  if (na_keys_in_place(a, plan))
+    return dispatch(na_permuted_args(a, plan, nullptr), policy::NeighborhoodTiledMaskPolicy{&plan});
   const NaBuffers buf = na_buffers(a, plan, permute_workspace());
   na_gather_inputs(a, plan, buf, ex);
-  const KernelArgs pa = na_permuted_args(a, plan, buf);
-  return dispatch(pa, policy::NeighborhoodTiledMaskPolicy{&plan});
+  return dispatch(na_permuted_args(a, plan, &buf), policy::NeighborhoodTiledMaskPolicy{&plan});
 }
 
 }  // namespace sinkattn::detail

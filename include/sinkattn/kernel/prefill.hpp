@@ -112,7 +112,8 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
   }
   tile::zero(acc, dv_pad, nq, dv_pad);
 
-  // K is read in place when its head dim is contiguous (its rows are only broadcast from).
+  // K is read in place when its head dim is contiguous (its rows are only broadcast from),
+  // through a pointer per row when a key slot map permutes them (KernelArgs::kv_rows).
   // V is read in place only when its rows are contiguous and a whole number of vectors:
   // with token-major layouts (BSHD) consecutive V rows are Hkv * Dv floats apart, often a
   // multiple of 4 KiB, so the rows of a V panel would all fall into the same L1 sets; the
@@ -138,7 +139,7 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
     const TensorView<const float>& Vw = *pc.v;
     const index_t nk = j1 - j0, r0 = j0 - pc.base;  // r0: the block's first row in its segment
     const bool k_inplace = K.stride[3] == 1 && !a.rope;
-    const bool v_inplace = Vw.stride[3] == 1 && Vw.stride[1] == p.dim_v && p.dim_v % tile::kWidth == 0;
+    const bool v_inplace = !a.kv_rows && Vw.stride[3] == 1 && Vw.stride[1] == p.dim_v && p.dim_v % tile::kWidth == 0;
     const bool v_copy = !v_inplace && Vw.stride[3] == 1;
     const float* kp = K.ptr(b, r0, g);
     index_t ld_k = K.stride[1];
@@ -155,26 +156,41 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
     // next block's K rows (when they follow in the same segment), when the rows are strided
     // (token-major: pages apart). Contiguous rows stream through the hardware prefetchers;
     // asking for them too cost 2-4% of a neighborhood call (bench/RESULTS.md). Contiguous V
-    // rows that only need packing (not a stride) are copied by the same stream.
-    tile::RowStream pf[2];
+    // rows that only need packing (not a stride) are copied by the same stream, and so are
+    // the rows of a key slot map (forward_neighborhood_tiled sends one only with unit-stride
+    // rows), through the map.
+    const index_t k_bytes = p.dim_qk * static_cast<index_t>(sizeof(float));
+    const index_t v_bytes = p.dim_v * static_cast<index_t>(sizeof(float));
+    tile::RowStream pf[tile::kMaxRowStreams];
     int npf = 0;
-    if (v_copy || Vw.stride[1] != p.dim_v) {
-      pf[npf] = {Vw.ptr(b, r0, g), Vw.stride[1], nk, p.dim_v * static_cast<index_t>(sizeof(float))};
+    if (a.kv_rows || v_copy || Vw.stride[1] != p.dim_v) {
+      tile::RowStream& s = pf[npf++];
+      s = {Vw.ptr(b, a.kv_rows ? 0 : r0, g), Vw.stride[1], nk, v_bytes};
       if (v_copy) {
-        pf[npf].copy_to = vpack;
-        pf[npf].copy_ld = dv_pad;
+        s.copy_to = vpack;
+        s.copy_ld = dv_pad;
       }
-      ++npf;
+      if (a.kv_rows) s.map = a.kv_rows + j0;
     }
     const index_t nn = std::min(kBlockKV, pc.end - j1);
-    if (nn > 0 && K.stride[1] != p.dim_qk)
-      pf[npf++] = {K.ptr(b, r0 + nk, g), K.stride[1], nn, p.dim_qk * static_cast<index_t>(sizeof(float))};
+    if (nn > 0 && a.kv_rows) {
+      pf[npf++] = {K.ptr(b, 0, g), K.stride[1], nn, k_bytes};
+      pf[npf - 1].map = a.kv_rows + j1;
+    } else if (nn > 0 && K.stride[1] != p.dim_qk) {
+      pf[npf++] = {K.ptr(b, r0 + nk, g), K.stride[1], nn, k_bytes};
+    }
     const float* q_blk = a.rope_two_queries() && j0 < a.rope_sink_keys ? qt_sink : qt;
     const int v0 = static_cast<int>(rows.lo / tile::kWidth);
     const int v1 = std::min(vecs, static_cast<int>((rows.hi + tile::kWidth - 1) / tile::kWidth));
     const index_t l0 = index_t{v0} * tile::kWidth;                      // the first lane computed
     const index_t nql = std::min(nq, index_t{v1} * tile::kWidth) - l0;  // and the lanes computed
-    tile::mma_kqt(st + l0, kBlockQ, kp, ld_k, nk, q_blk + l0, p.dim_qk, v1 - v0, pf, npf);
+    if (a.kv_rows) {
+      const float* krow[kBlockKV];
+      for (index_t r = 0; r < nk; ++r) krow[r] = K.ptr(b, a.kv_rows[j0 + r], g);
+      tile::mma_kqt_rows(st + l0, kBlockQ, tile::RowPointers{krow}, nk, q_blk + l0, p.dim_qk, v1 - v0, pf, npf);
+    } else {
+      tile::mma_kqt(st + l0, kBlockQ, kp, ld_k, nk, q_blk + l0, p.dim_qk, v1 - v0, pf, npf);
+    }
 
     const policy::ScoreTile t{st + l0, kBlockQ, nk, v1 - v0, b, h, i0 + l0, nql, j0, nk, 1, kBlockQ};
     V::Score::apply(a, t);

@@ -150,7 +150,8 @@ struct NaPlan {
   int rank = 1;
   std::array<NaAxis, 3> ax;
   GridOrder q, k;
-  index_t extra = 0;  // extra keys before the grid keys
+  std::vector<index_t> k_rows;  // key slot -> the caller's K/V row (extra keys first; keys have no padding)
+  index_t extra = 0;            // extra keys before the grid keys
   policy::NeighborhoodMaskPolicy base;
   // Per query slot its window bounds as floats, [lo0, hi0, lo1, hi1, lo2, hi2][slots]
   // (padding slots: the empty window [1, 0]): apply_tile's lane vectors, loaded directly.
@@ -391,6 +392,10 @@ inline void na_build_plan(NaPlan& pl, const NeighborhoodMask& m, index_t slots, 
   }
   pl.k.layout(ext, best_box, 0);
   pl.k.fill(pl.ax);
+  pl.k_rows.resize(static_cast<std::size_t>(pl.extra) + pl.k.token.size());
+  for (index_t j = 0; j < pl.extra; ++j) pl.k_rows[static_cast<std::size_t>(j)] = j;
+  for (std::size_t s = 0; s < pl.k.token.size(); ++s)
+    pl.k_rows[static_cast<std::size_t>(pl.extra) + s] = pl.extra + pl.k.token[s];
 }
 
 }  // namespace sinkattn::detail

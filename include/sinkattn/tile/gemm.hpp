@@ -64,6 +64,21 @@ struct RowStream {
   index_t ld = 0, rows = 0, bytes = 0;
   float* copy_to = nullptr;
   index_t copy_ld = 0;
+  const index_t* map = nullptr;  // row r at p + map[r] * ld instead (null: p + r * ld)
+};
+
+// The K rows of a block as mma_kqt reads them: evenly strided, or one pointer per row (keys
+// in a permuted order read in place).
+struct StridedRows {
+  const float* k;
+  index_t ld;
+  const float* operator[](index_t r) const { return k + r * ld; }
+  StridedRows from(index_t j) const { return {k + j * ld, ld}; }
+};
+struct RowPointers {
+  const float* const* p;
+  const float* operator[](index_t r) const { return p[r]; }
+  RowPointers from(index_t j) const { return {p + j}; }
 };
 
 namespace detail {
@@ -82,8 +97,10 @@ inline void dispatch_upto(int n, F&& f) {
 }
 
 // st[R][C vectors] = k[R rows] . qt   (qt: d rows of kQRows lanes, aligned)
-template <int R, int C>
-inline void kqt_block(float* st, index_t ld_st, const float* k, index_t ld_k, const float* qt, index_t d) {
+template <int R, int C, class Rows>
+inline void kqt_block(float* st, index_t ld_st, Rows k, const float* qt, index_t d) {
+  const float* kr[R];  // (strided rows: one base and index registers, as before)
+  for (int r = 0; r < R; ++r) kr[r] = k[r];
   vf acc[R][C];
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < C; ++c) acc[r][c] = vf(0.f);
@@ -92,7 +109,12 @@ inline void kqt_block(float* st, index_t ld_st, const float* k, index_t ld_k, co
     vf q[C];
     for (int c = 0; c < C; ++c) q[c] = vf::load_aligned(qrow + c * kWidth);
     for (int r = 0; r < R; ++r) {
-      const vf kb(k[r * ld_k + x]);
+      float ke;
+      if constexpr (std::is_same_v<Rows, StridedRows>)
+        ke = k.k[r * k.ld + x];
+      else
+        ke = kr[r][x];
+      const vf kb(ke);
       for (int c = 0; c < C; ++c) acc[r][c] = xsimd::fma(kb, q[c], acc[r][c]);
     }
   }
@@ -131,12 +153,14 @@ inline void pv_block(float* o, index_t ld_o, const float* row_scale, const float
 
 // S^T = K . Q^T for one (key block, query tile).
 //   st  (nk, kQRows)  aligned, leading dimension ld_st (a multiple of kWidth)
-//   k   (nk, d)       row j at k + j * ld_k, unit stride along d (read in place)
+//   k   (nk, d)       row j at k[j] (StridedRows: k + j * ld_k; RowPointers: one pointer per
+//                     row), unit stride along d (read in place)
 //   qt  (d, kQRows)   packed Q^T, aligned; only the first `vecs` vectors of lanes are used
 // vecs = ceil(query rows / kWidth) in [1, kQVecs]: a short query tile costs proportionally less.
 // pf[0 .. npf), npf <= kMaxRowStreams: rows to prefetch meanwhile, spread over the row groups.
-inline void mma_kqt(float* st, index_t ld_st, const float* k, index_t ld_k, index_t nk, const float* qt, index_t d,
-                    int vecs, const RowStream* pf = nullptr, int npf = 0) {
+template <class Rows>
+inline void mma_kqt_rows(float* st, index_t ld_st, Rows k, index_t nk, const float* qt, index_t d, int vecs,
+                         const RowStream* pf = nullptr, int npf = 0) {
   const index_t groups = (nk + kRowsQK - 1) / kRowsQK;
   index_t per[kMaxRowStreams] = {};  // rows of each stream per row group (divided once, not per group)
   assert(npf <= kMaxRowStreams);
@@ -146,7 +170,15 @@ inline void mma_kqt(float* st, index_t ld_st, const float* k, index_t ld_k, inde
       const index_t r0 = gi * per[s];
       if (r0 >= pf[s].rows) continue;
       const index_t n = std::min(per[s], pf[s].rows - r0);
-      if (pf[s].copy_to == nullptr) {
+      if (pf[s].map != nullptr) {  // rows in a permuted order
+        for (index_t r = r0; r < r0 + n; ++r) {
+          const float* row = pf[s].p + pf[s].map[r] * pf[s].ld;
+          if (pf[s].copy_to == nullptr)
+            prefetch_rows(row, 0, 1, pf[s].bytes);
+          else
+            std::memcpy(pf[s].copy_to + r * pf[s].copy_ld, row, static_cast<std::size_t>(pf[s].bytes));
+        }
+      } else if (pf[s].copy_to == nullptr) {
         prefetch_rows(pf[s].p + r0 * pf[s].ld, pf[s].ld, n, pf[s].bytes);
       } else {
         for (index_t r = r0; r < r0 + n; ++r)
@@ -160,13 +192,13 @@ inline void mma_kqt(float* st, index_t ld_st, const float* k, index_t ld_k, inde
   auto group = [&](index_t j, auto rr) {
     constexpr int R = decltype(rr)::value;
     float* s = st + j * ld_st;
-    const float* kj = k + j * ld_k;
+    const Rows kj = k.from(j);
     int c = 0;
     for (; c + kColsQK <= vecs; c += kColsQK)
-      detail::kqt_block<R, kColsQK>(s + c * kWidth, ld_st, kj, ld_k, qt + c * kWidth, d);
+      detail::kqt_block<R, kColsQK>(s + c * kWidth, ld_st, kj, qt + c * kWidth, d);
     if (c < vecs)
       detail::dispatch_upto<kColsQK - 1>(vecs - c, [&](auto cc) {
-        detail::kqt_block<R, decltype(cc)::value>(s + c * kWidth, ld_st, kj, ld_k, qt + c * kWidth, d);
+        detail::kqt_block<R, decltype(cc)::value>(s + c * kWidth, ld_st, kj, qt + c * kWidth, d);
       });
   };
   index_t j = 0;
@@ -178,6 +210,12 @@ inline void mma_kqt(float* st, index_t ld_st, const float* k, index_t ld_k, inde
     prefetch_share(j / kRowsQK);
     detail::dispatch_upto<kRowsQK - 1>(static_cast<int>(nk - j), [&](auto rr) { group(j, rr); });
   }
+}
+
+// The same over evenly strided K rows (row j at k + j * ld_k).
+inline void mma_kqt(float* st, index_t ld_st, const float* k, index_t ld_k, index_t nk, const float* qt, index_t d,
+                    int vecs, const RowStream* pf = nullptr, int npf = 0) {
+  mma_kqt_rows(st, ld_st, StridedRows{k, ld_k}, nk, qt, d, vecs, pf, npf);
 }
 
 // O = diag(row_scale) O + P . V, P (nq x nk) addressed as P(r, j) = p[j * pj + r * pr]: the
