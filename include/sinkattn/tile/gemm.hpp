@@ -72,12 +72,12 @@ struct RowStream {
 struct StridedRows {
   const float* k;
   index_t ld;
-  const float* operator[](index_t r) const { return k + r * ld; }
+  float at(index_t r, index_t x) const { return k[r * ld + x]; }
   StridedRows from(index_t j) const { return {k + j * ld, ld}; }
 };
 struct RowPointers {
   const float* const* p;
-  const float* operator[](index_t r) const { return p[r]; }
+  float at(index_t r, index_t x) const { return p[r][x]; }
   RowPointers from(index_t j) const { return {p + j}; }
 };
 
@@ -99,8 +99,6 @@ inline void dispatch_upto(int n, F&& f) {
 // st[R][C vectors] = k[R rows] . qt   (qt: d rows of kQRows lanes, aligned)
 template <int R, int C, class Rows>
 inline void kqt_block(float* st, index_t ld_st, Rows k, const float* qt, index_t d) {
-  const float* kr[R];  // (strided rows: one base and index registers, as before)
-  for (int r = 0; r < R; ++r) kr[r] = k[r];
   vf acc[R][C];
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < C; ++c) acc[r][c] = vf(0.f);
@@ -109,12 +107,7 @@ inline void kqt_block(float* st, index_t ld_st, Rows k, const float* qt, index_t
     vf q[C];
     for (int c = 0; c < C; ++c) q[c] = vf::load_aligned(qrow + c * kWidth);
     for (int r = 0; r < R; ++r) {
-      float ke;
-      if constexpr (std::is_same_v<Rows, StridedRows>)
-        ke = k.k[r * k.ld + x];
-      else
-        ke = kr[r][x];
-      const vf kb(ke);
+      const vf kb(k.at(r, x));
       for (int c = 0; c < C; ++c) acc[r][c] = xsimd::fma(kb, q[c], acc[r][c]);
     }
   }
