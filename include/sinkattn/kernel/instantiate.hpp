@@ -21,7 +21,9 @@
 
 #include "sinkattn/kernel/forward.hpp"
 
-// The mask policies forward() dispatches to (detail::dispatch_mask): X(policy type).
+// The mask policies forward() dispatches to (detail::dispatch_mask): X(policy type). Our
+// build generates one file per entry from SINKATTN_KERNEL_MASKS in CMakeLists.txt: keep the
+// two lists equal (a mask added to dispatch_mask but not here is still compiled, per file).
 #define SINKATTN_FOR_EACH_KERNEL_MASK(X)         \
   X(::sinkattn::policy::FullMaskPolicy)          \
   X(::sinkattn::policy::CausalMaskPolicy)        \
