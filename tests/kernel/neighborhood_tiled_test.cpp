@@ -292,6 +292,38 @@ TEST(NeighborhoodTiledKernel, BlockedNeighborhoodsReadKeysAtTheCallersRows) {
   EXPECT_TRUE(run_and_compare(data, opt)) << "strided head dim";
 }
 
+// The plan is kept per thread for the next call with the same mask (na_plan_for): masks that
+// differ in one field only, alternated on one thread, each get their own plan and stay exact.
+TEST(NeighborhoodTiledKernel, PlansAreReusedOnlyForTheSameMask) {
+  const auto base = na(2, {14, 12, 1}, {5, 3, 1});
+  // base, then each variant after base: consecutive masks differ in one field.
+  std::vector<NeighborhoodMask> masks(10, base);
+  masks[1].kernel = {3, 5, 1};
+  masks[3].dilation = {2, 1, 1};
+  masks[5].stride = {1, 3, 1};
+  masks[7].causal = {false, true, false};
+  masks[9].extra_keys = 3;
+  const detail::NaPlan* first = &detail::na_plan_for(base);
+  EXPECT_EQ(&detail::na_plan_for(base), first);
+  for (int round = 0; round < 2; ++round)
+    for (const auto& m : masks) {
+      SCOPED_TRACE(describe(m) + " extra " + std::to_string(m.extra_keys));
+      const index_t n = tokens(m);
+      const auto data = test::make_data(Problem{1, 2, 1, n, n + m.extra_keys, 16, 16}, Layout::BSHD, 11);
+      Options opt;
+      opt.mask = m;
+      ASSERT_TRUE(tiled(data, opt));
+      EXPECT_TRUE(run_and_compare(data, opt));
+      // The cached plan is the one a fresh build gives.
+      detail::NaPlan fresh;
+      detail::na_build_plan(fresh, m, detail::kBlockQ, detail::kBlockKV);
+      const detail::NaPlan& cached = detail::na_plan_for(m);
+      EXPECT_EQ(cached.q.token, fresh.q.token);
+      EXPECT_EQ(cached.k_rows, fresh.k_rows);
+      EXPECT_EQ(cached.qwin, fresh.qwin);
+    }
+}
+
 TEST(NeighborhoodTiledKernel, DecodeShapesKeepTheFlatPath) {
   // A 2x2 grid, one query head per KV head: 4 rows <= the decode threshold.
   const auto m = na(2, {2, 2, 1}, {2, 2, 1});

@@ -172,13 +172,37 @@ inline KernelArgs na_permuted_args(const KernelArgs& a, const NaPlan& pl, const 
   return pa;
 }
 
+// The plan of mask m, built once per thread for a run of calls with the same mask: a model
+// applies one neighborhood mask in every layer, and the plan (token orders, window tables,
+// the search for the key order) depends on the mask alone. It costs about 1-2% of a 2-D
+// 13x13 call at S 4096, H 4 (bench/RESULTS.md). The last plan stays allocated, like the
+// gather's workspace: O(tokens) ints and floats.
+inline const NaPlan& na_plan_for(const NeighborhoodMask& m) {
+  struct Cached {
+    bool valid = false;
+    NeighborhoodMask m;
+    NaPlan plan;
+  };
+  thread_local Cached c;
+  const bool same = c.valid && c.m.rank == m.rank && c.m.extent == m.extent && c.m.kernel == m.kernel &&
+                    c.m.dilation == m.dilation && c.m.stride == m.stride && c.m.causal == m.causal &&
+                    c.m.extra_keys == m.extra_keys;
+  if (!same) {
+    c.valid = false;
+    c.plan = NaPlan{};
+    na_build_plan(c.plan, m, kBlockQ, kBlockKV);
+    c.m = m;
+    c.valid = true;
+  }
+  return c.plan;
+}
+
 // The whole permuted call. `dispatch(args, mask)` runs the fused kernel (forward.hpp passes
 // dispatch_norm bound to the call's options and executor).
 template <class Dispatch>
 Status forward_neighborhood_tiled(const KernelArgs& a, const NeighborhoodMask& m, const Executor& ex,
                                   Dispatch&& dispatch) {
-  NaPlan plan;
-  na_build_plan(plan, m, kBlockQ, kBlockKV);
+  const NaPlan& plan = na_plan_for(m);
   if (na_keys_in_place(a, plan))
     return dispatch(na_permuted_args(a, plan, nullptr), policy::NeighborhoodTiledMaskPolicy{&plan});
   const NaBuffers buf = na_buffers(a, plan, permute_workspace());
