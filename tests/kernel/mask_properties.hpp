@@ -72,7 +72,7 @@ inline void check_mask(const Mask& m, const MaskSpec& spec, index_t sq, index_t 
         ASSERT_TRUE(all) << "a Full block with an invisible pair at j0=" << j0;
       }
       std::vector<float> st(static_cast<std::size_t>((j1 - j0) * bq), 1.f);
-      const policy::ScoreTile t{st.data(), bq, j1 - j0, 1, 0, 0, i0, i1 - i0, j0, j1 - j0, 1, bq};
+      const policy::ScoreTile t{st.data(), bq, j1 - j0, 1, 0, 0, i0, i1 - i0, j0, j1 - j0, 1, bq, nullptr};
       policy::apply_mask(m, t);
       for (index_t r = 0; r < j1 - j0; ++r)
         for (index_t l = 0; l < i1 - i0; ++l)

@@ -89,6 +89,65 @@ TEST(NeighborhoodTiledPolicy, PropertiesOverAllPairs) {
   }
 }
 
+// The key lists (na_build_lists) over all pairs: per query tile, each lane computes every key
+// its query sees exactly once (the blocks whose rows hold the lane), no key twice, and the
+// blocks called Full hold only visible pairs; padding lanes see nothing. With tiles and lanes
+// of the kernels' sizes and of others (16 slots, 4 or 8 lanes).
+void check_lists(const NeighborhoodMask& m, index_t bq, index_t bkv, index_t group) {
+  SCOPED_TRACE(describe(m) + " extra " + std::to_string(m.extra_keys) + " bq=" + std::to_string(bq) +
+               " bkv=" + std::to_string(bkv) + " group=" + std::to_string(group));
+  detail::NaPlan plan;
+  detail::na_build_plan(plan, m, bq, bkv);
+  detail::na_build_lists(plan, bq, bkv, group);
+  const policy::NeighborhoodTiledMaskPolicy pol{&plan};
+  const index_t nk = plan.extra + plan.k.size();
+  ASSERT_EQ(plan.list_tile, bq);
+  ASSERT_EQ(static_cast<index_t>(plan.list_first.size()), plan.q.size() / bq + 1);
+  std::vector<int> count(static_cast<std::size_t>(bq * nk));
+  for (index_t i0 = 0; i0 < plan.q.size(); i0 += bq) {
+    ASSERT_TRUE(pol.has_lists(i0, bq));
+    std::fill(count.begin(), count.end(), 0);
+    pol.for_each_block_list(i0, [&](const index_t* keys, index_t n, policy::BlockKind kind, policy::RowSpan rows) {
+      ASSERT_GT(n, 0);
+      ASSERT_LE(n, bkv);
+      ASSERT_TRUE(kind == policy::BlockKind::full || kind == policy::BlockKind::partial);
+      ASSERT_TRUE(0 <= rows.lo && rows.lo < rows.hi && rows.hi <= bq);
+      ASSERT_EQ(rows.lo % group, 0);
+      for (index_t r = 0; r < n; ++r) {
+        ASSERT_TRUE(0 <= keys[r] && keys[r] < nk);
+        for (index_t l = rows.lo; l < rows.hi; ++l) {
+          ++count[static_cast<std::size_t>(l * nk + keys[r])];
+          if (kind == policy::BlockKind::full) {
+            ASSERT_TRUE(pol.visible(i0 + l, keys[r])) << "full block, slot " << i0 + l << " key " << keys[r];
+          }
+        }
+      }
+    });
+    for (index_t l = 0; l < bq; ++l)
+      for (index_t j = 0; j < nk; ++j) {
+        const int c = count[static_cast<std::size_t>(l * nk + j)];
+        ASSERT_LE(c, 1) << "slot " << i0 + l << " computes key " << j << " twice";
+        if (pol.visible(i0 + l, j)) {
+          ASSERT_EQ(c, 1) << "slot " << i0 + l << " misses key " << j;
+        }
+      }
+  }
+}
+
+TEST(NeighborhoodTiledPolicy, KeyListsCoverEveryVisiblePairOnce) {
+  std::vector<NeighborhoodMask> masks = kCases;
+  masks.push_back(na(2, {64, 64, 1}, {13, 13, 1}));
+  masks.push_back(na(3, {16, 16, 16}, {7, 7, 7}));
+  NeighborhoodMask extra = na(2, {20, 23, 1}, {5, 4, 1});
+  extra.extra_keys = 70;  // more than one block of extra keys
+  masks.push_back(extra);
+  for (const auto& m : masks) {
+    check_lists(m, detail::kBlockQ, detail::kBlockKV, tile::kWidth);
+    check_lists(m, 16, 24, 4);
+    check_lists(m, 64, 64, 8);
+  }
+}
+
 TEST(NeighborhoodTiledPolicy, QueryBoxesAreCubesAndSkipMaskedKeys) {
   // 64 slots: 8x8 in 2-D, 4x4x4 in 3-D (equal kernels), and a 13x13 kernel on a 64x64 grid
   // visits far fewer keys per query tile than the flat 64-row tiles would.
@@ -316,11 +375,12 @@ TEST(NeighborhoodTiledKernel, PlansAreReusedOnlyForTheSameMask) {
       EXPECT_TRUE(run_and_compare(data, opt));
       // The cached plan is the one a fresh build gives.
       detail::NaPlan fresh;
-      detail::na_build_plan(fresh, m, detail::kBlockQ, detail::kBlockKV);
+      detail::na_build_call_plan(fresh, m);
       const detail::NaPlan& cached = detail::na_plan_for(m);
       EXPECT_EQ(cached.q.token, fresh.q.token);
       EXPECT_EQ(cached.k_rows, fresh.k_rows);
       EXPECT_EQ(cached.qwin, fresh.qwin);
+      EXPECT_EQ(cached.list_keys, fresh.list_keys);
     }
 }
 

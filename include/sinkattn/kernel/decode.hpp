@@ -164,7 +164,7 @@ void decode_task(const KernelArgs& a, const typename V::Mask& mask, index_t b, i
       }
 
       for (index_t hh = 0; hh < G; ++hh) {
-        const policy::ScoreTile t{s + hh * Sq * ld_s, ld_s, Sq, nvec, b, g * G + hh, 0, Sq, j0, nk, ld_s, 1};
+        const policy::ScoreTile t{s + hh * Sq * ld_s, ld_s, Sq, nvec, b, g * G + hh, 0, Sq, j0, nk, ld_s, 1, nullptr};
         V::Score::apply(a, t);
         if (kind == policy::BlockKind::partial) policy::apply_mask(mask, t);
       }

@@ -172,6 +172,13 @@ inline KernelArgs na_permuted_args(const KernelArgs& a, const NaPlan& pl, const 
   return pa;
 }
 
+// The plan a call runs: tiles of kBlockQ query slots, blocks of <= kBlockKV keys, also as lists
+// computed per vector of lanes (policy/mask_neighborhood_tiled.hpp, na_build_lists).
+inline void na_build_call_plan(NaPlan& pl, const NeighborhoodMask& m) {
+  na_build_plan(pl, m, kBlockQ, kBlockKV);
+  na_build_lists(pl, kBlockQ, kBlockKV, tile::kWidth);
+}
+
 // The plan of mask m, built once per thread for a run of calls with the same mask: a model
 // applies one neighborhood mask in every layer, and the plan (token orders, window tables,
 // the search for the key order) depends on the mask alone. It costs about 1-2% of a 2-D
@@ -190,7 +197,7 @@ inline const NaPlan& na_plan_for(const NeighborhoodMask& m) {
   if (!same) {
     c.valid = false;
     c.plan = NaPlan{};
-    na_build_plan(c.plan, m, kBlockQ, kBlockKV);
+    na_build_call_plan(c.plan, m);
     c.m = m;
     c.valid = true;
   }

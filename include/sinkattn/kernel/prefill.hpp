@@ -13,6 +13,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
+#include <utility>
 
 #include "sinkattn/kernel/args.hpp"
 #include "sinkattn/kernel/config.hpp"
@@ -48,6 +50,14 @@ inline index_t prefill_workspace_floats(const Problem& p) {
          + kBlockKV * dv_pad     // packed V (strided or tail-y V only)
          + kBlockKV * dqk_pad;   // packed K (strided K only)
 }
+
+// Masks that can hand a query tile's key blocks over as lists of keys (has_lists(i0, nq),
+// for_each_block_list): the permuted neighborhood policy.
+template <class M, class = void>
+struct has_block_lists : std::false_type {};
+template <class M>
+struct has_block_lists<M, std::void_t<decltype(std::declval<const M&>().has_lists(index_t{}, index_t{}))>>
+    : std::true_type {};
 
 template <class V>
 void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t b, index_t h, index_t qb,
@@ -133,13 +143,16 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
   // lane vectors [v0, v1) that hold the query rows `rows` only: the mask guarantees that the
   // other rows see none of its keys (a neighborhood tile's slabs, policy/mask.hpp), so their
   // state is exactly what a fully masked block would leave, and they cost nothing.
+  // keys non-null: a list block (policy::NeighborhoodTiledMaskPolicy::for_each_block_list),
+  // rows r < j1 = nk are keys keys[r] (K through row pointers, V copied); j0 = 0.
   const auto block = [&](index_t j0, index_t j1, policy::BlockKind kind, policy::RowSpan rows,
-                         const KernelArgs::KvPiece& pc) {
+                         const KernelArgs::KvPiece& pc, const index_t* keys) {
     const TensorView<const float>& K = *pc.k;
     const TensorView<const float>& Vw = *pc.v;
     const index_t nk = j1 - j0, r0 = j0 - pc.base;  // r0: the block's first row in its segment
     const bool k_inplace = K.stride[3] == 1 && !a.rope;
-    const bool v_inplace = !a.kv_rows && Vw.stride[3] == 1 && Vw.stride[1] == p.dim_v && p.dim_v % tile::kWidth == 0;
+    const bool v_inplace =
+        !a.kv_rows && !keys && Vw.stride[3] == 1 && Vw.stride[1] == p.dim_v && p.dim_v % tile::kWidth == 0;
     const bool v_copy = !v_inplace && Vw.stride[3] == 1;
     const float* kp = K.ptr(b, r0, g);
     index_t ld_k = K.stride[1];
@@ -163,16 +176,17 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
     const index_t v_bytes = p.dim_v * static_cast<index_t>(sizeof(float));
     tile::RowStream pf[tile::kMaxRowStreams];
     int npf = 0;
-    if (a.kv_rows || v_copy || Vw.stride[1] != p.dim_v) {
+    if (a.kv_rows || keys || v_copy || Vw.stride[1] != p.dim_v) {
       tile::RowStream& s = pf[npf++];
-      s = {Vw.ptr(b, a.kv_rows ? 0 : r0, g), Vw.stride[1], nk, v_bytes};
+      s = {Vw.ptr(b, a.kv_rows || keys ? 0 : r0, g), Vw.stride[1], nk, v_bytes};
       if (v_copy) {
         s.copy_to = vpack;
         s.copy_ld = dv_pad;
       }
       if (a.kv_rows) s.map = a.kv_rows + j0;
+      if (keys) s.map = keys;
     }
-    const index_t nn = std::min(kBlockKV, pc.end - j1);
+    const index_t nn = keys ? 0 : std::min(kBlockKV, pc.end - j1);
     if (nn > 0 && a.kv_rows) {
       pf[npf++] = {K.ptr(b, 0, g), K.stride[1], nn, k_bytes};
       pf[npf - 1].map = a.kv_rows + j1;
@@ -184,15 +198,15 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
     const int v1 = std::min(vecs, static_cast<int>((rows.hi + tile::kWidth - 1) / tile::kWidth));
     const index_t l0 = index_t{v0} * tile::kWidth;                      // the first lane computed
     const index_t nql = std::min(nq, index_t{v1} * tile::kWidth) - l0;  // and the lanes computed
-    if (a.kv_rows) {
+    if (a.kv_rows || keys) {
       const float* krow[kBlockKV];
-      for (index_t r = 0; r < nk; ++r) krow[r] = K.ptr(b, a.kv_rows[j0 + r], g);
+      for (index_t r = 0; r < nk; ++r) krow[r] = K.ptr(b, keys ? keys[r] : a.kv_rows[j0 + r], g);
       tile::mma_kqt_rows(st + l0, kBlockQ, tile::RowPointers{krow}, nk, q_blk + l0, p.dim_qk, v1 - v0, pf, npf);
     } else {
       tile::mma_kqt(st + l0, kBlockQ, kp, ld_k, nk, q_blk + l0, p.dim_qk, v1 - v0, pf, npf);
     }
 
-    const policy::ScoreTile t{st + l0, kBlockQ, nk, v1 - v0, b, h, i0 + l0, nql, j0, nk, 1, kBlockQ};
+    const policy::ScoreTile t{st + l0, kBlockQ, nk, v1 - v0, b, h, i0 + l0, nql, j0, nk, 1, kBlockQ, keys};
     V::Score::apply(a, t);
     if (kind == policy::BlockKind::partial) policy::apply_mask(mask, t);
 
@@ -218,12 +232,24 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
     tile::mma_pv(acc + l0 * dv_pad, dv_pad, nql, st + l0, kBlockQ, 1, vp, ld_v, nk, dv_vecs, acc_scale);
     if constexpr (V::Norm::kSumsV) vsums.add(mask, kind, i0, nq, j0, nk, vp, ld_v);
   };
-  policy::for_each_kv_block_rows(mask, i0, i0 + nq, kBlockKV, tile::kWidth,
-                                 [&](index_t j0, index_t j1, policy::BlockKind kind, policy::RowSpan rows) {
-                                   a.for_each_piece(j0, j1, [&](index_t s0, index_t s1, const KernelArgs::KvPiece& pc) {
-                                     block(s0, s1, kind, rows, pc);
+  bool listed = false;  // the mask's blocks as key lists (one segment, gathered or contiguous K/V)
+  if constexpr (has_block_lists<std::decay_t<decltype(mask)>>::value && !V::Norm::kSumsV) {
+    if (!a.kv_rows && a.nseg == 0 && !a.rope && mask.has_lists(i0, nq)) {
+      listed = true;
+      const KernelArgs::KvPiece pc = a.piece(0);
+      mask.for_each_block_list(i0, [&](const index_t* keys, index_t n, policy::BlockKind kind, policy::RowSpan rows) {
+        block(0, n, kind, rows, pc, keys);
+      });
+    }
+  }
+  if (!listed)
+    policy::for_each_kv_block_rows(mask, i0, i0 + nq, kBlockKV, tile::kWidth,
+                                   [&](index_t j0, index_t j1, policy::BlockKind kind, policy::RowSpan rows) {
+                                     a.for_each_piece(j0, j1,
+                                                      [&](index_t s0, index_t s1, const KernelArgs::KvPiece& pc) {
+                                                        block(s0, s1, kind, rows, pc, nullptr);
+                                                      });
                                    });
-                                 });
 
   policy::RowFinal fin;
   fin.want_lse = a.want_lse();

@@ -27,6 +27,11 @@
 // slab's union of windows is ~30% smaller than the box's); apply_tile masks with the plan's
 // per-slot window tables (no division per element). Padding slots are invisible (rows and keys).
 //
+// The kernels take a tile's blocks as key LISTS when the plan has them (na_build_lists, built
+// for every forward() call): the runs of thin pencils, nearly exact per vector of lanes, packed
+// into blocks of <= bkv keys by the lanes that compute them, so that a 3-D tile makes 10 blocks
+// of 58 keys at 0.66 visible / computed lane pairs instead of 21 blocks of 34 at 0.58.
+//
 // Extra keys (NeighborhoodMask::extra_keys) stay in front of the permuted keys: key slot
 // j < extra is extra key j, slot extra + s is the grid key in slot s of plan->k. Every query
 // tile visits them first, as Full blocks (Partial in a box with padding rows, which see nothing).
@@ -158,6 +163,18 @@ struct NaPlan {
   std::vector<float> qwin;
   // Mean grid keys in the union of a query tile's windows (its K/V working set per head).
   double union_keys = 0;
+  // Key blocks as lists (na_build_lists; empty: not built): query tile t (slots [t * kBlockQ,
+  // (t + 1) * kBlockQ)) visits list_blocks[list_first[t] .. list_first[t + 1]), block b the key
+  // indices list_keys[b.begin .. b.end) (extra keys first: j < extra) for its rows b.rows.
+  struct ListBlock {
+    index_t begin = 0, end = 0;
+    policy::BlockKind kind = policy::BlockKind::partial;
+    policy::RowSpan rows{};
+  };
+  index_t list_tile = 0;  // query slots per tile the lists were built for (0: none)
+  std::vector<index_t> list_keys;
+  std::vector<ListBlock> list_blocks;
+  std::vector<index_t> list_first;
 };
 
 // What a range of query slots needs from the keys: the union [ulo, uhi] and the intersection
@@ -301,6 +318,32 @@ inline std::array<index_t, 3> na_query_box(const NaPlan& pl, const std::array<in
   }
 }
 
+// Key order `box` (GridOrder::layout) and the key slot map.
+inline void na_set_key_order(NaPlan& pl, const std::array<index_t, 3>& box) {
+  pl.k.layout({pl.ax[0].ext, pl.ax[1].ext, pl.ax[2].ext}, box, 0);
+  pl.k.fill(pl.ax);
+  pl.k_rows.resize(static_cast<std::size_t>(pl.extra) + pl.k.token.size());
+  for (index_t j = 0; j < pl.extra; ++j) pl.k_rows[static_cast<std::size_t>(j)] = j;
+  for (std::size_t s = 0; s < pl.k.token.size(); ++s)
+    pl.k_rows[static_cast<std::size_t>(pl.extra) + s] = pl.extra + pl.k.token[s];
+}
+
+// The candidate key orders (GridOrder boxes): the query box, and pencils extent[0] x w1 x w2
+// for w in {1, 2, 4, 8, 16} (per dimension the grid has).
+inline std::vector<std::array<index_t, 3>> na_key_orders(const NaPlan& pl) {
+  std::vector<std::array<index_t, 3>> cands{pl.q.box};
+  const std::array<index_t, 3> ext{pl.ax[0].ext, pl.ax[1].ext, pl.ax[2].ext};
+  const index_t ws[] = {1, 2, 4, 8, 16};
+  for (index_t w1 : ws)
+    for (index_t w2 : ws) {
+      if (pl.rank < 2 && w1 > 1) continue;
+      if (pl.rank < 3 && w2 > 1) continue;
+      if ((w1 > 1 && w1 / 2 >= ext[1]) || (w2 > 1 && w2 / 2 >= ext[2])) continue;  // same as a smaller w
+      cands.push_back({ext[0], std::min(w1, ext[1]), std::min(w2, ext[2])});
+    }
+  return cands;
+}
+
 // The plan for mask m with query boxes of `slots` tokens (kBlockQ) and key blocks of bkv.
 // Key order: among pencils (extent[0] x w1 x w2, w in {1, 2, 4, 8, 16}) and the query box
 // shape, the one whose blocks cost least over all query tiles, counting each block as its
@@ -368,15 +411,7 @@ inline void na_build_plan(NaPlan& pl, const NeighborhoodMask& m, index_t slots, 
       for (int d = 0; d < 3; ++d) n *= static_cast<double>(q.uhi[d] - q.ulo[d] + 1);
       pl.union_keys += n / static_cast<double>(spans.size());
     }
-  std::vector<std::array<index_t, 3>> cands{qbox};
-  const index_t ws[] = {1, 2, 4, 8, 16};
-  for (index_t w1 : ws)
-    for (index_t w2 : ws) {
-      if (m.rank < 2 && w1 > 1) continue;
-      if (m.rank < 3 && w2 > 1) continue;
-      if ((w1 > 1 && w1 / 2 >= ext[1]) || (w2 > 1 && w2 / 2 >= ext[2])) continue;  // same as a smaller w
-      cands.push_back({ext[0], std::min(w1, ext[1]), std::min(w2, ext[2])});
-    }
+  const std::vector<std::array<index_t, 3>> cands = na_key_orders(pl);
   GridOrder trial;
   double best = -1;
   std::array<index_t, 3> best_box = qbox;
@@ -390,12 +425,7 @@ inline void na_build_plan(NaPlan& pl, const NeighborhoodMask& m, index_t slots, 
         });
     if (best < 0 || cost < best) best = cost, best_box = kb;
   }
-  pl.k.layout(ext, best_box, 0);
-  pl.k.fill(pl.ax);
-  pl.k_rows.resize(static_cast<std::size_t>(pl.extra) + pl.k.token.size());
-  for (index_t j = 0; j < pl.extra; ++j) pl.k_rows[static_cast<std::size_t>(j)] = j;
-  for (std::size_t s = 0; s < pl.k.token.size(); ++s)
-    pl.k_rows[static_cast<std::size_t>(pl.extra) + s] = pl.extra + pl.k.token[s];
+  na_set_key_order(pl, best_box);
 }
 
 }  // namespace sinkattn::detail
@@ -459,6 +489,19 @@ struct NeighborhoodTiledMaskPolicy {
       f(e + j0, e + j1, kind, rows);
     });
   }
+  // The blocks of query tile [i0, i0 + plan->list_tile) as key lists (NaPlan::list_*), when
+  // the plan has them for tiles of nq slots: f(keys, n, kind, rows) per block.
+  bool has_lists(index_t i0, index_t nq) const {
+    return plan->list_tile > 0 && nq == plan->list_tile && i0 % plan->list_tile == 0;
+  }
+  template <class F>
+  void for_each_block_list(index_t i0, F&& f) const {
+    const auto t = static_cast<std::size_t>(i0 / plan->list_tile);
+    for (index_t b = plan->list_first[t]; b < plan->list_first[t + 1]; ++b) {
+      const detail::NaPlan::ListBlock& blk = plan->list_blocks[static_cast<std::size_t>(b)];
+      f(plan->list_keys.data() + blk.begin, blk.end - blk.begin, blk.kind, blk.rows);
+    }
+  }
   template <class F>
   void for_each_block(index_t i0, index_t i1, index_t bkv, F&& f) const {
     for_each_block_rows(i0, i1, bkv, 0, [&](index_t j0, index_t j1, BlockKind kind, RowSpan) { f(j0, j1, kind); });
@@ -473,10 +516,11 @@ struct NeighborhoodTiledMaskPolicy {
     constexpr float kNegInf = -std::numeric_limits<float>::infinity();
     constexpr index_t kMax = 256;
     const index_t nvec = (t.nq + tile::kWidth - 1) / tile::kWidth, lanes = nvec * tile::kWidth;
+    const auto key = [&](index_t r) { return t.keys != nullptr ? t.keys[r] : t.j0 + r; };  // list blocks
     if (t.q_step != 1 || lanes > kMax || t.k_step < lanes) {
       for (index_t l = 0; l < t.nq; ++l)
         for (index_t r = 0; r < t.nk; ++r)
-          if (!visible(t.i0 + l, t.j0 + r)) t.at(l, r) = kNegInf;
+          if (!visible(t.i0 + l, key(r))) t.at(l, r) = kNegInf;
       return;
     }
     // The lanes' windows: the plan's table when the tile is whole vectors (query slots come in
@@ -504,12 +548,13 @@ struct NeighborhoodTiledMaskPolicy {
     }
     const vf ninf(kNegInf);
     for (index_t r = 0; r < t.nk; ++r) {
-      if (t.j0 + r < plan->extra) {  // an extra key: only padding rows are masked
+      const index_t j = key(r);
+      if (j < plan->extra) {  // an extra key: only padding rows are masked
         for (index_t l = 0; l < t.nq; ++l)
           if (plan->q.coord[static_cast<std::size_t>(3 * (t.i0 + l))] < 0) t.at(l, r) = kNegInf;
         continue;
       }
-      const int32_t* kc = &plan->k.coord[static_cast<std::size_t>(3 * (t.j0 + r - plan->extra))];
+      const int32_t* kc = &plan->k.coord[static_cast<std::size_t>(3 * (j - plan->extra))];
       float* row = &t.at(0, r);
       // A padding key has k0 = -1, below every lo.
       const vf k0(static_cast<float>(kc[0])), k1(static_cast<float>(kc[1])), k2(static_cast<float>(kc[2]));
@@ -524,3 +569,114 @@ struct NeighborhoodTiledMaskPolicy {
 };
 
 }  // namespace sinkattn::policy
+
+namespace sinkattn::detail {
+
+// Key blocks as lists (NaPlan::list_*). The contiguous blocks of for_each_block_rows are runs
+// of one key box (pencil) each, cut at bkv keys: in 3-D the runs of a 4x4x4 tile hold 34 keys
+// on average, and each block costs a pass over the O accumulators, the softmax's set-up and
+// the micro-kernels' remainders (about as much as 16 keys x one vector of lanes, measured),
+// whatever its size. Lists lift the contiguity: the runs of a tile (thin pencils, so that each
+// run's lanes are nearly exact) are sorted by the vectors of lanes that compute them and packed
+// into blocks of <= bkv keys, a run joining the open block when that costs less than a block of
+// its own. The kernels read the blocks' K rows through row pointers and copy their V rows.
+// Tile cost in key x vector units; `out` null: cost only.
+inline double na_tile_lists(const NaPlan& pl, index_t i0, index_t slots, index_t bkv, index_t group, NaPlan* out) {
+  constexpr double kBlockCost = 16;  // about one block's fixed cost (c0 = 8..32 measured alike)
+  struct Piece {
+    index_t j0, j1;
+    index_t lo, hi;  // vectors of lanes [lo, hi]
+    bool full;
+  };
+  std::vector<Piece> pieces;
+  const index_t nvec = (slots + group - 1) / group;
+  na_for_each_block(pl, i0, i0 + slots, bkv, group,
+                    [&](index_t j0, index_t j1, policy::BlockKind kind, policy::RowSpan r) {
+                      pieces.push_back({pl.extra + j0, pl.extra + j1, r.lo / group, (r.hi + group - 1) / group - 1,
+                                        kind == policy::BlockKind::full});
+                    });
+  std::stable_sort(pieces.begin(), pieces.end(),
+                   [](const Piece& a, const Piece& b) { return a.lo != b.lo ? a.lo < b.lo : a.hi < b.hi; });
+  double cost = 0;
+  index_t n = 0, lo = 0, hi = -1;
+  bool full = true;
+  std::size_t begin = out ? out->list_keys.size() : 0;
+  const auto flush = [&] {
+    if (n == 0) return;
+    cost += static_cast<double>(n * (hi - lo + 1)) + kBlockCost;
+    if (out) {
+      NaPlan::ListBlock blk;
+      blk.begin = static_cast<index_t>(begin);
+      blk.end = static_cast<index_t>(out->list_keys.size());
+      blk.kind = full ? policy::BlockKind::full : policy::BlockKind::partial;
+      blk.rows = {lo * group, std::min(slots, (hi + 1) * group)};
+      out->list_blocks.push_back(blk);
+      begin = out->list_keys.size();
+    }
+    n = 0;
+    hi = -1;
+    full = true;
+  };
+  if (pl.extra > 0) {  // the extra keys: every query of the tile sees them (padding rows: none)
+    const NaQuerySpan q = na_query_span(pl, i0, i0 + slots);
+    if (q.any)
+      for (index_t j0 = 0; j0 < pl.extra; j0 += bkv) {
+        const index_t j1 = std::min(pl.extra, j0 + bkv);
+        if (out)
+          for (index_t j = j0; j < j1; ++j) out->list_keys.push_back(j);
+        n = j1 - j0, lo = 0, hi = nvec - 1, full = !q.pad;
+        flush();
+      }
+  }
+  for (const Piece& pc : pieces) {
+    index_t j = pc.j0;
+    while (j < pc.j1) {
+      const index_t k = pc.j1 - j, take = std::min(k, bkv - n);
+      if (n > 0) {
+        const index_t nlo = std::min(lo, pc.lo), nhi = std::max(hi, pc.hi);
+        const double alone = static_cast<double>(n * (hi - lo + 1) + k * (pc.hi - pc.lo + 1)) + 2 * kBlockCost;
+        const double joined = static_cast<double>((n + take) * (nhi - nlo + 1) + (k - take) * (pc.hi - pc.lo + 1)) +
+                              kBlockCost * (k > take ? 2 : 1);
+        if (take == 0 || joined > alone) {
+          flush();
+          continue;
+        }
+        lo = nlo, hi = nhi, full = full && pc.full;
+      } else {
+        lo = pc.lo, hi = pc.hi, full = pc.full;
+      }
+      if (out)
+        for (index_t x = j; x < j + take; ++x) out->list_keys.push_back(x);
+      n += take;
+      j += take;
+      if (n == bkv) flush();
+    }
+  }
+  flush();
+  return cost;
+}
+
+// The lists for query tiles of `slots` and blocks of <= bkv keys, vectors of `group` lanes;
+// first the key order whose lists cost least (na_key_orders: thin pencils usually win now).
+inline void na_build_lists(NaPlan& pl, index_t slots, index_t bkv, index_t group) {
+  const index_t ntiles = pl.q.size() / slots;
+  double best = -1;
+  std::array<index_t, 3> best_box = pl.k.box;
+  for (const auto& kb : na_key_orders(pl)) {
+    na_set_key_order(pl, kb);
+    double cost = 0;
+    for (index_t t = 0; t < ntiles; ++t) cost += na_tile_lists(pl, t * slots, slots, bkv, group, nullptr);
+    if (best < 0 || cost < best) best = cost, best_box = kb;
+  }
+  na_set_key_order(pl, best_box);
+  pl.list_keys.clear();
+  pl.list_blocks.clear();
+  pl.list_first.assign(1, 0);
+  for (index_t t = 0; t < ntiles; ++t) {
+    na_tile_lists(pl, t * slots, slots, bkv, group, &pl);
+    pl.list_first.push_back(static_cast<index_t>(pl.list_blocks.size()));
+  }
+  pl.list_tile = slots;
+}
+
+}  // namespace sinkattn::detail

@@ -25,6 +25,7 @@ struct ScoreTile {
   int vecs;
   index_t b, h, i0, nq, j0, nk;
   index_t q_step, k_step;
+  const index_t* keys;  // non-null: row r is key keys[r] (a list block), not j0 + r
   float& at(index_t l, index_t r) const { return st[l * q_step + r * k_step]; }
 };
 
