@@ -107,22 +107,25 @@ void check_lists(const NeighborhoodMask& m, index_t bq, index_t bkv, index_t gro
   for (index_t i0 = 0; i0 < plan.q.size(); i0 += bq) {
     ASSERT_TRUE(pol.has_lists(i0, bq));
     std::fill(count.begin(), count.end(), 0);
-    pol.for_each_block_list(i0, [&](const index_t* keys, index_t n, policy::BlockKind kind, policy::RowSpan rows) {
-      ASSERT_GT(n, 0);
-      ASSERT_LE(n, bkv);
-      ASSERT_TRUE(kind == policy::BlockKind::full || kind == policy::BlockKind::partial);
-      ASSERT_TRUE(0 <= rows.lo && rows.lo < rows.hi && rows.hi <= bq);
-      ASSERT_EQ(rows.lo % group, 0);
-      for (index_t r = 0; r < n; ++r) {
-        ASSERT_TRUE(0 <= keys[r] && keys[r] < nk);
-        for (index_t l = rows.lo; l < rows.hi; ++l) {
-          ++count[static_cast<std::size_t>(l * nk + keys[r])];
-          if (kind == policy::BlockKind::full) {
-            ASSERT_TRUE(pol.visible(i0 + l, keys[r])) << "full block, slot " << i0 + l << " key " << keys[r];
+    pol.for_each_block_list(
+        i0, [&](index_t j0, const index_t* list, index_t n, policy::BlockKind kind, policy::RowSpan rows) {
+          std::vector<index_t> keys(static_cast<std::size_t>(n));
+          for (index_t r = 0; r < n; ++r) keys[static_cast<std::size_t>(r)] = list ? list[r] : j0 + r;
+          ASSERT_GT(n, 0);
+          ASSERT_LE(n, bkv);
+          ASSERT_TRUE(kind == policy::BlockKind::full || kind == policy::BlockKind::partial);
+          ASSERT_TRUE(0 <= rows.lo && rows.lo < rows.hi && rows.hi <= bq);
+          ASSERT_EQ(rows.lo % group, 0);
+          for (index_t r = 0; r < n; ++r) {
+            ASSERT_TRUE(0 <= keys[r] && keys[r] < nk);
+            for (index_t l = rows.lo; l < rows.hi; ++l) {
+              ++count[static_cast<std::size_t>(l * nk + keys[r])];
+              if (kind == policy::BlockKind::full) {
+                ASSERT_TRUE(pol.visible(i0 + l, keys[r])) << "full block, slot " << i0 + l << " key " << keys[r];
+              }
+            }
           }
-        }
-      }
-    });
+        });
     for (index_t l = 0; l < bq; ++l)
       for (index_t j = 0; j < nk; ++j) {
         const int c = count[static_cast<std::size_t>(l * nk + j)];

@@ -237,9 +237,13 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
     if (!a.kv_rows && a.nseg == 0 && !a.rope && mask.has_lists(i0, nq)) {
       listed = true;
       const KernelArgs::KvPiece pc = a.piece(0);
-      mask.for_each_block_list(i0, [&](const index_t* keys, index_t n, policy::BlockKind kind, policy::RowSpan rows) {
-        block(0, n, kind, rows, pc, keys);
-      });
+      mask.for_each_block_list(
+          i0, [&](index_t j0, const index_t* keys, index_t n, policy::BlockKind kind, policy::RowSpan rows) {
+            if (keys == nullptr)
+              block(j0, j0 + n, kind, rows, pc, nullptr);
+            else
+              block(0, n, kind, rows, pc, keys);
+          });
     }
   }
   if (!listed)

@@ -168,6 +168,7 @@ struct NaPlan {
   // indices list_keys[b.begin .. b.end) (extra keys first: j < extra) for its rows b.rows.
   struct ListBlock {
     index_t begin = 0, end = 0;
+    bool run = false;  // the keys are consecutive: list_keys[begin] + 0, 1, ...
     policy::BlockKind kind = policy::BlockKind::partial;
     policy::RowSpan rows{};
   };
@@ -490,7 +491,9 @@ struct NeighborhoodTiledMaskPolicy {
     });
   }
   // The blocks of query tile [i0, i0 + plan->list_tile) as key lists (NaPlan::list_*), when
-  // the plan has them for tiles of nq slots: f(keys, n, kind, rows) per block.
+  // the plan has them for tiles of nq slots: f(j0, keys, n, kind, rows) per block, the keys
+  // keys[0 .. n), or j0 .. j0 + n - 1 with keys null when they are consecutive (the kernels
+  // then read K and V as for a contiguous block).
   bool has_lists(index_t i0, index_t nq) const {
     return plan->list_tile > 0 && nq == plan->list_tile && i0 % plan->list_tile == 0;
   }
@@ -499,7 +502,8 @@ struct NeighborhoodTiledMaskPolicy {
     const auto t = static_cast<std::size_t>(i0 / plan->list_tile);
     for (index_t b = plan->list_first[t]; b < plan->list_first[t + 1]; ++b) {
       const detail::NaPlan::ListBlock& blk = plan->list_blocks[static_cast<std::size_t>(b)];
-      f(plan->list_keys.data() + blk.begin, blk.end - blk.begin, blk.kind, blk.rows);
+      const index_t* keys = plan->list_keys.data() + blk.begin;
+      f(keys[0], blk.run ? nullptr : keys, blk.end - blk.begin, blk.kind, blk.rows);
     }
   }
   template <class F>
@@ -609,6 +613,10 @@ inline double na_tile_lists(const NaPlan& pl, index_t i0, index_t slots, index_t
       blk.begin = static_cast<index_t>(begin);
       blk.end = static_cast<index_t>(out->list_keys.size());
       blk.kind = full ? policy::BlockKind::full : policy::BlockKind::partial;
+      blk.run = true;
+      for (index_t x = blk.begin + 1; x < blk.end; ++x)
+        blk.run = blk.run &&
+                  out->list_keys[static_cast<std::size_t>(x)] == out->list_keys[static_cast<std::size_t>(x - 1)] + 1;
       blk.rows = {lo * group, std::min(slots, (hi + 1) * group)};
       out->list_blocks.push_back(blk);
       begin = out->list_keys.size();
