@@ -154,6 +154,16 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
     const bool v_inplace =
         !a.kv_rows && !keys && Vw.stride[3] == 1 && Vw.stride[1] == p.dim_v && p.dim_v % tile::kWidth == 0;
     const bool v_copy = !v_inplace && Vw.stride[3] == 1;
+    // The K/V row of each block row when they are not consecutive: a list block's keys, a key
+    // slot map's rows, or both composed.
+    index_t rowmap[kBlockKV];
+    const index_t* map = keys;
+    if (a.kv_rows && keys) {
+      for (index_t r = 0; r < nk; ++r) rowmap[r] = a.kv_rows[keys[r]];
+      map = rowmap;
+    } else if (a.kv_rows) {
+      map = a.kv_rows + j0;
+    }
     const float* kp = K.ptr(b, r0, g);
     index_t ld_k = K.stride[1];
     if (a.rope) {
@@ -178,13 +188,12 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
     int npf = 0;
     if (a.kv_rows || keys || v_copy || Vw.stride[1] != p.dim_v) {
       tile::RowStream& s = pf[npf++];
-      s = {Vw.ptr(b, a.kv_rows || keys ? 0 : r0, g), Vw.stride[1], nk, v_bytes};
+      s = {Vw.ptr(b, map ? 0 : r0, g), Vw.stride[1], nk, v_bytes};
       if (v_copy) {
         s.copy_to = vpack;
         s.copy_ld = dv_pad;
       }
-      if (a.kv_rows) s.map = a.kv_rows + j0;
-      if (keys) s.map = keys;
+      s.map = map;
     }
     const index_t nn = keys ? 0 : std::min(kBlockKV, pc.end - j1);
     if (nn > 0 && a.kv_rows) {
@@ -198,9 +207,9 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
     const int v1 = std::min(vecs, static_cast<int>((rows.hi + tile::kWidth - 1) / tile::kWidth));
     const index_t l0 = index_t{v0} * tile::kWidth;                      // the first lane computed
     const index_t nql = std::min(nq, index_t{v1} * tile::kWidth) - l0;  // and the lanes computed
-    if (a.kv_rows || keys) {
+    if (map) {
       const float* krow[kBlockKV];
-      for (index_t r = 0; r < nk; ++r) krow[r] = K.ptr(b, keys ? keys[r] : a.kv_rows[j0 + r], g);
+      for (index_t r = 0; r < nk; ++r) krow[r] = K.ptr(b, map[r], g);
       tile::mma_kqt_rows(st + l0, kBlockQ, tile::RowPointers{krow}, nk, q_blk + l0, p.dim_qk, v1 - v0, pf, npf);
     } else {
       tile::mma_kqt(st + l0, kBlockQ, kp, ld_k, nk, q_blk + l0, p.dim_qk, v1 - v0, pf, npf);
@@ -232,9 +241,9 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
     tile::mma_pv(acc + l0 * dv_pad, dv_pad, nql, st + l0, kBlockQ, 1, vp, ld_v, nk, dv_vecs, acc_scale);
     if constexpr (V::Norm::kSumsV) vsums.add(mask, kind, i0, nq, j0, nk, vp, ld_v);
   };
-  bool listed = false;  // the mask's blocks as key lists (one segment, gathered or contiguous K/V)
+  bool listed = false;  // the mask's blocks as key lists (one segment; gathered K/V or a key slot map)
   if constexpr (has_block_lists<std::decay_t<decltype(mask)>>::value && !V::Norm::kSumsV) {
-    if (!a.kv_rows && a.nseg == 0 && !a.rope && mask.has_lists(i0, nq)) {
+    if (a.nseg == 0 && !a.rope && mask.has_lists(i0, nq)) {
       listed = true;
       const KernelArgs::KvPiece pc = a.piece(0);
       mask.for_each_block_list(
