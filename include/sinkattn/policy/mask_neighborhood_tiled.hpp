@@ -295,6 +295,11 @@ inline void na_for_each_block(const NaPlan& pl, index_t i0, index_t i1, index_t 
   });
 }
 
+// One key block's fixed cost in keys x one vector of lanes (a pass over the O accumulators,
+// the softmax's set-up, the micro-kernels' remainders), for the planners' cost models:
+// measured at ~0.41 us per block on 2-D 13x13; 8..32 chose orders that ran alike.
+inline constexpr double kNaBlockCost = 16;
+
 // Box shape of `slots` query tokens (per dimension <= extent) whose union of windows is
 // smallest per query: greedy doubling of the dimension that lowers prod(b + k - 1) / prod(b)
 // most. With equal kernels that gives the cube: 8x8 (2-D), 4x4x4 (3-D), 64 (1-D) for 64
@@ -348,7 +353,7 @@ inline std::vector<std::array<index_t, 3>> na_key_orders(const NaPlan& pl) {
 // The plan for mask m with query boxes of `slots` tokens (kBlockQ) and key blocks of bkv.
 // Key order: among pencils (extent[0] x w1 x w2, w in {1, 2, 4, 8, 16}) and the query box
 // shape, the one whose blocks cost least over all query tiles, counting each block as its
-// keys plus `kBlockCost` keys of fixed work (softmax pass setup, O rescale, loop overhead).
+// keys plus kNaBlockCost keys of fixed work (softmax pass setup, O rescale, loop overhead).
 inline void na_build_plan(NaPlan& pl, const NeighborhoodMask& m, index_t slots, index_t bkv) {
   pl.rank = m.rank;
   pl.extra = m.extra_keys;
@@ -403,7 +408,6 @@ inline void na_build_plan(NaPlan& pl, const NeighborhoodMask& m, index_t slots, 
   // Key order: simulate the visits of every query tile for each candidate. (Counting only
   // the lane vectors that compute each block, for_each_block_rows, picked the same orders
   // on the benchmarked grids at 5-8x the planning time.)
-  constexpr index_t kBlockCost = 16;
   std::vector<NaQuerySpan> spans;
   for (index_t i0 = 0; i0 < pl.q.size(); i0 += slots) spans.push_back(na_query_span(pl, i0, i0 + slots));
   for (const NaQuerySpan& q : spans)
@@ -422,7 +426,7 @@ inline void na_build_plan(NaPlan& pl, const NeighborhoodMask& m, index_t slots, 
     for (const NaQuerySpan& q : spans)
       if (q.any)
         trial.runs(q.ulo, q.uhi, [&](index_t a, index_t e) {
-          cost += static_cast<double>(e - a) + static_cast<double>(kBlockCost * ((e - a + bkv - 1) / bkv));
+          cost += static_cast<double>(e - a) + kNaBlockCost * static_cast<double>((e - a + bkv - 1) / bkv);
         });
     if (best < 0 || cost < best) best = cost, best_box = kb;
   }
@@ -586,7 +590,6 @@ namespace sinkattn::detail {
 // its own. The kernels read the blocks' K rows through row pointers and copy their V rows.
 // Tile cost in key x vector units; `out` null: cost only.
 inline double na_tile_lists(const NaPlan& pl, index_t i0, index_t slots, index_t bkv, index_t group, NaPlan* out) {
-  constexpr double kBlockCost = 16;  // about one block's fixed cost (c0 = 8..32 measured alike)
   struct Piece {
     index_t j0, j1;
     index_t lo, hi;  // vectors of lanes [lo, hi]
@@ -607,7 +610,7 @@ inline double na_tile_lists(const NaPlan& pl, index_t i0, index_t slots, index_t
   std::size_t begin = out ? out->list_keys.size() : 0;
   const auto flush = [&] {
     if (n == 0) return;
-    cost += static_cast<double>(n * (hi - lo + 1)) + kBlockCost;
+    cost += static_cast<double>(n * (hi - lo + 1)) + kNaBlockCost;
     if (out) {
       NaPlan::ListBlock blk;
       blk.begin = static_cast<index_t>(begin);
@@ -642,9 +645,9 @@ inline double na_tile_lists(const NaPlan& pl, index_t i0, index_t slots, index_t
       const index_t k = pc.j1 - j, take = std::min(k, bkv - n);
       if (n > 0) {
         const index_t nlo = std::min(lo, pc.lo), nhi = std::max(hi, pc.hi);
-        const double alone = static_cast<double>(n * (hi - lo + 1) + k * (pc.hi - pc.lo + 1)) + 2 * kBlockCost;
+        const double alone = static_cast<double>(n * (hi - lo + 1) + k * (pc.hi - pc.lo + 1)) + 2 * kNaBlockCost;
         const double joined = static_cast<double>((n + take) * (nhi - nlo + 1) + (k - take) * (pc.hi - pc.lo + 1)) +
-                              kBlockCost * (k > take ? 2 : 1);
+                              kNaBlockCost * (k > take ? 2 : 1);
         if (take == 0 || joined > alone) {
           flush();
           continue;
