@@ -89,12 +89,23 @@ void run(const KernelArgs& a, const typename V::Mask& mask, const Executor& ex) 
   // kernel/config.hpp) takes (b, query block, h) instead: in token-major layouts the heads of
   // a token share one row of Q and of O, so the heads of a tile run back to back while the
   // rows are in cache (their K/V blocks fit in L2 together).
+  // Each task prefetches the rows of the task its thread likely runs next: t + 1 on one
+  // thread, t + threads under a dynamic schedule handing out tasks in order (a guess: a wrong
+  // one costs some L3 traffic, never a wrong result).
   const bool hi = a.heads_inner;
-  ex.run(p.batch * p.heads_q * nqb, [&](index_t t) {
-    const index_t h = hi ? t % p.heads_q : (t / nqb) % p.heads_q;
-    const index_t qb = nqb - 1 - (hi ? t / p.heads_q % nqb : t % nqb);
-    const index_t b = t / (nqb * p.heads_q);
-    prefill_task<V>(a, mask, b, h, qb, thread_workspace());
+  const index_t ntasks = p.batch * p.heads_q * nqb;
+  const index_t ahead = std::max(1, ex.concurrency());
+  const auto task = [&](index_t t) {
+    PrefillTask k;
+    if (t >= ntasks) return k;
+    k.h = hi ? t % p.heads_q : (t / nqb) % p.heads_q;
+    k.qb = nqb - 1 - (hi ? t / p.heads_q % nqb : t % nqb);
+    k.b = t / (nqb * p.heads_q);
+    return k;
+  };
+  ex.run(ntasks, [&](index_t t) {
+    const PrefillTask k = task(t);
+    prefill_task<V>(a, mask, k.b, k.h, k.qb, thread_workspace(), task(t + ahead));
   });
 }
 

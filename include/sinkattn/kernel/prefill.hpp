@@ -59,9 +59,74 @@ template <class M>
 struct has_block_lists<M, std::void_t<decltype(std::declval<const M&>().has_lists(index_t{}, index_t{}))>>
     : std::true_type {};
 
+// One task of the prefill loop: query tile qb of head h of batch b; b < 0: none.
+struct PrefillTask {
+  index_t b = -1, h = 0, qb = 0;
+};
+
+// The rows task `t` reads first and writes last, as prefetch streams (at most 4 into `out`;
+// `rows`, kBlockKV entries, holds a composed key map that a stream may point to):
+// its Q and O rows and the K and V rows of its first key block. Without them a short task
+// (a neighborhood or block tile that visits one to a few key blocks) starts by waiting for
+// rows that nothing has asked for: its Q gather, its first V copy and its O store stalled on
+// memory for about a third of a blocked 8x8 neighborhood call (bench/RESULTS.md); asked for
+// while the previous task computes, they are in L2 when the task starts.
+template <class Mask>
+int next_task_streams(tile::RowStream* out, index_t* rows, const KernelArgs& a, const Mask& mask_all, PrefillTask t) {
+  const Problem& p = a.p;
+  if (t.b < 0) return 0;
+  const index_t i0 = t.qb * kBlockQ, nq = std::min(kBlockQ, p.seq_q - i0);
+  const index_t g = p.kv_head(t.h);
+  const index_t q_bytes = p.dim_qk * static_cast<index_t>(sizeof(float));
+  const index_t v_bytes = p.dim_v * static_cast<index_t>(sizeof(float));
+  int n = 0;
+  if (a.q_rows) {
+    out[n++] = {a.q.ptr(t.b, 0, t.h), a.q.stride[1], nq, q_bytes, nullptr, 0, a.q_rows + i0};
+    out[n++] = {a.o.ptr(t.b, 0, t.h), a.o.stride[1], nq, v_bytes, nullptr, 0, a.q_rows + i0};
+  } else {
+    out[n++] = {a.q.ptr(t.b, i0, t.h), a.q.stride[1], nq, q_bytes};
+    out[n++] = {a.o.ptr(t.b, i0, t.h), a.o.stride[1], nq, v_bytes};
+  }
+  // The first key block: [j0, j0 + nk), or the keys `keys` of a list block.
+  decltype(auto) mask = policy::bind(mask_all, t.b, t.h);
+  index_t j0 = -1, nk = 0;
+  const index_t* keys = nullptr;
+  bool listed = false;
+  if constexpr (has_block_lists<std::decay_t<decltype(mask)>>::value) {
+    if (a.nseg == 0 && !a.rope && mask.has_lists(i0, nq)) {
+      listed = true;
+      mask.for_each_block_list(i0,
+                               [&](index_t bj0, const index_t* bkeys, index_t bn, policy::BlockKind, policy::RowSpan) {
+                                 if (j0 < 0) j0 = bj0, keys = bkeys, nk = bn;
+                               });
+    }
+  }
+  if (!listed)
+    policy::for_each_kv_block_rows(mask, i0, i0 + nq, kBlockKV, tile::kWidth,
+                                   [&](index_t bj0, index_t bj1, policy::BlockKind, policy::RowSpan) {
+                                     if (j0 < 0) j0 = bj0, nk = bj1 - bj0;
+                                   });
+  if (j0 < 0) return n;
+  const KernelArgs::KvPiece pc = a.piece(keys ? 0 : j0);
+  const TensorView<const float>& K = *pc.k;
+  const TensorView<const float>& Vw = *pc.v;
+  const index_t* map = keys;  // the rows as the kernel reads them (prefill_task's rowmap)
+  if (keys && a.kv_rows) {
+    for (index_t r = 0; r < nk; ++r) rows[r] = a.kv_rows[keys[r]];
+    map = rows;
+  } else if (a.kv_rows) {
+    map = a.kv_rows + j0;
+  }
+  const index_t r0 = map ? 0 : j0 - pc.base;
+  if (!map) nk = std::min(nk, pc.end - j0);
+  out[n++] = {K.ptr(t.b, r0, g), K.stride[1], nk, q_bytes, nullptr, 0, map};
+  out[n++] = {Vw.ptr(t.b, r0, g), Vw.stride[1], nk, v_bytes, nullptr, 0, map};
+  return n;
+}
+
 template <class V>
 void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t b, index_t h, index_t qb,
-                  Workspace& ws) {
+                  Workspace& ws, PrefillTask next = {}) {
   const FlushToZeroScope ftz;                          // masked lanes underflow in exp2 (kernel/fp_env.hpp)
   decltype(auto) mask = policy::bind(mask_all, b, h);  // the (b, h) view of a head-dependent mask
   const Problem& p = a.p;
@@ -88,12 +153,8 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
     for (index_t r = 0; r < nq; ++r) {
       const index_t row = a.q_row(i0 + r);
       if (row < 0) continue;
-      const char* qr = reinterpret_cast<const char*>(a.q.ptr(b, row, h));
-      const char* orow = reinterpret_cast<const char*>(a.o.ptr(b, row, h));
-      for (index_t off = 0; off < p.dim_qk * static_cast<index_t>(sizeof(float)); off += 64)
-        __builtin_prefetch(qr + off, 0, 3);
-      for (index_t off = 0; off < p.dim_v * static_cast<index_t>(sizeof(float)); off += 64)
-        __builtin_prefetch(orow + off, 1, 3);
+      tile::prefetch_lines<0, 3>(a.q.ptr(b, row, h), p.dim_qk * static_cast<index_t>(sizeof(float)));
+      tile::prefetch_lines<1, 3>(a.o.ptr(b, row, h), p.dim_v * static_cast<index_t>(sizeof(float)));
     }
   }
   if (a.rope || a.q_rows) {
@@ -138,6 +199,13 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
   [[maybe_unused]] policy::VSums vsums;  // affine-scaled: running sums of the visible V rows
   if constexpr (V::Norm::kSumsV) vsums = policy::VSums::make(nq, dv_pad, kBlockKV);
   alignas(64) float alpha_rows[kBlockQ];
+  // The next task's rows are asked for during this task's last key block: early enough to
+  // arrive (a block computes for microseconds), late enough that this task's own K/V stream
+  // does not evict them from L2 first.
+  tile::RowStream ahead[4];
+  index_t ahead_rows[kBlockKV];
+  const int nahead = next_task_streams(ahead, ahead_rows, a, mask_all, next);
+  index_t blocks_left = 0;
 
   // One key block [j0, j1) inside one segment (KernelArgs::for_each_piece), computed for the
   // lane vectors [v0, v1) that hold the query rows `rows` only: the mask guarantees that the
@@ -202,6 +270,8 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
     } else if (nn > 0 && K.stride[1] != p.dim_qk) {
       pf[npf++] = {K.ptr(b, r0 + nk, g), K.stride[1], nn, k_bytes};
     }
+    if (--blocks_left == 0)
+      for (int x = 0; x < nahead; ++x) pf[npf++] = ahead[x];
     const float* q_blk = a.rope_two_queries() && j0 < a.rope_sink_keys ? qt_sink : qt;
     const int v0 = static_cast<int>(rows.lo / tile::kWidth);
     const int v1 = std::min(vecs, static_cast<int>((rows.hi + tile::kWidth - 1) / tile::kWidth));
@@ -246,6 +316,9 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
     if (a.nseg == 0 && !a.rope && mask.has_lists(i0, nq)) {
       listed = true;
       const KernelArgs::KvPiece pc = a.piece(0);
+      if (nahead > 0)
+        mask.for_each_block_list(
+            i0, [&](index_t, const index_t*, index_t, policy::BlockKind, policy::RowSpan) { ++blocks_left; });
       mask.for_each_block_list(
           i0, [&](index_t j0, const index_t* keys, index_t n, policy::BlockKind kind, policy::RowSpan rows) {
             if (keys == nullptr)
@@ -255,6 +328,11 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
           });
     }
   }
+  if (!listed && nahead > 0)
+    policy::for_each_kv_block_rows(
+        mask, i0, i0 + nq, kBlockKV, tile::kWidth, [&](index_t j0, index_t j1, policy::BlockKind, policy::RowSpan) {
+          a.for_each_piece(j0, j1, [&](index_t, index_t, const KernelArgs::KvPiece&) { ++blocks_left; });
+        });
   if (!listed)
     policy::for_each_kv_block_rows(mask, i0, i0 + nq, kBlockKV, tile::kWidth,
                                    [&](index_t j0, index_t j1, policy::BlockKind kind, policy::RowSpan rows) {

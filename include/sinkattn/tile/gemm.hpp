@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cassert>
+#include <cstdint>
 #include <cstring>
 #include <type_traits>
 #include <utility>
@@ -42,13 +43,19 @@ inline constexpr int kColsQK = kRegisters >= 32 ? kQVecs : 2;
 inline constexpr int kRowsPV = 6;
 inline constexpr int kColsPV = kRegisters >= 32 ? 4 : 2;
 
-// Asks for nrows rows of `bytes` bytes each (row r at p + r * ld floats) to be brought into
-// the cache ahead of use (prefetcht1).
+// Asks for every 64-byte line of [p, p + bytes) ahead of use. Rows need not start on a line
+// (malloc'd tensors are often 16 bytes off): a 256-byte row then spans five lines, and a
+// fifth line left out stalled the row's first use as if nothing had been prefetched.
+template <int Write = 0, int Locality = 2>
+inline void prefetch_lines(const void* p, index_t bytes) {
+  const auto end = reinterpret_cast<std::uintptr_t>(p) + static_cast<std::uintptr_t>(bytes);
+  for (auto line = reinterpret_cast<std::uintptr_t>(p) & ~std::uintptr_t{63}; line < end; line += 64)
+    __builtin_prefetch(reinterpret_cast<const void*>(line), Write, Locality);
+}
+
+// nrows rows of `bytes` bytes each (row r at p + r * ld floats), into L2 (prefetcht1).
 inline void prefetch_rows(const float* p, index_t ld, index_t nrows, index_t bytes) {
-  for (index_t r = 0; r < nrows; ++r) {
-    const char* row = reinterpret_cast<const char*>(p + r * ld);
-    for (index_t off = 0; off < bytes; off += 64) __builtin_prefetch(row + off, 0, 2);
-  }
+  for (index_t r = 0; r < nrows; ++r) prefetch_lines(p + r * ld, bytes);
 }
 
 // Rows a micro-kernel should prefetch while it runs. Token-major layouts put consecutive
@@ -58,13 +65,13 @@ inline void prefetch_rows(const float* p, index_t ld, index_t nrows, index_t byt
 // With copy_to set, the rows are copied there instead (row r to copy_to + r * copy_ld): a
 // packing copy spread the same way, whose loads then overlap with the FMAs instead of
 // stalling a separate copy loop.
-inline constexpr int kMaxRowStreams = 2;  // per mma_kqt call
+inline constexpr int kMaxRowStreams = 6;  // per mma_kqt call
 struct RowStream {
   const float* p = nullptr;
   index_t ld = 0, rows = 0, bytes = 0;
   float* copy_to = nullptr;
   index_t copy_ld = 0;
-  const index_t* map = nullptr;  // row r at p + map[r] * ld instead (null: p + r * ld)
+  const index_t* map = nullptr;  // row r at p + map[r] * ld instead (null: p + r * ld); < 0: none
 };
 
 // The K rows of a block as mma_kqt reads them: evenly strided, or one pointer per row (keys
@@ -165,6 +172,7 @@ inline void mma_kqt_rows(float* st, index_t ld_st, Rows k, index_t nk, const flo
       const index_t n = std::min(per[s], pf[s].rows - r0);
       if (pf[s].map != nullptr) {  // rows in a permuted order
         for (index_t r = r0; r < r0 + n; ++r) {
+          if (pf[s].map[r] < 0) continue;  // a padding slot (permuted neighborhood tiles)
           const float* row = pf[s].p + pf[s].map[r] * pf[s].ld;
           if (pf[s].copy_to == nullptr)
             prefetch_rows(row, 0, 1, pf[s].bytes);
