@@ -263,15 +263,19 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
       }
       s.map = map;
     }
-    const index_t nn = keys ? 0 : std::min(kBlockKV, pc.end - j1);
+    // The last block hands the prefetch over to the next task's rows (next_task_streams): its
+    // K/V rows while S^T computes, its Q/O rows during P.V (together they overran the fill
+    // buffers of one product: the prefetches stalled).
+    const bool last = --blocks_left == 0;
+    const index_t nn = keys || (last && nahead > 0) ? 0 : std::min(kBlockKV, pc.end - j1);
     if (nn > 0 && a.kv_rows) {
       pf[npf++] = {K.ptr(b, 0, g), K.stride[1], nn, k_bytes};
       pf[npf - 1].map = a.kv_rows + j1;
     } else if (nn > 0 && K.stride[1] != p.dim_qk) {
       pf[npf++] = {K.ptr(b, r0 + nk, g), K.stride[1], nn, k_bytes};
     }
-    if (--blocks_left == 0)
-      for (int x = 0; x < nahead; ++x) pf[npf++] = ahead[x];
+    if (last)
+      for (int x = 2; x < nahead; ++x) pf[npf++] = ahead[x];
     const float* q_blk = a.rope_two_queries() && j0 < a.rope_sink_keys ? qt_sink : qt;
     const int v0 = static_cast<int>(rows.lo / tile::kWidth);
     const int v1 = std::min(vecs, static_cast<int>((rows.hi + tile::kWidth - 1) / tile::kWidth));
@@ -308,7 +312,8 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
       vp = vpack;
       ld_v = dv_pad;
     }
-    tile::mma_pv(acc + l0 * dv_pad, dv_pad, nql, st + l0, kBlockQ, 1, vp, ld_v, nk, dv_vecs, acc_scale);
+    tile::mma_pv(acc + l0 * dv_pad, dv_pad, nql, st + l0, kBlockQ, 1, vp, ld_v, nk, dv_vecs, acc_scale, ahead,
+                 last ? std::min(nahead, 2) : 0);
     if constexpr (V::Norm::kSumsV) vsums.add(mask, kind, i0, nq, j0, nk, vp, ld_v);
   };
   bool listed = false;  // the mask's blocks as key lists (one segment; gathered K/V or a key slot map)

@@ -65,7 +65,7 @@ inline void prefetch_rows(const float* p, index_t ld, index_t nrows, index_t byt
 // With copy_to set, the rows are copied there instead (row r to copy_to + r * copy_ld): a
 // packing copy spread the same way, whose loads then overlap with the FMAs instead of
 // stalling a separate copy loop.
-inline constexpr int kMaxRowStreams = 6;  // per mma_kqt call
+inline constexpr int kMaxRowStreams = 4;  // per mma_kqt or mma_pv call
 struct RowStream {
   const float* p = nullptr;
   index_t ld = 0, rows = 0, bytes = 0;
@@ -89,6 +89,44 @@ struct RowPointers {
 };
 
 namespace detail {
+
+// The rows of streams pf[0 .. npf) spread evenly over `steps` steps of a micro-kernel:
+// operator()(step) issues that step's share of every stream (prefetches or copies).
+class StreamShares {
+ public:
+  StreamShares(const RowStream* pf, int npf, index_t steps) : pf_(pf), npf_(npf) {
+    assert(npf <= kMaxRowStreams);
+    for (int s = 0; s < npf; ++s) per_[s] = (pf[s].rows + steps - 1) / std::max<index_t>(steps, 1);
+  }
+  void operator()(index_t step) const {
+    for (int s = 0; s < npf_; ++s) {
+      const RowStream& st = pf_[s];
+      const index_t r0 = step * per_[s];
+      if (r0 >= st.rows) continue;
+      const index_t n = std::min(per_[s], st.rows - r0);
+      if (st.map != nullptr) {  // rows in a permuted order
+        for (index_t r = r0; r < r0 + n; ++r) {
+          if (st.map[r] < 0) continue;  // a padding slot (permuted neighborhood tiles)
+          const float* row = st.p + st.map[r] * st.ld;
+          if (st.copy_to == nullptr)
+            prefetch_lines(row, st.bytes);
+          else
+            std::memcpy(st.copy_to + r * st.copy_ld, row, static_cast<std::size_t>(st.bytes));
+        }
+      } else if (st.copy_to == nullptr) {
+        prefetch_rows(st.p + r0 * st.ld, st.ld, n, st.bytes);
+      } else {
+        for (index_t r = r0; r < r0 + n; ++r)
+          std::memcpy(st.copy_to + r * st.copy_ld, st.p + r * st.ld, static_cast<std::size_t>(st.bytes));
+      }
+    }
+  }
+
+ private:
+  const RowStream* pf_;
+  int npf_;
+  index_t per_[kMaxRowStreams] = {};  // rows of each stream per step (divided once, not per step)
+};
 
 // Calls f(std::integral_constant<int, n>) for a runtime n in [1, Max]: how remainders reach
 // a fully unrolled kernel.
@@ -162,31 +200,7 @@ template <class Rows>
 inline void mma_kqt_rows(float* st, index_t ld_st, Rows k, index_t nk, const float* qt, index_t d, int vecs,
                          const RowStream* pf = nullptr, int npf = 0) {
   const index_t groups = (nk + kRowsQK - 1) / kRowsQK;
-  index_t per[kMaxRowStreams] = {};  // rows of each stream per row group (divided once, not per group)
-  assert(npf <= kMaxRowStreams);
-  for (int s = 0; s < npf; ++s) per[s] = (pf[s].rows + groups - 1) / groups;
-  auto prefetch_share = [&](index_t gi) {  // this row group's share of every stream
-    for (int s = 0; s < npf; ++s) {
-      const index_t r0 = gi * per[s];
-      if (r0 >= pf[s].rows) continue;
-      const index_t n = std::min(per[s], pf[s].rows - r0);
-      if (pf[s].map != nullptr) {  // rows in a permuted order
-        for (index_t r = r0; r < r0 + n; ++r) {
-          if (pf[s].map[r] < 0) continue;  // a padding slot (permuted neighborhood tiles)
-          const float* row = pf[s].p + pf[s].map[r] * pf[s].ld;
-          if (pf[s].copy_to == nullptr)
-            prefetch_rows(row, 0, 1, pf[s].bytes);
-          else
-            std::memcpy(pf[s].copy_to + r * pf[s].copy_ld, row, static_cast<std::size_t>(pf[s].bytes));
-        }
-      } else if (pf[s].copy_to == nullptr) {
-        prefetch_rows(pf[s].p + r0 * pf[s].ld, pf[s].ld, n, pf[s].bytes);
-      } else {
-        for (index_t r = r0; r < r0 + n; ++r)
-          std::memcpy(pf[s].copy_to + r * pf[s].copy_ld, pf[s].p + r * pf[s].ld, static_cast<std::size_t>(pf[s].bytes));
-      }
-    }
-  };
+  const detail::StreamShares prefetch_share(pf, npf, groups);
   // One row group of R rows of K, against the `vecs` vectors of lanes in register tiles of
   // kColsQK vectors (all of them with 32 registers; pairs with 16, the K rows read from L1
   // after the first pair). A run-time loop over the pairs keeps the instantiations few.
@@ -227,17 +241,23 @@ inline void mma_kqt(float* st, index_t ld_st, const float* k, index_t ld_k, inde
 //              when the value dimension is not a multiple of kWidth)
 //   row_scale  nq factors (the online-softmax rescale of O), or null for none. Applied as the
 //              register tile of O is loaded: a separate pass would load and store O once more.
+//   pf[0 .. npf) rows to prefetch meanwhile, spread over the register tiles (as mma_kqt).
 inline void mma_pv(float* o, index_t ld_o, index_t nq, const float* p, index_t pj, index_t pr, const float* v,
-                   index_t ld_v, index_t nk, index_t dv_vecs, const float* row_scale = nullptr) {
+                   index_t ld_v, index_t nk, index_t dv_vecs, const float* row_scale = nullptr,
+                   const RowStream* pf = nullptr, int npf = 0) {
+  const index_t row_tiles = (nq + kRowsPV - 1) / kRowsPV;
+  const detail::StreamShares prefetch_share(pf, npf, row_tiles * ((dv_vecs + kColsPV - 1) / kColsPV));
+  index_t step = 0;
   // Column chunks outermost: one V panel (nk x kColsPV vectors) stays in L1 while every
   // register tile of query rows streams over it.
   auto rows = [&](index_t c, auto cc) {
     constexpr int C = decltype(cc)::value;
     const auto scale_of = [&](index_t i) { return row_scale != nullptr ? row_scale + i : nullptr; };
     index_t i = 0;
-    for (; i + kRowsPV <= nq; i += kRowsPV)
+    for (; i + kRowsPV <= nq; i += kRowsPV, prefetch_share(step++))
       detail::pv_block<kRowsPV, C>(o + i * ld_o + c * kWidth, ld_o, scale_of(i), p + i * pr, pj, pr, v + c * kWidth,
                                    ld_v, nk);
+    if (i < nq) prefetch_share(step++);
     if (i < nq)
       detail::dispatch_upto<kRowsPV - 1>(static_cast<int>(nq - i), [&](auto rr) {
         detail::pv_block<decltype(rr)::value, C>(o + i * ld_o + c * kWidth, ld_o, scale_of(i), p + i * pr, pj, pr,
