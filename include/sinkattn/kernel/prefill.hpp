@@ -157,9 +157,20 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
       tile::prefetch_lines<1, 3>(a.o.ptr(b, row, h), p.dim_v * static_cast<index_t>(sizeof(float)));
     }
   }
-  if (a.rope || a.q_rows) {
-    // Through kpack: RoPE on load rotates the rows at their positions; a query slot map
-    // (permuted neighborhood attention) gathers them, in place of a permuted copy of Q.
+  if (a.q_rows && !a.rope && a.q.stride[3] == 1) {
+    // A query slot map (permuted neighborhood attention) reads its rows straight into Q^T, in
+    // place of a permuted copy of Q; padding slots read a zero row.
+    std::fill(kpack, kpack + p.dim_qk, 0.f);
+    tile::pack_transposed_rows(
+        qt,
+        [&](index_t r) {
+          const index_t row = a.q_rows[i0 + r];
+          return row < 0 ? static_cast<const float*>(kpack) : a.q.ptr(b, row, h);
+        },
+        nq, p.dim_qk, a.scale * kLog2e);
+  } else if (a.rope || a.q_rows) {
+    // Through kpack: RoPE on load rotates the rows at their positions; a strided slot-mapped
+    // Q is gathered into rows first.
     const auto pack_rows_of = [&](float* dst, bool sink) {
       for (index_t r = 0; r < nq; ++r) {
         float* d = kpack + r * dqk_pad;

@@ -71,32 +71,51 @@ inline void transpose16x16(__m512 r[16]) {
 }  // namespace detail
 #endif
 
-// qt (d, kQRows) = scale * transpose of nrows rows of src (row r at src + r * ld_src,
-// element x at x * stride_d), lanes >= nrows zero so that padded lanes stay finite. The
-// softmax scale rides along here, once per query tile, instead of once per score.
-// With AVX-512, 16x16 blocks (contiguous head dim) are transposed in registers; a scalar
-// strided loop here cost ~5 us per 64x64 tile, half a key block's work, which weighs on
-// masks whose query tiles visit only a few key blocks (blocked, block-sparse).
-inline void pack_transposed(float* qt, const float* src, index_t ld_src, index_t stride_d, index_t nrows, index_t d,
-                            float scale = 1.f) {
+// qt (d, kQRows) = scale * transpose of nrows rows, row r at row_at(r) (unit stride), lanes
+// >= nrows zero so that padded lanes stay finite. The softmax scale rides along here, once
+// per query tile, instead of once per score. With AVX-512, 16x16 blocks are transposed in
+// registers; a scalar strided loop here cost ~5 us per 64x64 tile, half a key block's work,
+// which weighs on masks whose query tiles visit only a few key blocks (blocked, block-sparse).
+// Rows through an accessor: a query slot map (permuted neighborhood tiles) reads its
+// scattered rows straight into Q^T, without a gathered copy first.
+template <class RowAt>
+inline void pack_transposed_rows(float* qt, RowAt&& row_at, index_t nrows, index_t d, float scale = 1.f) {
   index_t rv = 0, xv = 0;  // rows [0, rv) x columns [0, xv) in registers
 #if defined(__AVX512F__)
-  if (kWidth == 16 && stride_d == 1) {
+  if (kWidth == 16) {
     rv = nrows / 16 * 16;
     xv = d / 16 * 16;
     const __m512 sv = _mm512_set1_ps(scale);
     __m512 blk[16];
-    for (index_t r = 0; r < rv; r += 16)
+    for (index_t r = 0; r < rv; r += 16) {
+      const float* src[16];
+      for (int i = 0; i < 16; ++i) src[i] = row_at(r + i);
       for (index_t x = 0; x < xv; x += 16) {
-        for (int i = 0; i < 16; ++i) blk[i] = _mm512_loadu_ps(src + (r + i) * ld_src + x);
+        for (int i = 0; i < 16; ++i) blk[i] = _mm512_loadu_ps(src[i] + x);
         detail::transpose16x16(blk);
         for (int i = 0; i < 16; ++i) _mm512_storeu_ps(qt + (x + i) * kQRows + r, _mm512_mul_ps(blk[i], sv));
       }
+    }
   }
 #endif
   for (index_t x = 0; x < d; ++x) {
     float* dst = qt + x * kQRows;
-    for (index_t r = x < xv ? rv : 0; r < nrows; ++r) dst[r] = src[r * ld_src + x * stride_d] * scale;
+    for (index_t r = x < xv ? rv : 0; r < nrows; ++r) dst[r] = row_at(r)[x] * scale;
+    for (index_t r = nrows; r < kQRows; ++r) dst[r] = 0.f;
+  }
+}
+
+// The same over rows at src + r * ld_src, element x at x * stride_d.
+inline void pack_transposed(float* qt, const float* src, index_t ld_src, index_t stride_d, index_t nrows, index_t d,
+                            float scale = 1.f) {
+  if (stride_d == 1) {
+    pack_transposed_rows(
+        qt, [&](index_t r) { return src + r * ld_src; }, nrows, d, scale);
+    return;
+  }
+  for (index_t x = 0; x < d; ++x) {
+    float* dst = qt + x * kQRows;
+    for (index_t r = 0; r < nrows; ++r) dst[r] = src[r * ld_src + x * stride_d] * scale;
     for (index_t r = nrows; r < kQRows; ++r) dst[r] = 0.f;
   }
 }
