@@ -163,6 +163,19 @@ inline bool block_heads_inner(const BlockMask& m, const Problem& p) {
   return heads_inner_fits(static_cast<double>(keys), p);
 }
 
+// The flat neighborhood tiles' task order: heads innermost when the widest key range of a
+// query tile (its windows' span plus the extra keys; 1-D or a row-major span) fits, as for
+// block attention (a 1-D blocked neighborhood is block attention).
+inline bool flat_neighborhood_heads_inner(const NeighborhoodMask& m, const Problem& p) {
+  const policy::NeighborhoodMaskPolicy grid{m.rank, m.extent, m.kernel, m.dilation, m.stride, m.causal, 0};
+  index_t keys = 0;
+  for (index_t i0 = 0; i0 < p.seq_q; i0 += kBlockQ) {
+    const index_t i1 = std::min(p.seq_q, i0 + kBlockQ);
+    keys = std::max(keys, grid.kv_end(i0, i1) - grid.kv_begin(i0, i1));
+  }
+  return heads_inner_fits(static_cast<double>(keys + m.extra_keys), p);
+}
+
 // Runtime mask -> its policy, then the normalization switch (dispatch_norm).
 inline Status dispatch_mask(const KernelArgs& a, const Options& opt, const Executor& ex) {
   if (std::holds_alternative<FullMask>(opt.mask))
@@ -198,10 +211,11 @@ inline Status dispatch_mask(const KernelArgs& a, const Options& opt, const Execu
       return detail::forward_neighborhood_tiled(a, *m, ex, [&](const detail::KernelArgs& pa, const auto& pm) {
         return detail::dispatch_norm(pa, opt, pm, ex);
       });
-    return detail::dispatch_norm(
-        a, opt,
-        policy::NeighborhoodMaskPolicy{m->rank, m->extent, m->kernel, m->dilation, m->stride, m->causal, m->extra_keys},
-        ex);
+    const policy::NeighborhoodMaskPolicy pol{m->rank,   m->extent, m->kernel,    m->dilation,
+                                             m->stride, m->causal, m->extra_keys};
+    KernelArgs an = a;
+    an.heads_inner = flat_neighborhood_heads_inner(*m, a.p);
+    return detail::dispatch_norm(an, opt, pol, ex);
   }
   return Status(Errc::unsupported, "mask: this mask is not in the fast path yet (use the reference)");
 }
