@@ -17,6 +17,7 @@
 #include "harness.hpp"
 #include "mask_properties.hpp"
 #include "neighborhood_cases.hpp"
+#include "next_task_check.hpp"
 #include "sinkattn/kernel/forward.hpp"
 #include "sinkattn/kernel/permute.hpp"
 #include "sinkattn/policy/mask_neighborhood_tiled.hpp"
@@ -352,6 +353,39 @@ TEST(NeighborhoodTiledKernel, BlockedNeighborhoodsReadKeysAtTheCallersRows) {
   Options opt;
   opt.mask = m;
   EXPECT_TRUE(run_and_compare(data, opt)) << "strided head dim";
+}
+
+// The look-ahead of the permuted call (detail::next_task_streams): Q and O through the query
+// slot map (padding slots skipped), K and V of the first list block, from the gathered copies
+// or at the caller's rows (blocked neighborhoods, with the extra keys in front).
+TEST(NeighborhoodTiledKernel, LookAheadNamesTheNextTasksRows) {
+  std::vector<NeighborhoodMask> masks = kCases;
+  masks.push_back(na(2, {24, 24, 1}, {8, 8, 1}, {1, 1, 1}, {8, 8, 1}));  // keys in place
+  masks.back().extra_keys = 5;
+  int in_place = 0;
+  for (const NeighborhoodMask& m : masks) {
+    SCOPED_TRACE(describe(m));
+    const index_t n = tokens(m) + m.extra_keys;
+    const Problem p{1, 4, 2, tokens(m), n, 24, 40};
+    const auto d = test::make_data(p, Layout::BSHD, 3);
+    test::Out out = test::make_out(p, Layout::BSHD);
+    Options opt;
+    opt.mask = m;
+    const detail::KernelArgs a = detail::make_args(p, d.q, d.k, d.v, out.o, opt);
+    ASSERT_TRUE(detail::neighborhood_tiled_applies(a, m, opt));
+    detail::NaPlan plan;
+    detail::na_build_call_plan(plan, m);
+    const policy::NeighborhoodTiledMaskPolicy pol{&plan};
+    if (detail::na_keys_in_place(a, plan)) {
+      ++in_place;
+      EXPECT_TRUE(test::next_task_streams_ok(detail::na_permuted_args(a, plan, nullptr), pol)) << "in place";
+    } else {
+      detail::Workspace ws;
+      const detail::NaBuffers buf = detail::na_buffers(a, plan, ws);
+      EXPECT_TRUE(test::next_task_streams_ok(detail::na_permuted_args(a, plan, &buf), pol)) << "gathered";
+    }
+  }
+  EXPECT_GE(in_place, 2);  // the blocked cases read K/V at the caller's rows
 }
 
 // The plan is kept per thread for the next call with the same mask (na_plan_for): masks that

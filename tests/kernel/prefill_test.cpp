@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "harness.hpp"
+#include "next_task_check.hpp"
 #include "sinkattn/kernel/forward.hpp"
 #include "threads.hpp"
 
@@ -271,6 +272,32 @@ TEST(Prefill, ErrorsNameTheArgument) {
 }
 
 // The compile-time entry point runs exactly one specialisation.
+// Each task prefetches the rows of the task its thread runs next (detail::next_task_streams):
+// over flat masks, layouts, GQA and tiles that see no key, those are that task's rows.
+TEST(Prefill, LookAheadNamesTheNextTasksRows) {
+  const std::vector<index_t> bounds = {0, 50, 70, 160};
+  for (const Layout layout : {Layout::BSHD, Layout::BHSD})
+    for (const Problem p : {problem(2, 4, 2, 200, 230, 40, 24), problem(1, 3, 1, 130, 100, 64, 64)}) {
+      const auto d = test::make_data(p, layout, 5);
+      test::Out out = test::make_out(p, layout);
+      const detail::KernelArgs a = detail::make_args(p, d.q, d.k, d.v, out.o, Options{});
+      const index_t shift = p.seq_kv - p.seq_q;
+      SCOPED_TRACE(::testing::Message() << to_string(layout) << " Sq " << p.seq_q << " Skv " << p.seq_kv);
+      EXPECT_TRUE(test::next_task_streams_ok(a, policy::FullMaskPolicy{p.seq_kv}));
+      EXPECT_TRUE(test::next_task_streams_ok(a, policy::CausalMaskPolicy{p.seq_kv, shift}));
+      EXPECT_TRUE(test::next_task_streams_ok(a, policy::CausalMaskPolicy{p.seq_kv, -90}));  // rows that see nothing
+      EXPECT_TRUE(test::next_task_streams_ok(a, policy::SlidingWindowMaskPolicy{p.seq_kv, shift, 40, 0, 4}));
+      EXPECT_TRUE(test::next_task_streams_ok(
+          a, policy::BlockMaskPolicy{p.seq_kv, shift, 0, bounds.data(), 4, 3, false, true}));  // ragged, global
+      EXPECT_TRUE(test::next_task_streams_ok(a, policy::BlockMaskPolicy{p.seq_kv, shift, 64, nullptr, 0, 0, true}));
+      if (p.seq_q == p.seq_kv || shift > 0) {
+        EXPECT_TRUE(test::next_task_streams_ok(
+            a, policy::NeighborhoodMaskPolicy{
+                   1, {p.seq_kv - shift, 1, 1}, {20, 1, 1}, {3, 1, 1}, {4, 1, 1}, {false, false, false}, shift}));
+      }
+    }
+}
+
 TEST(Prefill, CompileTimeVariant) {
   using V = Variant<policy::Score<false, false, false>, policy::CausalMaskPolicy, policy::OnlineSoftmax, policy::NoSink,
                     policy::NoGate>;

@@ -198,6 +198,81 @@ TEST(TileOps, PackTransposedContiguousRowsAllTails) {
     }
 }
 
+TEST(TileOps, PackTransposedRowsThroughPointers) {
+  // A query slot map's rows: scattered over a pool in any order, padding slots on a zero row.
+  Buf bt;
+  float* qt = bt.get(80 * kQRows);
+  for (index_t rows : {1, 9, 16, 17, 33, 64})
+    for (index_t cols : {5, 16, 19, 64, 72}) {
+      if (rows > kQRows) continue;
+      const index_t pool = 3 * rows, ld = 4 * cols + 3;
+      const auto src = test::random_vector(static_cast<std::size_t>(pool * ld), 13 + rows, -1, 1);
+      const std::vector<float> zero(static_cast<std::size_t>(cols), 0.f);
+      std::vector<const float*> row(static_cast<std::size_t>(rows));
+      for (index_t r = 0; r < rows; ++r)  // every 5th row padding, the others a stride-7 walk
+        row[static_cast<std::size_t>(r)] = r % 5 == 4 ? zero.data() : src.data() + (r * 7 % pool) * ld;
+      std::fill(qt, qt + cols * kQRows, kInf);
+      tile::pack_transposed_rows(
+          qt, [&](index_t r) { return row[static_cast<std::size_t>(r)]; }, rows, cols, 0.5f);
+      for (index_t x = 0; x < cols; ++x)
+        for (index_t l = 0; l < kQRows; ++l)
+          ASSERT_EQ(qt[x * kQRows + l], l < rows ? row[static_cast<std::size_t>(l)][x] * 0.5f : 0.f)
+              << "rows=" << rows << " cols=" << cols << " x=" << x << " l=" << l;
+    }
+}
+
+TEST(TileGemm, RowStreamsCopyEveryRowOnceDuringEitherProduct) {
+  // Copy streams (the V panel's packing, spread over a product's register tiles) through a
+  // row map with padding entries (< 0: skipped) and plain strided, over S^T and over P.V, for
+  // row counts that leave partial steps: each destination row is its source row, skipped rows
+  // are untouched, and the products still come out right.
+  const index_t d = 2 * kWidth, bytes = d * static_cast<index_t>(sizeof(float)), ld_src = 3 * d + 1;
+  const auto src = test::random_vector(static_cast<std::size_t>(80 * ld_src), 21, -1, 1);
+  Buf bk, bqt, bst, bo, bv, bc0, bc1;
+  for (index_t n : {1, 5, 6, 7, 13, 40, 64}) {
+    std::vector<index_t> map(static_cast<std::size_t>(n));
+    for (index_t r = 0; r < n; ++r) map[static_cast<std::size_t>(r)] = r % 4 == 3 ? -1 : (r * 11) % 80;
+    float* c0 = bc0.get(n * d);
+    float* c1 = bc1.get(n * d);
+    tile::RowStream pf[2];
+    pf[0] = {src.data(), ld_src, n, bytes, c0, d, map.data()};
+    pf[1] = {src.data() + 1, ld_src, n, bytes, c1, d, nullptr};
+    const auto check = [&](const char* where) {
+      for (index_t r = 0; r < n; ++r)
+        for (index_t x = 0; x < d; ++x) {
+          const index_t m = map[static_cast<std::size_t>(r)];
+          ASSERT_EQ(c0[r * d + x], m < 0 ? kInf : src[m * ld_src + x]) << where << " n=" << n << " r=" << r;
+          ASSERT_EQ(c1[r * d + x], src[r * ld_src + 1 + x]) << where << " n=" << n << " r=" << r;
+        }
+    };
+    // S^T over nk = n keys, then P.V over nq = n query rows (the two step counts differ).
+    const auto kv = test::random_vector(static_cast<std::size_t>(n * d), 22 + n, -1, 1);
+    float* k = bk.get(n * d);
+    std::copy(kv.begin(), kv.end(), k);
+    float* qt = bqt.get(d * kQRows);
+    std::fill(qt, qt + d * kQRows, 0.25f);
+    float* st = bst.get(std::max<index_t>(n, kWidth) * kQRows);
+    std::fill(c0, c0 + n * d, kInf);
+    std::fill(c1, c1 + n * d, kInf);
+    tile::mma_kqt(st, kQRows, k, d, n, qt, d, tile::kQVecs, pf, 2);
+    check("S^T");
+    for (index_t j = 0; j < n; ++j) {
+      double want = 0;
+      for (index_t x = 0; x < d; ++x) want += 0.25 * k[j * d + x];
+      ASSERT_NEAR(st[j * kQRows], want, 1e-5) << "n=" << n << " j=" << j;
+    }
+    std::fill(c0, c0 + n * d, kInf);
+    std::fill(c1, c1 + n * d, kInf);
+    float* o = bo.get(n * d);
+    std::fill(o, o + n * d, 0.f);
+    float* v = bv.get(kWidth * d);
+    std::fill(v, v + kWidth * d, 1.f);
+    tile::mma_pv(o, d, n, st, kQRows, 1, v, d, 1, d / kWidth, nullptr, pf, 2);  // one key: O = S^T row 0
+    check("P.V");
+    for (index_t r = 0; r < n; ++r) ASSERT_EQ(o[r * d], st[r]) << "n=" << n << " r=" << r;
+  }
+}
+
 TEST(TileOps, LaneReductionsExpAndRowScaling) {
   Buf b;
   const index_t nk = 7;
