@@ -66,11 +66,13 @@ struct PrefillTask {
 
 // The rows task `t` reads first and writes last, as prefetch streams (at most 4 into `out`;
 // `rows`, kBlockKV entries, holds a composed key map that a stream may point to):
-// its Q and O rows and the K and V rows of its first key block. Without them a short task
-// (a neighborhood or block tile that visits one to a few key blocks) starts by waiting for
-// rows that nothing has asked for: its Q gather, its first V copy and its O store stalled on
-// memory for about a third of a blocked 8x8 neighborhood call (bench/RESULTS.md); asked for
-// while the previous task computes, they are in L2 when the task starts.
+// out[0], out[1] its Q and O rows, out[2], out[3] the K and V rows of its first key block
+// (none when it sees no key; prefill_task issues the two pairs during different products).
+// Without them a short task (a neighborhood or block tile that visits one to a few key
+// blocks) starts by waiting for rows that nothing has asked for: its Q gather, its first V
+// copy and its O store stalled on memory for about a third of a blocked 8x8 neighborhood call
+// (bench/RESULTS.md); asked for while the previous task computes, they are in L2 when the
+// task starts.
 template <class Mask>
 int next_task_streams(tile::RowStream* out, index_t* rows, const KernelArgs& a, const Mask& mask_all, PrefillTask t) {
   const Problem& p = a.p;
