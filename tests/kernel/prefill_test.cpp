@@ -276,11 +276,12 @@ TEST(Prefill, ErrorsNameTheArgument) {
 // over flat masks, layouts, GQA and tiles that see no key, those are that task's rows.
 TEST(Prefill, LookAheadNamesTheNextTasksRows) {
   const std::vector<index_t> bounds = {0, 50, 70, 160};
+  const Options none;  // (a named object: a temporary Options here tripped g++ 12's -Wmaybe-uninitialized)
   for (const Layout layout : {Layout::BSHD, Layout::BHSD})
     for (const Problem p : {problem(2, 4, 2, 200, 230, 40, 24), problem(1, 3, 1, 130, 100, 64, 64)}) {
       const auto d = test::make_data(p, layout, 5);
       test::Out out = test::make_out(p, layout);
-      const detail::KernelArgs a = detail::make_args(p, d.q, d.k, d.v, out.o, Options{});
+      const detail::KernelArgs a = detail::make_args(p, d.q, d.k, d.v, out.o, none);
       const index_t shift = p.seq_kv - p.seq_q;
       SCOPED_TRACE(::testing::Message() << to_string(layout) << " Sq " << p.seq_q << " Skv " << p.seq_kv);
       EXPECT_TRUE(test::next_task_streams_ok(a, policy::FullMaskPolicy{p.seq_kv}));
