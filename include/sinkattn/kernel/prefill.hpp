@@ -59,6 +59,45 @@ template <class M>
 struct has_block_lists<M, std::void_t<decltype(std::declval<const M&>().has_lists(index_t{}, index_t{}))>>
     : std::true_type {};
 
+// The key blocks of query tile [i0, i0 + nq) in the order the loop visits them: f(j0, j1,
+// kind, rows, piece, keys) per block inside one KV segment (KernelArgs::for_each_piece). keys
+// non-null: a list block (has_block_lists; one segment, no RoPE on load, and Lists: the
+// normalizations that sum V rows per block take the plain blocks), whose rows r < j1 = n are
+// the keys keys[r], j0 = 0.
+template <bool Lists, class Mask, class F>
+void for_each_task_block(const KernelArgs& a, const Mask& mask, index_t i0, index_t nq, F&& f) {
+  if constexpr (Lists && has_block_lists<Mask>::value) {
+    if (a.nseg == 0 && !a.rope && mask.has_lists(i0, nq)) {
+      const KernelArgs::KvPiece pc = a.piece(0);
+      mask.for_each_block_list(
+          i0, [&](index_t j0, const index_t* keys, index_t n, policy::BlockKind kind, policy::RowSpan rows) {
+            if (keys == nullptr)
+              f(j0, j0 + n, kind, rows, pc, nullptr);
+            else
+              f(index_t{0}, n, kind, rows, pc, keys);
+          });
+      return;
+    }
+  }
+  policy::for_each_kv_block_rows(mask, i0, i0 + nq, kBlockKV, tile::kWidth,
+                                 [&](index_t j0, index_t j1, policy::BlockKind kind, policy::RowSpan rows) {
+                                   a.for_each_piece(j0, j1, [&](index_t s0, index_t s1, const KernelArgs::KvPiece& pc) {
+                                     f(s0, s1, kind, rows, pc, nullptr);
+                                   });
+                                 });
+}
+
+// The K/V row of each of the nk rows of block [j0, ...) when they are not consecutive rows of
+// its segment: a list block's keys, a key slot map's rows (KernelArgs::kv_rows), or both
+// composed into buf (kBlockKV entries). Null: consecutive, from the block's first row.
+inline const index_t* block_row_map(const KernelArgs& a, index_t j0, index_t nk, const index_t* keys, index_t* buf) {
+  if (a.kv_rows && keys) {
+    for (index_t r = 0; r < nk; ++r) buf[r] = a.kv_rows[keys[r]];
+    return buf;
+  }
+  return a.kv_rows ? a.kv_rows + j0 : keys;
+}
+
 // One task of the prefill loop: query tile qb of head h of batch b; b < 0: none.
 struct PrefillTask {
   index_t b = -1, h = 0, qb = 0;
@@ -73,7 +112,7 @@ struct PrefillTask {
 // copy and its O store stalled on memory for about a third of a blocked 8x8 neighborhood call
 // (bench/RESULTS.md); asked for while the previous task computes, they are in L2 when the
 // task starts.
-template <class Mask>
+template <bool Lists = true, class Mask>
 int next_task_streams(tile::RowStream* out, index_t* rows, const KernelArgs& a, const Mask& mask_all, PrefillTask t) {
   const Problem& p = a.p;
   if (t.b < 0) return 0;
@@ -89,40 +128,22 @@ int next_task_streams(tile::RowStream* out, index_t* rows, const KernelArgs& a, 
     out[n++] = {a.q.ptr(t.b, i0, t.h), a.q.stride[1], nq, q_bytes};
     out[n++] = {a.o.ptr(t.b, i0, t.h), a.o.stride[1], nq, v_bytes};
   }
-  // The first key block: [j0, j0 + nk), or the keys `keys` of a list block.
+  // The first key block, read as prefill_task's block() reads it.
   decltype(auto) mask = policy::bind(mask_all, t.b, t.h);
-  index_t j0 = -1, nk = 0;
+  bool found = false;
+  index_t j0 = 0, j1 = 0;
   const index_t* keys = nullptr;
-  bool listed = false;
-  if constexpr (has_block_lists<std::decay_t<decltype(mask)>>::value) {
-    if (a.nseg == 0 && !a.rope && mask.has_lists(i0, nq)) {
-      listed = true;
-      mask.for_each_block_list(i0,
-                               [&](index_t bj0, const index_t* bkeys, index_t bn, policy::BlockKind, policy::RowSpan) {
-                                 if (j0 < 0) j0 = bj0, keys = bkeys, nk = bn;
-                               });
-    }
-  }
-  if (!listed)
-    policy::for_each_kv_block_rows(mask, i0, i0 + nq, kBlockKV, tile::kWidth,
-                                   [&](index_t bj0, index_t bj1, policy::BlockKind, policy::RowSpan) {
-                                     if (j0 < 0) j0 = bj0, nk = bj1 - bj0;
-                                   });
-  if (j0 < 0) return n;
-  const KernelArgs::KvPiece pc = a.piece(keys ? 0 : j0);
-  const TensorView<const float>& K = *pc.k;
-  const TensorView<const float>& Vw = *pc.v;
-  const index_t* map = keys;  // the rows as the kernel reads them (prefill_task's rowmap)
-  if (keys && a.kv_rows) {
-    for (index_t r = 0; r < nk; ++r) rows[r] = a.kv_rows[keys[r]];
-    map = rows;
-  } else if (a.kv_rows) {
-    map = a.kv_rows + j0;
-  }
+  KernelArgs::KvPiece pc{};
+  for_each_task_block<Lists>(a, mask, i0, nq,
+                             [&](index_t s0, index_t s1, policy::BlockKind, policy::RowSpan,
+                                 const KernelArgs::KvPiece& piece, const index_t* ks) {
+                               if (!found) found = true, j0 = s0, j1 = s1, keys = ks, pc = piece;
+                             });
+  if (!found) return n;
+  const index_t* map = block_row_map(a, j0, j1 - j0, keys, rows);
   const index_t r0 = map ? 0 : j0 - pc.base;
-  if (!map) nk = std::min(nk, pc.end - j0);
-  out[n++] = {K.ptr(t.b, r0, g), K.stride[1], nk, q_bytes, nullptr, 0, map};
-  out[n++] = {Vw.ptr(t.b, r0, g), Vw.stride[1], nk, v_bytes, nullptr, 0, map};
+  out[n++] = {pc.k->ptr(t.b, r0, g), pc.k->stride[1], j1 - j0, q_bytes, nullptr, 0, map};
+  out[n++] = {pc.v->ptr(t.b, r0, g), pc.v->stride[1], j1 - j0, v_bytes, nullptr, 0, map};
   return n;
 }
 
@@ -217,7 +238,8 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
   // does not evict them from L2 first.
   tile::RowStream ahead[4];
   index_t ahead_rows[kBlockKV];
-  const int nahead = next_task_streams(ahead, ahead_rows, a, mask_all, next);
+  constexpr bool kLists = !V::Norm::kSumsV;  // (affine-scaled sums V per plain block)
+  const int nahead = next_task_streams<kLists>(ahead, ahead_rows, a, mask_all, next);
   index_t blocks_left = 0;
 
   // One key block [j0, j1) inside one segment (KernelArgs::for_each_piece), computed for the
@@ -235,16 +257,8 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
     const bool v_inplace =
         !a.kv_rows && !keys && Vw.stride[3] == 1 && Vw.stride[1] == p.dim_v && p.dim_v % tile::kWidth == 0;
     const bool v_copy = !v_inplace && Vw.stride[3] == 1;
-    // The K/V row of each block row when they are not consecutive: a list block's keys, a key
-    // slot map's rows, or both composed.
     index_t rowmap[kBlockKV];
-    const index_t* map = keys;
-    if (a.kv_rows && keys) {
-      for (index_t r = 0; r < nk; ++r) rowmap[r] = a.kv_rows[keys[r]];
-      map = rowmap;
-    } else if (a.kv_rows) {
-      map = a.kv_rows + j0;
-    }
+    const index_t* map = block_row_map(a, j0, nk, keys, rowmap);  // null: consecutive rows
     const float* kp = K.ptr(b, r0, g);
     index_t ld_k = K.stride[1];
     if (a.rope) {
@@ -329,36 +343,8 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
                  last ? std::min(nahead, 2) : 0);
     if constexpr (V::Norm::kSumsV) vsums.add(mask, kind, i0, nq, j0, nk, vp, ld_v);
   };
-  bool listed = false;  // the mask's blocks as key lists (one segment; gathered K/V or a key slot map)
-  if constexpr (has_block_lists<std::decay_t<decltype(mask)>>::value && !V::Norm::kSumsV) {
-    if (a.nseg == 0 && !a.rope && mask.has_lists(i0, nq)) {
-      listed = true;
-      const KernelArgs::KvPiece pc = a.piece(0);
-      if (nahead > 0)
-        mask.for_each_block_list(
-            i0, [&](index_t, const index_t*, index_t, policy::BlockKind, policy::RowSpan) { ++blocks_left; });
-      mask.for_each_block_list(
-          i0, [&](index_t j0, const index_t* keys, index_t n, policy::BlockKind kind, policy::RowSpan rows) {
-            if (keys == nullptr)
-              block(j0, j0 + n, kind, rows, pc, nullptr);
-            else
-              block(0, n, kind, rows, pc, keys);
-          });
-    }
-  }
-  if (!listed && nahead > 0)
-    policy::for_each_kv_block_rows(
-        mask, i0, i0 + nq, kBlockKV, tile::kWidth, [&](index_t j0, index_t j1, policy::BlockKind, policy::RowSpan) {
-          a.for_each_piece(j0, j1, [&](index_t, index_t, const KernelArgs::KvPiece&) { ++blocks_left; });
-        });
-  if (!listed)
-    policy::for_each_kv_block_rows(mask, i0, i0 + nq, kBlockKV, tile::kWidth,
-                                   [&](index_t j0, index_t j1, policy::BlockKind kind, policy::RowSpan rows) {
-                                     a.for_each_piece(j0, j1,
-                                                      [&](index_t s0, index_t s1, const KernelArgs::KvPiece& pc) {
-                                                        block(s0, s1, kind, rows, pc, nullptr);
-                                                      });
-                                   });
+  if (nahead > 0) for_each_task_block<kLists>(a, mask, i0, nq, [&](auto&&...) { ++blocks_left; });
+  for_each_task_block<kLists>(a, mask, i0, nq, block);
 
   policy::RowFinal fin;
   fin.want_lse = a.want_lse();
