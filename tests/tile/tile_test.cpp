@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -109,14 +110,17 @@ TEST(TileGemm, MmaKqtMatchesScalarLoops) {
 }
 
 // O = diag(f) O + P V in both P orientations, with and without the row factors f, for row
-// counts and value widths that cross the tiles.
+// counts and value widths that cross the tiles; and the two ends of a prefill task's blocks
+// (tile::PvIo): O starting from zero (whatever O held), the result written to rows of their
+// own, scaled, some rows dropped, O left untouched.
 TEST(TileGemm, MmaPvMatchesScalarLoopsInBothOrientations) {
-  Buf bo, bp;
+  Buf bo, bp, bout;
   for (index_t nq : {1, 2, 3, 4, 5, 6, 7, 13, 64})
     for (index_t nk : {1, 3, 16, 64})
       for (index_t dv_vecs : {1, 2, 3, 4, 5, 9})
-        for (int variant = 0; variant < 4; ++variant) {
-          const bool transposed = variant % 2 == 0, scaled = variant >= 2;
+        for (int variant = 0; variant < 16; ++variant) {
+          const bool transposed = variant % 2 == 0, scaled = variant % 4 >= 2;
+          const bool from_zero = variant % 8 >= 4, to_out = variant >= 8;
           const index_t dv = dv_vecs * kWidth, ld_o = dv, ld_v = dv + 5;
           const index_t pj = transposed ? kQRows : 1, pr = transposed ? 1 : nk + 2;
           float* p = bp.get(std::max(nk * kQRows, nq * (nk + 2)));
@@ -124,21 +128,53 @@ TEST(TileGemm, MmaPvMatchesScalarLoopsInBothOrientations) {
           std::copy(pv.begin(), pv.end(), p);
           const auto v = test::random_vector(static_cast<std::size_t>(nk * ld_v), 9 + nk, -1, 1);
           float* o = bo.get(nq * ld_o);
-          const auto o0 = test::random_vector(static_cast<std::size_t>(nq * ld_o), 3, -1, 1);
+          auto o0 = test::random_vector(static_cast<std::size_t>(nq * ld_o), 3, -1, 1);
+          if (from_zero) o0[0] = std::numeric_limits<float>::quiet_NaN();  // must not be read
           std::copy(o0.begin(), o0.end(), o);
           // Factors as the online softmax makes them: some rows 1, the others in (0, 1).
           const auto f = test::random_vector(static_cast<std::size_t>(nq), 11 + nq, 0, 1);
           std::vector<float> row_scale(f.begin(), f.end());
           for (index_t r = 0; r < nq; r += 3) row_scale[static_cast<std::size_t>(r)] = 1.f;
-          tile::mma_pv(o, ld_o, nq, p, pj, pr, v.data(), ld_v, nk, dv_vecs, scaled ? row_scale.data() : nullptr);
+          // Output rows of their own, 3 floats off the buffer's alignment and ld + 7 apart;
+          // every fifth row dropped (a padding slot); scales in (0, 2).
+          const index_t ld_out = dv + 7;
+          float* out = bout.get(nq * ld_out + 3) + 3;
+          std::fill(out, out + nq * ld_out, -7.f);
+          std::vector<float*> out_rows(static_cast<std::size_t>(nq));
+          for (index_t r = 0; r < nq; ++r)
+            out_rows[static_cast<std::size_t>(r)] = r % 5 == 4 ? nullptr : out + r * ld_out;
+          const auto out_scale = test::random_vector(static_cast<std::size_t>(nq), 13 + nq, 0, 2);
+          tile::PvIo io;
+          io.from_zero = from_zero;
+          io.row_scale = scaled ? row_scale.data() : nullptr;
+          if (to_out) {
+            io.out = out_rows.data();
+            io.out_scale = out_scale.data();
+          }
+          tile::mma_pv(o, ld_o, nq, p, pj, pr, v.data(), ld_v, nk, dv_vecs, io);
           for (index_t r = 0; r < nq; ++r)
             for (index_t x = 0; x < dv; ++x) {
-              double want = double(o0[r * ld_o + x]) * (scaled ? row_scale[static_cast<std::size_t>(r)] : 1.0);
+              const auto at = static_cast<std::size_t>(r * ld_o + x);
+              double want = from_zero ? 0.0 : double(o0[at]) * (scaled ? row_scale[static_cast<std::size_t>(r)] : 1.0);
               for (index_t j = 0; j < nk; ++j) want += double(p[j * pj + r * pr]) * v[j * ld_v + x];
-              ASSERT_NEAR(o[r * ld_o + x], want, 1e-5 * (1 + nk))
-                  << "nq=" << nq << " nk=" << nk << " dv_vecs=" << dv_vecs << " transposed=" << transposed
-                  << " scaled=" << scaled;
+              const auto where = ::testing::Message() << "nq=" << nq << " nk=" << nk << " dv_vecs=" << dv_vecs
+                                                      << " variant=" << variant << " r=" << r << " x=" << x;
+              if (!to_out) {
+                ASSERT_NEAR(o[at], want, 1e-5 * (1 + nk)) << where;
+                continue;
+              }
+              // O untouched (bitwise: NaN included), the row written scaled, or dropped.
+              ASSERT_EQ(std::memcmp(&o[at], &o0[at], sizeof(float)), 0) << where;
+              const float got = out[r * ld_out + x];
+              if (r % 5 == 4)
+                ASSERT_EQ(got, -7.f) << where;
+              else
+                ASSERT_NEAR(got, want * out_scale[static_cast<std::size_t>(r)], 2e-5 * (1 + nk)) << where;
             }
+          // Nothing written between or after the output rows.
+          if (!to_out) continue;
+          for (index_t r = 0; r < nq; ++r)
+            for (index_t x = dv; x < ld_out; ++x) ASSERT_EQ(out[r * ld_out + x], -7.f) << "r=" << r << " x=" << x;
         }
 }
 
@@ -267,7 +303,7 @@ TEST(TileGemm, RowStreamsCopyEveryRowOnceDuringEitherProduct) {
     std::fill(o, o + n * d, 0.f);
     float* v = bv.get(kWidth * d);
     std::fill(v, v + kWidth * d, 1.f);
-    tile::mma_pv(o, d, n, st, kQRows, 1, v, d, 1, d / kWidth, nullptr, pf, 2);  // one key: O = S^T row 0
+    tile::mma_pv(o, d, n, st, kQRows, 1, v, d, 1, d / kWidth, {}, pf, 2);  // one key: O = S^T row 0
     check("P.V");
     for (index_t r = 0; r < n; ++r) ASSERT_EQ(o[r * d], st[r]) << "n=" << n << " r=" << r;
   }

@@ -215,7 +215,13 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
   } else {
     tile::pack_transposed(qt, a.q.ptr(b, i0, h), a.q.stride[1], a.q.stride[3], nq, p.dim_qk, a.scale * kLog2e);
   }
-  tile::zero(acc, dv_pad, nq, dv_pad);
+  // O's rows are not cleared up front: a lane vector's first key block starts its sum from
+  // zero (tile::PvIo::from_zero); `live` has bit c set once vector c's rows hold a sum.
+  unsigned live = 0;
+  const auto zero_vectors = [&](unsigned bits) {
+    for (int c = 0; c < tile::kQVecs; ++c)
+      if (bits >> c & 1u) tile::zero(acc + c * tile::kWidth * dv_pad, dv_pad, tile::kWidth, dv_pad);
+  };
 
   // K is read in place when its head dim is contiguous (its rows are only broadcast from),
   // through a pointer per row when a key slot map permutes them (KernelArgs::kv_rows).
@@ -241,6 +247,16 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
   constexpr bool kLists = !V::Norm::kSumsV;  // (affine-scaled sums V per plain block)
   const int nahead = next_task_streams<kLists>(ahead, ahead_rows, a, mask_all, next);
   index_t blocks_left = 0;
+  // The last key block writes its lanes' finished rows straight into the caller's O when the
+  // epilogue is only O = acc * out_scale (no gate, no affine combine) and a register tile's
+  // row fits the caller's row exactly (unit stride, Dv a whole number of vectors); `stored`
+  // marks those lane vectors. The normalization is finalized just before that block's P.V:
+  // every block's scores are in its state by then.
+  const bool direct = !V::Norm::kSumsV && V::Gate::scale_only(a) && a.o.stride[3] == 1 && dv_pad == p.dim_v;
+  unsigned stored = 0;
+  bool finalized = false;
+  policy::RowFinal fin;
+  fin.want_lse = a.want_lse();
 
   // One key block [j0, j1) inside one segment (KernelArgs::for_each_piece), computed for the
   // lane vectors [v0, v1) that hold the query rows `rows` only: the mask guarantees that the
@@ -339,22 +355,41 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
       vp = vpack;
       ld_v = dv_pad;
     }
-    tile::mma_pv(acc + l0 * dv_pad, dv_pad, nql, st + l0, kBlockQ, 1, vp, ld_v, nk, dv_vecs, acc_scale, ahead,
+    const unsigned bits = (1u << v1) - (1u << v0);  // this block's lane vectors
+    tile::PvIo io;
+    io.from_zero = (live & bits) == 0;
+    if (!io.from_zero) {
+      zero_vectors(bits & ~live);  // lanes whose first block this is, beside lanes that had one
+      io.row_scale = acc_scale;
+    }
+    live |= bits;
+    float* out_rows[kBlockQ];
+    if (last && direct) {
+      V::Norm::finalize(state, V::Sink::logit2(a, h), fin);
+      finalized = true;
+      for (index_t r = 0; r < nql; ++r) {
+        const index_t row = a.q_row(i0 + l0 + r);  // (permuted NA: padding slots < 0)
+        out_rows[r] = row < 0 ? nullptr : a.o.ptr(b, row, h);
+      }
+      io.out = out_rows;
+      io.out_scale = fin.out_scale + l0;
+      stored = bits;
+    }
+    tile::mma_pv(acc + l0 * dv_pad, dv_pad, nql, st + l0, kBlockQ, 1, vp, ld_v, nk, dv_vecs, io, ahead,
                  last ? std::min(nahead, 2) : 0);
     if constexpr (V::Norm::kSumsV) vsums.add(mask, kind, i0, nq, j0, nk, vp, ld_v);
   };
-  if (nahead > 0) for_each_task_block<kLists>(a, mask, i0, nq, [&](auto&&...) { ++blocks_left; });
+  if (nahead > 0 || direct) for_each_task_block<kLists>(a, mask, i0, nq, [&](auto&&...) { ++blocks_left; });
   for_each_task_block<kLists>(a, mask, i0, nq, block);
 
-  policy::RowFinal fin;
-  fin.want_lse = a.want_lse();
-  V::Norm::finalize(state, V::Sink::logit2(a, h), fin);
+  if (!finalized) V::Norm::finalize(state, V::Sink::logit2(a, h), fin);
+  zero_vectors(((1u << vecs) - 1) & ~live);  // rows no key block reached
   if constexpr (V::Norm::kSumsV) vsums.fold();
   for (index_t r = 0; r < nq; ++r) {
     const index_t row = a.q_row(i0 + r);  // the caller's row (permuted NA: padding slots < 0)
     if (row < 0) continue;
     if constexpr (V::Norm::kSumsV) V::Norm::combine(state, r, acc + r * dv_pad, vsums.row(r), dv_pad, fin.out_scale[r]);
-    V::Gate::store(a, b, row, h, acc + r * dv_pad, fin.out_scale[r]);
+    if ((stored >> (r / tile::kWidth) & 1u) == 0) V::Gate::store(a, b, row, h, acc + r * dv_pad, fin.out_scale[r]);
     if (a.want_lse()) a.lse(b, h, row, 0) = fin.lse[r];
   }
 }

@@ -9,6 +9,8 @@
 namespace sinkattn::policy {
 
 struct NoGate {
+  // Whether store() is O = acc * s and nothing more (then the fused loop may write O itself).
+  static bool scale_only(const ::sinkattn::detail::KernelArgs&) { return true; }
   // O[b, i, h, :] = acc * s
   static void store(const ::sinkattn::detail::KernelArgs& a, index_t b, index_t i, index_t h, const float* acc,
                     float s) {
@@ -21,6 +23,7 @@ struct NoGate {
 // buffer is read in place). Fused into the store: no extra pass over O. Runs after the
 // normalization's own epilogue (affine-scaled), as SEMANTICS section 4 asks.
 struct SigmoidGate {
+  static bool scale_only(const ::sinkattn::detail::KernelArgs&) { return false; }
   static void store(const ::sinkattn::detail::KernelArgs& a, index_t b, index_t i, index_t h, const float* acc,
                     float s) {
     const float* g = a.gate.ptr(b, i, h);
@@ -35,6 +38,7 @@ struct SigmoidGate {
 // The runtime entry point's gate: a branch per output row on whether a gate was given. Its
 // cost is nil next to the row's Dv-wide store, and it halves the specialisations to compile.
 struct OptionalSigmoidGate {
+  static bool scale_only(const ::sinkattn::detail::KernelArgs& a) { return !a.has_gate(); }
   static void store(const ::sinkattn::detail::KernelArgs& a, index_t b, index_t i, index_t h, const float* acc,
                     float s) {
     if (a.has_gate())

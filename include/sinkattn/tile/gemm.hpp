@@ -88,6 +88,25 @@ struct RowPointers {
   RowPointers from(index_t j) const { return {p + j}; }
 };
 
+// Where one mma_pv call's O tile starts from and where it goes. The defaults are the plain
+// O += P . V in place. A prefill task's first key block starts from zero (nothing to clear and
+// load), its last writes the finished rows straight into the caller's O: for short tasks (a
+// neighborhood tile that sees one key block) the separate zeroing and store passes cost about
+// as much as a tenth of the block's FMAs.
+struct PvIo {
+  bool from_zero = false;            // O is not read: the sum starts at 0
+  const float* row_scale = nullptr;  // else O row r *= row_scale[r] as it is loaded (null: 1)
+  float* const* out = nullptr;       // non-null: row r's result goes to out[r] (unit stride,
+  const float* out_scale = nullptr;  //   all dv_vecs * kWidth floats) times out_scale[r], not
+                                     //   back to O; null entries are dropped
+  PvIo rows_from(index_t i) const {  // the same for the rows from i on
+    PvIo s = *this;
+    if (row_scale != nullptr) s.row_scale += i;
+    if (out != nullptr) s.out += i, s.out_scale += i;
+    return s;
+  }
+};
+
 namespace detail {
 
 // The rows of streams pf[0 .. npf) spread evenly over `steps` steps of a micro-kernel:
@@ -160,19 +179,27 @@ inline void kqt_block(float* st, index_t ld_st, Rows k, const float* qt, index_t
     for (int c = 0; c < C; ++c) acc[r][c].store_aligned(st + r * ld_st + c * kWidth);
 }
 
-// o[R rows][C vectors] = o * f[r] (f = row_scale, or 1 when null)
+// o[R rows][C vectors] = o * f[r] (f = io.row_scale, or 1 when null; o = 0 when FromZero)
 //                        + sum_j P(r, j) * v[j][C vectors],   P(r, j) = p[j * pj + r * pr]
-template <int R, int C>
-inline void pv_block(float* o, index_t ld_o, const float* row_scale, const float* p, index_t pj, index_t pr,
+// stored back to o, or when ToOut to io.out[r] + col times io.out_scale[r] (null rows dropped).
+// The two ends are template arguments: the plain accumulate, run for every key block of a
+// long task, keeps exactly its own code (runtime tests in here cost dense attention ~3%).
+template <int R, int C, bool FromZero, bool ToOut>
+inline void pv_block(float* o, index_t ld_o, const PvIo& io, index_t col, const float* p, index_t pj, index_t pr,
                      const float* v, index_t ld_v, index_t nk) {
   vf acc[R][C];
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < C; ++c) acc[r][c] = vf::load_aligned(o + r * ld_o + c * kWidth);
-  if (row_scale != nullptr)
-    for (int r = 0; r < R; ++r) {
-      const vf f(row_scale[r]);
-      for (int c = 0; c < C; ++c) acc[r][c] *= f;
-    }
+  if constexpr (FromZero) {
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c) acc[r][c] = vf(0.f);
+  } else {
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c) acc[r][c] = vf::load_aligned(o + r * ld_o + c * kWidth);
+    if (io.row_scale != nullptr)
+      for (int r = 0; r < R; ++r) {
+        const vf f(io.row_scale[r]);
+        for (int c = 0; c < C; ++c) acc[r][c] *= f;
+      }
+  }
   for (index_t j = 0; j < nk; ++j) {
     const float* vrow = v + j * ld_v;
     const float* prow = p + j * pj;
@@ -183,8 +210,16 @@ inline void pv_block(float* o, index_t ld_o, const float* row_scale, const float
       for (int c = 0; c < C; ++c) acc[r][c] = xsimd::fma(w, vv[c], acc[r][c]);
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < C; ++c) acc[r][c].store_aligned(o + r * ld_o + c * kWidth);
+  if constexpr (ToOut) {
+    for (int r = 0; r < R; ++r) {
+      if (io.out[r] == nullptr) continue;
+      const vf f(io.out_scale[r]);
+      for (int c = 0; c < C; ++c) (acc[r][c] * f).store_unaligned(io.out[r] + col + c * kWidth);
+    }
+  } else {
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c) acc[r][c].store_aligned(o + r * ld_o + c * kWidth);
+  }
 }
 
 }  // namespace detail
@@ -239,12 +274,16 @@ inline void mma_kqt(float* st, index_t ld_st, const float* k, index_t ld_k, inde
 //   o          (nq, dv_vecs * kWidth) aligned, leading dimension ld_o
 //   v          (nk, dv_vecs * kWidth) row j at v + j * ld_v, unit stride (padded by the caller
 //              when the value dimension is not a multiple of kWidth)
-//   row_scale  nq factors (the online-softmax rescale of O), or null for none. Applied as the
-//              register tile of O is loaded: a separate pass would load and store O once more.
+//   io         where O starts and goes (PvIo): row_scale = nq factors (the online-softmax
+//              rescale of O), applied as the register tile of O is loaded (a separate pass
+//              would load and store O once more); from_zero; out rows.
 //   pf[0 .. npf) rows to prefetch meanwhile, spread over the register tiles (as mma_kqt).
-inline void mma_pv(float* o, index_t ld_o, index_t nq, const float* p, index_t pj, index_t pr, const float* v,
-                   index_t ld_v, index_t nk, index_t dv_vecs, const float* row_scale = nullptr,
-                   const RowStream* pf = nullptr, int npf = 0) {
+namespace detail {
+
+// mma_pv with its two ends (PvIo) fixed at compile time.
+template <bool FromZero, bool ToOut>
+inline void mma_pv_ends(float* o, index_t ld_o, index_t nq, const float* p, index_t pj, index_t pr, const float* v,
+                        index_t ld_v, index_t nk, index_t dv_vecs, const PvIo& io, const RowStream* pf, int npf) {
   const index_t row_tiles = (nq + kRowsPV - 1) / kRowsPV;
   const detail::StreamShares prefetch_share(pf, npf, row_tiles * ((dv_vecs + kColsPV - 1) / kColsPV));
   index_t step = 0;
@@ -252,21 +291,48 @@ inline void mma_pv(float* o, index_t ld_o, index_t nq, const float* p, index_t p
   // register tile of query rows streams over it.
   auto rows = [&](index_t c, auto cc) {
     constexpr int C = decltype(cc)::value;
-    const auto scale_of = [&](index_t i) { return row_scale != nullptr ? row_scale + i : nullptr; };
+    const index_t col = c * kWidth;
     index_t i = 0;
     for (; i + kRowsPV <= nq; i += kRowsPV, prefetch_share(step++))
-      detail::pv_block<kRowsPV, C>(o + i * ld_o + c * kWidth, ld_o, scale_of(i), p + i * pr, pj, pr, v + c * kWidth,
-                                   ld_v, nk);
+      detail::pv_block<kRowsPV, C, FromZero, ToOut>(o + i * ld_o + col, ld_o, io.rows_from(i), col, p + i * pr, pj, pr,
+                                                    v + col, ld_v, nk);
     if (i < nq) prefetch_share(step++);
     if (i < nq)
       detail::dispatch_upto<kRowsPV - 1>(static_cast<int>(nq - i), [&](auto rr) {
-        detail::pv_block<decltype(rr)::value, C>(o + i * ld_o + c * kWidth, ld_o, scale_of(i), p + i * pr, pj, pr,
-                                                 v + c * kWidth, ld_v, nk);
+        detail::pv_block<decltype(rr)::value, C, FromZero, ToOut>(o + i * ld_o + col, ld_o, io.rows_from(i), col,
+                                                                  p + i * pr, pj, pr, v + col, ld_v, nk);
       });
   };
   index_t c = 0;
   for (; c + kColsPV <= dv_vecs; c += kColsPV) rows(c, std::integral_constant<int, kColsPV>{});
   if (c < dv_vecs) detail::dispatch_upto<kColsPV - 1>(static_cast<int>(dv_vecs - c), [&](auto cc) { rows(c, cc); });
+}
+
+}  // namespace detail
+
+// O = diag(row_scale) O + P . V, P (nq x nk) addressed as P(r, j) = p[j * pj + r * pr]: the
+// prefill loop passes the S^T tile (pj = kQRows, pr = 1), the decode loop its row-major
+// scores (pj = 1).
+//   o          (nq, dv_vecs * kWidth) aligned, leading dimension ld_o
+//   v          (nk, dv_vecs * kWidth) row j at v + j * ld_v, unit stride (padded by the caller
+//              when the value dimension is not a multiple of kWidth)
+//   io         where O starts and goes (PvIo): row_scale = nq factors (the online-softmax
+//              rescale of O), applied as the register tile of O is loaded (a separate pass
+//              would load and store O once more); from_zero; out rows.
+//   pf[0 .. npf) rows to prefetch meanwhile, spread over the register tiles (as mma_kqt).
+inline void mma_pv(float* o, index_t ld_o, index_t nq, const float* p, index_t pj, index_t pr, const float* v,
+                   index_t ld_v, index_t nk, index_t dv_vecs, const PvIo& io = {}, const RowStream* pf = nullptr,
+                   int npf = 0) {
+  if (io.out != nullptr) {
+    if (io.from_zero)
+      detail::mma_pv_ends<true, true>(o, ld_o, nq, p, pj, pr, v, ld_v, nk, dv_vecs, io, pf, npf);
+    else
+      detail::mma_pv_ends<false, true>(o, ld_o, nq, p, pj, pr, v, ld_v, nk, dv_vecs, io, pf, npf);
+  } else if (io.from_zero) {
+    detail::mma_pv_ends<true, false>(o, ld_o, nq, p, pj, pr, v, ld_v, nk, dv_vecs, io, pf, npf);
+  } else {
+    detail::mma_pv_ends<false, false>(o, ld_o, nq, p, pj, pr, v, ld_v, nk, dv_vecs, io, pf, npf);
+  }
 }
 
 // r[i] = sum of the lanes of v[i], for kWidth vectors: a transposing horizontal add.

@@ -44,7 +44,7 @@ struct Lanes {
 namespace detail {
 // r[0..15] (16 rows of 16 floats) := their transpose, in registers: unpack pairs of rows
 // (32-bit, then 64-bit interleave), then two rounds of 128-bit lane shuffles.
-inline void transpose16x16(__m512 r[16]) {
+SINKATTN_ALWAYS_INLINE void transpose16x16(__m512 r[16]) {
   __m512 t[16];
   for (int i = 0; i < 16; i += 2) {
     t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);

@@ -25,6 +25,15 @@
 
 #include "sinkattn/core/types.hpp"
 
+// For the few helpers whose operands must stay in registers across the call (an array of
+// vectors passed by pointer): GCC's inliner gives up on them inside the large fused loop once
+// it has grown, and then the vectors go through memory.
+#if defined(__GNUC__)
+#define SINKATTN_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define SINKATTN_ALWAYS_INLINE inline
+#endif
+
 namespace sinkattn::tile {
 
 using arch = xsimd::default_arch;
