@@ -90,9 +90,9 @@ struct RowPointers {
 
 // Where one mma_pv call's O tile starts from and where it goes. The defaults are the plain
 // O += P . V in place. A prefill task's first key block starts from zero (nothing to clear and
-// load), its last writes the finished rows straight into the caller's O: for short tasks (a
-// neighborhood tile that sees one key block) the separate zeroing and store passes cost about
-// as much as a tenth of the block's FMAs.
+// load), its last writes the finished rows straight into the caller's O. For short tasks (a
+// neighborhood tile that sees one key block) the separate zeroing and store passes cost 2.4%
+// and 3.2% of the call (bench/RESULTS.md, run K).
 struct PvIo {
   bool from_zero = false;            // O is not read: the sum starts at 0
   const float* row_scale = nullptr;  // else O row r *= row_scale[r] as it is loaded (null: 1)
@@ -183,7 +183,7 @@ inline void kqt_block(float* st, index_t ld_st, Rows k, const float* qt, index_t
 //                        + sum_j P(r, j) * v[j][C vectors],   P(r, j) = p[j * pj + r * pr]
 // stored back to o, or when ToOut to io.out[r] + col times io.out_scale[r] (null rows dropped).
 // The two ends are template arguments: the plain accumulate, run for every key block of a
-// long task, keeps exactly its own code (runtime tests in here cost dense attention ~3%).
+// long task, keeps exactly its own code (runtime tests in here cost dense attention 2-7%).
 template <int R, int C, bool FromZero, bool ToOut>
 inline void pv_block(float* o, index_t ld_o, const PvIo& io, index_t col, const float* p, index_t pj, index_t pr,
                      const float* v, index_t ld_v, index_t nk) {
@@ -268,16 +268,6 @@ inline void mma_kqt(float* st, index_t ld_st, const float* k, index_t ld_k, inde
   mma_kqt_rows(st, ld_st, StridedRows{k, ld_k}, nk, qt, d, vecs, pf, npf);
 }
 
-// O = diag(row_scale) O + P . V, P (nq x nk) addressed as P(r, j) = p[j * pj + r * pr]: the
-// prefill loop passes the S^T tile (pj = kQRows, pr = 1), the decode loop its row-major
-// scores (pj = 1).
-//   o          (nq, dv_vecs * kWidth) aligned, leading dimension ld_o
-//   v          (nk, dv_vecs * kWidth) row j at v + j * ld_v, unit stride (padded by the caller
-//              when the value dimension is not a multiple of kWidth)
-//   io         where O starts and goes (PvIo): row_scale = nq factors (the online-softmax
-//              rescale of O), applied as the register tile of O is loaded (a separate pass
-//              would load and store O once more); from_zero; out rows.
-//   pf[0 .. npf) rows to prefetch meanwhile, spread over the register tiles (as mma_kqt).
 namespace detail {
 
 // mma_pv with its two ends (PvIo) fixed at compile time.
