@@ -92,7 +92,7 @@ struct RowPointers {
 // O += P . V in place. A prefill task's first key block starts from zero (nothing to clear and
 // load), its last writes the finished rows straight into the caller's O. For short tasks (a
 // neighborhood tile that sees one key block) the separate zeroing and store passes cost 2.4%
-// and 3.2% of the call (bench/RESULTS.md, run K).
+// and 3.2% of the call (bench/RESULTS.md, run L).
 struct PvIo {
   bool from_zero = false;            // O is not read: the sum starts at 0
   const float* row_scale = nullptr;  // else O row r *= row_scale[r] as it is loaded (null: 1)
