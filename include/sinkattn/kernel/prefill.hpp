@@ -8,7 +8,9 @@
 //     Norm::update                  online softmax: weights in place, rescale factors
 //     O = alpha O + P . V           tile::mma_pv (alpha only when some lane's max moved)
 //
-// and finishes with Sink (extra logit), Norm::finalize (1/l, LSE) and the Gate epilogue.
+// and finishes with Sink (extra logit), Norm::finalize (1/l, LSE) and the Gate epilogue. The
+// two ends of P.V (tile::PvIo): a lane vector's first block starts O from zero, and with a
+// plain epilogue (O = acc / l) the last block finalizes first and writes the caller's O itself.
 // Nothing of size Sq x Skv is ever materialised; the workspace is O(tile).
 
 #include <algorithm>
