@@ -112,15 +112,16 @@ TEST(TileGemm, MmaKqtMatchesScalarLoops) {
 // O = diag(f) O + P V in both P orientations, with and without the row factors f, for row
 // counts and value widths that cross the tiles; and the two ends of a prefill task's blocks
 // (tile::PvIo): O starting from zero (whatever O held), the result written to rows of their
-// own, scaled, some rows dropped, O left untouched.
+// own, scaled, some rows dropped, O left untouched. V rows evenly strided (mma_pv) or through
+// one pointer per row, in reverse order (mma_pv_rows with RowPointers: a list block's keys).
 TEST(TileGemm, MmaPvMatchesScalarLoopsInBothOrientations) {
   Buf bo, bp, bout;
   for (index_t nq : {1, 2, 3, 4, 5, 6, 7, 13, 64})
     for (index_t nk : {1, 3, 16, 64})
       for (index_t dv_vecs : {1, 2, 3, 4, 5, 9})
-        for (int variant = 0; variant < 16; ++variant) {
+        for (int variant = 0; variant < 32; ++variant) {
           const bool transposed = variant % 2 == 0, scaled = variant % 4 >= 2;
-          const bool from_zero = variant % 8 >= 4, to_out = variant >= 8;
+          const bool from_zero = variant % 8 >= 4, to_out = variant % 16 >= 8, by_pointer = variant >= 16;
           const index_t dv = dv_vecs * kWidth, ld_o = dv, ld_v = dv + 5;
           const index_t pj = transposed ? kQRows : 1, pr = transposed ? 1 : nk + 2;
           float* p = bp.get(std::max(nk * kQRows, nq * (nk + 2)));
@@ -151,12 +152,19 @@ TEST(TileGemm, MmaPvMatchesScalarLoopsInBothOrientations) {
             io.out = out_rows.data();
             io.out_scale = out_scale.data();
           }
-          tile::mma_pv(o, ld_o, nq, p, pj, pr, v.data(), ld_v, nk, dv_vecs, io);
+          // Key j's row: row j of v, or (by pointer) row nk - 1 - j.
+          const auto vrow = [&](index_t j) { return by_pointer ? nk - 1 - j : j; };
+          std::vector<const float*> v_ptrs(static_cast<std::size_t>(nk));
+          for (index_t j = 0; j < nk; ++j) v_ptrs[static_cast<std::size_t>(j)] = v.data() + vrow(j) * ld_v;
+          if (by_pointer)
+            tile::mma_pv_rows(o, ld_o, nq, p, pj, pr, tile::RowPointers{v_ptrs.data()}, nk, dv_vecs, io);
+          else
+            tile::mma_pv(o, ld_o, nq, p, pj, pr, v.data(), ld_v, nk, dv_vecs, io);
           for (index_t r = 0; r < nq; ++r)
             for (index_t x = 0; x < dv; ++x) {
               const auto at = static_cast<std::size_t>(r * ld_o + x);
               double want = from_zero ? 0.0 : double(o0[at]) * (scaled ? row_scale[static_cast<std::size_t>(r)] : 1.0);
-              for (index_t j = 0; j < nk; ++j) want += double(p[j * pj + r * pr]) * v[j * ld_v + x];
+              for (index_t j = 0; j < nk; ++j) want += double(p[j * pj + r * pr]) * v[vrow(j) * ld_v + x];
               const auto where = ::testing::Message() << "nq=" << nq << " nk=" << nk << " dv_vecs=" << dv_vecs
                                                       << " variant=" << variant << " r=" << r << " x=" << x;
               if (!to_out) {

@@ -74,17 +74,19 @@ struct RowStream {
   const index_t* map = nullptr;  // row r at p + map[r] * ld instead (null: p + r * ld); < 0: none
 };
 
-// The K rows of a block as mma_kqt reads them: evenly strided, or one pointer per row (keys
-// in a permuted order read in place).
+// The K or V rows of a block as the micro-kernels read them: evenly strided, or one pointer
+// per row (keys in a permuted order, read in place).
 struct StridedRows {
   const float* k;
   index_t ld;
   float at(index_t r, index_t x) const { return k[r * ld + x]; }
+  const float* row(index_t r) const { return k + r * ld; }
   StridedRows from(index_t j) const { return {k + j * ld, ld}; }
 };
 struct RowPointers {
   const float* const* p;
   float at(index_t r, index_t x) const { return p[r][x]; }
+  const float* row(index_t r) const { return p[r]; }
   RowPointers from(index_t j) const { return {p + j}; }
 };
 
@@ -180,13 +182,13 @@ inline void kqt_block(float* st, index_t ld_st, Rows k, const float* qt, index_t
 }
 
 // o[R rows][C vectors] = o * f[r] (f = io.row_scale, or 1 when null; o = 0 when FromZero)
-//                        + sum_j P(r, j) * v[j][C vectors],   P(r, j) = p[j * pj + r * pr]
+//                        + sum_j P(r, j) * v.row(j)[col, C vectors),   P(r, j) = p[j * pj + r * pr]
 // stored back to o, or when ToOut to io.out[r] + col times io.out_scale[r] (null rows dropped).
 // The two ends are template arguments: the plain accumulate, run for every key block of a
 // long task, keeps exactly its own code (runtime tests in here cost dense attention 2-7%).
-template <int R, int C, bool FromZero, bool ToOut>
+template <int R, int C, bool FromZero, bool ToOut, class Rows>
 inline void pv_block(float* o, index_t ld_o, const PvIo& io, index_t col, const float* p, index_t pj, index_t pr,
-                     const float* v, index_t ld_v, index_t nk) {
+                     Rows v, index_t nk) {
   vf acc[R][C];
   if constexpr (FromZero) {
     for (int r = 0; r < R; ++r)
@@ -201,7 +203,7 @@ inline void pv_block(float* o, index_t ld_o, const PvIo& io, index_t col, const 
       }
   }
   for (index_t j = 0; j < nk; ++j) {
-    const float* vrow = v + j * ld_v;
+    const float* vrow = v.row(j) + col;
     const float* prow = p + j * pj;
     vf vv[C];
     for (int c = 0; c < C; ++c) vv[c] = vf::load_unaligned(vrow + c * kWidth);
@@ -271,9 +273,9 @@ inline void mma_kqt(float* st, index_t ld_st, const float* k, index_t ld_k, inde
 namespace detail {
 
 // mma_pv with its two ends (PvIo) fixed at compile time.
-template <bool FromZero, bool ToOut>
-inline void mma_pv_ends(float* o, index_t ld_o, index_t nq, const float* p, index_t pj, index_t pr, const float* v,
-                        index_t ld_v, index_t nk, index_t dv_vecs, const PvIo& io, const RowStream* pf, int npf) {
+template <bool FromZero, bool ToOut, class Rows>
+inline void mma_pv_ends(float* o, index_t ld_o, index_t nq, const float* p, index_t pj, index_t pr, Rows v, index_t nk,
+                        index_t dv_vecs, const PvIo& io, const RowStream* pf, int npf) {
   const index_t row_tiles = (nq + kRowsPV - 1) / kRowsPV;
   const detail::StreamShares prefetch_share(pf, npf, row_tiles * ((dv_vecs + kColsPV - 1) / kColsPV));
   index_t step = 0;
@@ -285,12 +287,12 @@ inline void mma_pv_ends(float* o, index_t ld_o, index_t nq, const float* p, inde
     index_t i = 0;
     for (; i + kRowsPV <= nq; i += kRowsPV, prefetch_share(step++))
       detail::pv_block<kRowsPV, C, FromZero, ToOut>(o + i * ld_o + col, ld_o, io.rows_from(i), col, p + i * pr, pj, pr,
-                                                    v + col, ld_v, nk);
+                                                    v, nk);
     if (i < nq) prefetch_share(step++);
     if (i < nq)
       detail::dispatch_upto<kRowsPV - 1>(static_cast<int>(nq - i), [&](auto rr) {
         detail::pv_block<decltype(rr)::value, C, FromZero, ToOut>(o + i * ld_o + col, ld_o, io.rows_from(i), col,
-                                                                  p + i * pr, pj, pr, v + col, ld_v, nk);
+                                                                  p + i * pr, pj, pr, v, nk);
       });
   };
   index_t c = 0;
@@ -304,25 +306,33 @@ inline void mma_pv_ends(float* o, index_t ld_o, index_t nq, const float* p, inde
 // prefill loop passes the S^T tile (pj = kQRows, pr = 1), the decode loop its row-major
 // scores (pj = 1).
 //   o          (nq, dv_vecs * kWidth) aligned, leading dimension ld_o
-//   v          (nk, dv_vecs * kWidth) row j at v + j * ld_v, unit stride (padded by the caller
-//              when the value dimension is not a multiple of kWidth)
+//   v          (nk, dv_vecs * kWidth) row j at v.row(j) (StridedRows, RowPointers), unit
+//              stride (padded by the caller when the value dimension is not a multiple of
+//              kWidth)
 //   io         where O starts and goes (PvIo): row_scale = nq factors (the online-softmax
 //              rescale of O), applied as the register tile of O is loaded (a separate pass
 //              would load and store O once more); from_zero; out rows.
 //   pf[0 .. npf) rows to prefetch meanwhile, spread over the register tiles (as mma_kqt).
+template <class Rows>
+inline void mma_pv_rows(float* o, index_t ld_o, index_t nq, const float* p, index_t pj, index_t pr, Rows v, index_t nk,
+                        index_t dv_vecs, const PvIo& io = {}, const RowStream* pf = nullptr, int npf = 0) {
+  if (io.out != nullptr) {
+    if (io.from_zero)
+      detail::mma_pv_ends<true, true>(o, ld_o, nq, p, pj, pr, v, nk, dv_vecs, io, pf, npf);
+    else
+      detail::mma_pv_ends<false, true>(o, ld_o, nq, p, pj, pr, v, nk, dv_vecs, io, pf, npf);
+  } else if (io.from_zero) {
+    detail::mma_pv_ends<true, false>(o, ld_o, nq, p, pj, pr, v, nk, dv_vecs, io, pf, npf);
+  } else {
+    detail::mma_pv_ends<false, false>(o, ld_o, nq, p, pj, pr, v, nk, dv_vecs, io, pf, npf);
+  }
+}
+
+// The same over evenly strided V rows (row j at v + j * ld_v).
 inline void mma_pv(float* o, index_t ld_o, index_t nq, const float* p, index_t pj, index_t pr, const float* v,
                    index_t ld_v, index_t nk, index_t dv_vecs, const PvIo& io = {}, const RowStream* pf = nullptr,
                    int npf = 0) {
-  if (io.out != nullptr) {
-    if (io.from_zero)
-      detail::mma_pv_ends<true, true>(o, ld_o, nq, p, pj, pr, v, ld_v, nk, dv_vecs, io, pf, npf);
-    else
-      detail::mma_pv_ends<false, true>(o, ld_o, nq, p, pj, pr, v, ld_v, nk, dv_vecs, io, pf, npf);
-  } else if (io.from_zero) {
-    detail::mma_pv_ends<true, false>(o, ld_o, nq, p, pj, pr, v, ld_v, nk, dv_vecs, io, pf, npf);
-  } else {
-    detail::mma_pv_ends<false, false>(o, ld_o, nq, p, pj, pr, v, ld_v, nk, dv_vecs, io, pf, npf);
-  }
+  mma_pv_rows(o, ld_o, nq, p, pj, pr, StridedRows{v, ld_v}, nk, dv_vecs, io, pf, npf);
 }
 
 // r[i] = sum of the lanes of v[i], for kWidth vectors: a transposing horizontal add.
