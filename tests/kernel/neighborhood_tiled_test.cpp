@@ -303,9 +303,11 @@ TEST(NeighborhoodTiledKernel, BothTaskOrdersAgreeWithTheReference) {
   }
 }
 
-// Blocked neighborhoods (each key serves about one query tile) read K and V at the caller's
-// rows (KernelArgs::kv_rows: K in place, V copied per block) instead of from gathered copies;
-// shared keys (stride 1) keep the gather, as do K/V whose head dim is not contiguous.
+// K and V are read at the caller's rows (KernelArgs::kv_rows: K in place, V through row
+// pointers or copied per block) instead of from gathered copies: always where P.V reads V
+// rows in place (detail::kVRowsInPlace, AVX-512), else for blocked neighborhoods only (each
+// key serves about one query tile; shared keys, stride 1, are gathered). K/V whose head dim
+// is not contiguous are gathered. (The x86-64-v2 copy of this test runs the gathers.)
 TEST(NeighborhoodTiledKernel, BlockedNeighborhoodsReadKeysAtTheCallersRows) {
   const auto in_place = [](const test::Data& d, const NeighborhoodMask& m) {
     detail::NaPlan plan;
@@ -314,6 +316,9 @@ TEST(NeighborhoodTiledKernel, BlockedNeighborhoodsReadKeysAtTheCallersRows) {
     opt.mask = m;
     return detail::na_keys_in_place(detail::make_args(d.p, d.q, d.k, d.v, {}, opt), plan);
   };
+  // The expectations count 64-row query tiles (AVX-512, AVX2); SSE's 32-row tiles split an
+  // 8x8 block in two, whose keys then serve two tiles each.
+  constexpr bool kTilesOf64 = detail::kBlockQ == 64;
   const std::vector<std::pair<NeighborhoodMask, bool>> cases = {
       {na(2, {24, 24, 1}, {8, 8, 1}, {1, 1, 1}, {8, 8, 1}), true},                        // one 8x8 tile per block
       {na(3, {8, 12, 8}, {4, 4, 4}, {1, 1, 1}, {4, 4, 4}), true},                         // one 4x4x4 tile per block
@@ -331,7 +336,9 @@ TEST(NeighborhoodTiledKernel, BlockedNeighborhoodsReadKeysAtTheCallersRows) {
         Options opt;
         opt.mask = m;
         ASSERT_TRUE(tiled(data, opt));
-        EXPECT_EQ(in_place(data, m), expect) << to_string(layout);
+        if (kTilesOf64) {
+          EXPECT_EQ(in_place(data, m), expect || detail::kVRowsInPlace) << to_string(layout);
+        }
         EXPECT_TRUE(run_and_compare(data, opt)) << to_string(layout) << " Dqk " << p.dim_qk;
       }
     }
@@ -340,7 +347,9 @@ TEST(NeighborhoodTiledKernel, BlockedNeighborhoodsReadKeysAtTheCallersRows) {
   const auto m = cases[0].first;
   const index_t n = tokens(m);
   auto data = test::make_data(Problem{1, 2, 2, n, n, 24, 24}, Layout::BSHD, 41);
-  ASSERT_TRUE(in_place(data, m));
+  if (kTilesOf64) {
+    ASSERT_TRUE(in_place(data, m));
+  }
   std::vector<float> k2(data.kbuf.size() * 2), v2(data.vbuf.size() * 2);
   for (std::size_t x = 0; x < data.kbuf.size(); ++x) k2[2 * x] = data.kbuf[x], v2[2 * x] = data.vbuf[x];
   const auto strided = [](const std::vector<float>& buf, const TensorView<const float>& like) {

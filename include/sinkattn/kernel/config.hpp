@@ -28,6 +28,18 @@ namespace sinkattn::detail {
 inline constexpr index_t kBlockQ = tile::kQRows;
 inline constexpr index_t kBlockKV = 64;
 
+// Whether P.V reads V rows where they are when they are not contiguous (token-major layouts:
+// Hkv * Dv floats apart; a key slot map or a key list: through one pointer per row), instead
+// of copying each key block into a contiguous panel first. Such rows fall into a fraction of
+// the L1 sets, so every register tile of O streams the block's V rows from L2 again. With
+// the AVX-512 register tile (6 rows x 4 vectors) each V row loaded feeds 24 FMAs and the L2
+// keeps pace; the copy, whose loads wait on rows that have only just been asked for, cost
+// more: reading in place took 0.93x the time of dense attention (B1 H4 S4096 D64 BSHD),
+// 0.95-0.97x at D128 and at a 4 KiB row stride, 0.96x for 8x8 blocked neighborhoods (Zen 4,
+// bench/RESULTS.md run M). The AVX2 tile (6 x 2, 12 FMAs per row chunk) took 1.12-1.15x
+// in place at a 4 KiB stride and through row pointers: there the copy stays.
+inline constexpr bool kVRowsInPlace = tile::kRegisters >= 32;
+
 // The L2 size of this core in bytes, as the C library reports it (glibc: CPUID); 1 MiB
 // when it does not (a common size: Zen 4, Ice Lake server).
 inline std::size_t l2_cache_bytes() {

@@ -4,9 +4,10 @@
 //
 //   1. gather   K, V -> Kp, Vp [B, Hkv, E + N, D]: the E extra keys as they are, then the grid
 //               keys in the plan's key order (pencils or boxes); head-major, so the fused loop
-//               reads K and V rows in place (contiguous, no V packing). Skipped when each key
-//               serves about one query tile (blocked neighborhoods, na_keys_in_place): the
-//               loop then reads the caller's rows through KernelArgs::kv_rows;
+//               reads K and V rows in place (contiguous, no V packing). Skipped whenever the
+//               loop can read the caller's rows through KernelArgs::kv_rows instead (unit
+//               strides; on AVX2 only for keys that serve about one query tile:
+//               na_keys_in_place);
 //   2. run      the fused kernel, unchanged (dispatch_norm -> run<V>), with
 //               policy::NeighborhoodTiledMaskPolicy over the permuted indices; the queries are
 //               not copied: KernelArgs::q_rows maps each query slot (boxes of kBlockQ tokens,
@@ -137,16 +138,19 @@ inline void na_gather_inputs(const KernelArgs& a, const NaPlan& pl, const NaBuff
   });
 }
 
-// Whether the kernel reads K and V at the caller's rows (KernelArgs::kv_rows: K in place, V
-// copied into its packed panel per block, as for token-major V anyway) instead of gathering
-// them first: when each key serves about one query tile (blocked neighborhoods, stride ==
-// kernel), the gather copies every row once and the kernel reads the copy once more, where
-// the per-block copy goes straight into L1 (0.91x the time for 8x8 blocks on 64x64,
-// bench/RESULTS.md). Keys that several tiles share (stride 1: each key in ~6 tiles' unions
-// in 2-D) are gathered: one copy, then contiguous rows that the hardware prefetchers stream
-// (reading them in place took 1.05x the time). Rows must have a unit stride.
+// Whether the kernel reads K and V at the caller's rows (KernelArgs::kv_rows) instead of
+// gathering them first. Rows must have a unit stride. Where P.V reads V rows through
+// pointers (kVRowsInPlace, kernel/config.hpp), always: the gather wrote every row once and
+// the kernel read the copy again, while the rows read in place go straight into the
+// micro-kernels (0.96-0.97x the time for 2-D 13x13, 3-D 7^3 and 16x16 blocks, 0.96-0.98x at
+// D128 and at a 4 KiB row stride; bench/RESULTS.md run M). Otherwise (V copied into its panel
+// per block) only when each key serves about one query tile (blocked neighborhoods, stride
+// == kernel: 0.91x the time for 8x8 blocks on 64x64); keys that several tiles share (stride
+// 1: each key in ~6 tiles' unions in 2-D) are gathered once, and contiguous rows then stream
+// through the hardware prefetchers (reading them in place took 1.05x the time).
 inline bool na_keys_in_place(const KernelArgs& a, const NaPlan& pl) {
   if (a.k.stride[3] != 1 || a.v.stride[3] != 1 || pl.k.size() == 0) return false;
+  if (kVRowsInPlace) return true;
   const double tiles = static_cast<double>(pl.q.size() / kBlockQ);
   return pl.union_keys * tiles <= 1.5 * static_cast<double>(pl.k.size());
 }

@@ -226,13 +226,12 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
   };
 
   // K is read in place when its head dim is contiguous (its rows are only broadcast from),
-  // through a pointer per row when a key slot map permutes them (KernelArgs::kv_rows).
-  // V is read in place only when its rows are contiguous and a whole number of vectors:
-  // with token-major layouts (BSHD) consecutive V rows are Hkv * Dv floats apart, often a
-  // multiple of 4 KiB, so the rows of a V panel would all fall into the same L1 sets; the
-  // packed copy (once per key block, ~2% of the block's FMAs) avoids that. With KV segments
-  // each segment decides for itself. V rows with a unit stride are packed by plain row copies
-  // issued during S^T; the padding columns of the panel are zeroed once here.
+  // through a pointer per row when a key slot map permutes them (KernelArgs::kv_rows) or a
+  // list block names them. V is read in place, or through row pointers, when its rows have
+  // a unit stride and a whole number of vectors, and either are contiguous or the ISA's P.V
+  // tile keeps pace with strided rows (kVRowsInPlace, kernel/config.hpp); otherwise each key
+  // block is copied into a contiguous panel, by plain row copies issued during S^T when the
+  // rows have a unit stride. The padding columns of the panel are zeroed once here.
   if (dv_pad > p.dim_v)
     for (index_t r = 0; r < kBlockKV; ++r) std::fill(vpack + r * dv_pad + p.dim_v, vpack + (r + 1) * dv_pad, 0.f);
 
@@ -265,18 +264,19 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
   // other rows see none of its keys (a neighborhood tile's slabs, policy/mask.hpp), so their
   // state is exactly what a fully masked block would leave, and they cost nothing.
   // keys non-null: a list block (policy::NeighborhoodTiledMaskPolicy::for_each_block_list),
-  // rows r < j1 = nk are keys keys[r] (K through row pointers, V copied); j0 = 0.
+  // rows r < j1 = nk are keys keys[r] (K and V through row pointers, or V copied); j0 = 0.
   const auto block = [&](index_t j0, index_t j1, policy::BlockKind kind, policy::RowSpan rows,
                          const KernelArgs::KvPiece& pc, const index_t* keys) {
     const TensorView<const float>& K = *pc.k;
     const TensorView<const float>& Vw = *pc.v;
     const index_t nk = j1 - j0, r0 = j0 - pc.base;  // r0: the block's first row in its segment
     const bool k_inplace = K.stride[3] == 1 && !a.rope;
-    const bool v_inplace =
-        !a.kv_rows && !keys && Vw.stride[3] == 1 && Vw.stride[1] == p.dim_v && p.dim_v % tile::kWidth == 0;
-    const bool v_copy = !v_inplace && Vw.stride[3] == 1;
     index_t rowmap[kBlockKV];
     const index_t* map = block_row_map(a, j0, nk, keys, rowmap);  // null: consecutive rows
+    const bool v_rows = Vw.stride[3] == 1 && dv_pad == p.dim_v;   // usable as P.V reads them
+    const bool v_inplace = v_rows && !map && (Vw.stride[1] == p.dim_v || kVRowsInPlace);
+    const bool v_ptrs = v_rows && map && kVRowsInPlace && !V::Norm::kSumsV;  // (vsums reads vp)
+    const bool v_copy = !v_inplace && !v_ptrs && Vw.stride[3] == 1;
     const float* kp = K.ptr(b, r0, g);
     index_t ld_k = K.stride[1];
     if (a.rope) {
@@ -288,13 +288,12 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
       kp = kpack;
       ld_k = dqk_pad;
     }
-    // While S^T computes: fetch this block's V rows (packed right after the softmax) and the
+    // While S^T computes: fetch this block's V rows (P.V's, after the softmax) and the
     // next block's K rows (when they follow in the same segment), when the rows are strided
     // (token-major: pages apart). Contiguous rows stream through the hardware prefetchers;
-    // asking for them too cost 2-4% of a neighborhood call (bench/RESULTS.md). Contiguous V
-    // rows that only need packing (not a stride) are copied by the same stream, and so are
-    // the rows of a key slot map (forward_neighborhood_tiled sends one only with unit-stride
-    // rows), through the map.
+    // asking for them too cost 2-4% of a neighborhood call (bench/RESULTS.md). V rows that P.V
+    // takes from a packed panel (v_copy: unit-stride rows) are copied by the same stream
+    // instead, through the map when there is one.
     const index_t k_bytes = p.dim_qk * static_cast<index_t>(sizeof(float));
     const index_t v_bytes = p.dim_v * static_cast<index_t>(sizeof(float));
     tile::RowStream pf[tile::kMaxRowStreams];
@@ -352,7 +351,7 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
     if (v_copy) {
       vp = vpack;  // copied during S^T
       ld_v = dv_pad;
-    } else if (!v_inplace) {
+    } else if (!v_inplace && !v_ptrs) {
       tile::pack_rows(vpack, dv_pad, vp, ld_v, Vw.stride[3], nk, p.dim_v, dv_pad);
       vp = vpack;
       ld_v = dv_pad;
@@ -377,8 +376,15 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
       io.out_scale = fin.out_scale + l0;
       stored = bits;
     }
-    tile::mma_pv(acc + l0 * dv_pad, dv_pad, nql, st + l0, kBlockQ, 1, vp, ld_v, nk, dv_vecs, io, ahead,
-                 last ? std::min(nahead, 2) : 0);
+    if (v_ptrs) {
+      const float* vrow[kBlockKV];
+      for (index_t r = 0; r < nk; ++r) vrow[r] = Vw.ptr(b, map[r], g);
+      tile::mma_pv_rows(acc + l0 * dv_pad, dv_pad, nql, st + l0, kBlockQ, 1, tile::RowPointers{vrow}, nk, dv_vecs, io,
+                        ahead, last ? std::min(nahead, 2) : 0);
+    } else {
+      tile::mma_pv(acc + l0 * dv_pad, dv_pad, nql, st + l0, kBlockQ, 1, vp, ld_v, nk, dv_vecs, io, ahead,
+                   last ? std::min(nahead, 2) : 0);
+    }
     if constexpr (V::Norm::kSumsV) vsums.add(mask, kind, i0, nq, j0, nk, vp, ld_v);
   };
   if (nahead > 0 || direct) for_each_task_block<kLists>(a, mask, i0, nq, [&](auto&&...) { ++blocks_left; });
