@@ -223,9 +223,9 @@ TEST(TileOps, PackingZeroesThePaddingAndHonoursStrides) {
 }
 
 TEST(TileOps, PackTransposedContiguousRowsAllTails) {
-  // Contiguous head dims take the in-register 16x16 transpose (AVX-512) for whole blocks and
-  // the scalar loop for the row and column tails: every split against the definition, up to
-  // a full tile of kQRows rows (32 with AVX2).
+  // Contiguous head dims take the 16x16 block transpose (AVX-512: 128-bit inserts, in-lane
+  // shuffles) for whole blocks and the scalar loop for the row and column tails: every split
+  // against the definition, up to a full tile of kQRows rows (32 with AVX2).
   Buf bt;
   float* qt = bt.get(80 * kQRows);
   for (index_t rows : {1, 7, 8, 9, 15, 16, 17, 31, 32, 40, 64})
