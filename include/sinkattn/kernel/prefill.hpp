@@ -49,7 +49,7 @@ inline index_t prefill_workspace_floats(const Problem& p) {
   return 2 * p.dim_qk * kBlockQ  // Q^T (and Q^T rotated for the sink keys, RoPE on load)
          + kBlockKV * kBlockQ    // S^T
          + kBlockQ * dv_pad      // O accumulator
-         + kBlockKV * dv_pad     // packed V (strided or tail-y V only)
+         + kBlockKV * dv_pad     // packed V (tail-y V; strided V without kVRowsInPlace)
          + kBlockKV * dqk_pad;   // packed K (strided K only)
 }
 

@@ -279,8 +279,9 @@ inline void mma_pv_ends(float* o, index_t ld_o, index_t nq, const float* p, inde
   const index_t row_tiles = (nq + kRowsPV - 1) / kRowsPV;
   const detail::StreamShares prefetch_share(pf, npf, row_tiles * ((dv_vecs + kColsPV - 1) / kColsPV));
   index_t step = 0;
-  // Column chunks outermost: one V panel (nk x kColsPV vectors) stays in L1 while every
-  // register tile of query rows streams over it.
+  // Column chunks outermost: every register tile of query rows reads one V panel (nk x
+  // kColsPV vectors) in turn, from L1 when its rows are contiguous (strided rows share a few
+  // L1 sets and stream from L2 each time; docs/KERNEL.md).
   auto rows = [&](index_t c, auto cc) {
     constexpr int C = decltype(cc)::value;
     const index_t col = c * kWidth;
