@@ -166,19 +166,28 @@ inline void dispatch_upto(int n, F&& f) {
 template <int R, int C, class Rows>
 inline void kqt_block(float* st, index_t ld_st, Rows k, const float* qt, index_t d) {
   vf acc[R][C];
-  for (int r = 0; r < R; ++r)
+  SINKATTN_UNROLL
+  for (int r = 0; r < R; ++r) {
+    SINKATTN_UNROLL
     for (int c = 0; c < C; ++c) acc[r][c] = vf(0.f);
+  }
   for (index_t x = 0; x < d; ++x) {
     const float* qrow = qt + x * kQRows;
     vf q[C];
+    SINKATTN_UNROLL
     for (int c = 0; c < C; ++c) q[c] = vf::load_aligned(qrow + c * kWidth);
+    SINKATTN_UNROLL
     for (int r = 0; r < R; ++r) {
       const vf kb(k.at(r, x));
+      SINKATTN_UNROLL
       for (int c = 0; c < C; ++c) acc[r][c] = xsimd::fma(kb, q[c], acc[r][c]);
     }
   }
-  for (int r = 0; r < R; ++r)
+  SINKATTN_UNROLL
+  for (int r = 0; r < R; ++r) {
+    SINKATTN_UNROLL
     for (int c = 0; c < C; ++c) acc[r][c].store_aligned(st + r * ld_st + c * kWidth);
+  }
 }
 
 // o[R rows][C vectors] = o * f[r] (f = io.row_scale, or 1 when null; o = 0 when FromZero)
