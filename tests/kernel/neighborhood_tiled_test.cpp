@@ -433,6 +433,49 @@ TEST(NeighborhoodTiledKernel, PlansAreReusedOnlyForTheSameMask) {
     }
 }
 
+// Masks that alternate (DiNAT's dilations, a model's stages) keep their plans: up to
+// kNaPlansKept of them, least recently used evicted first, and fewer when they are large.
+TEST(NeighborhoodTiledKernel, PlansOfAlternatingMasksAreKept) {
+  const auto a = na(2, {14, 12, 1}, {5, 3, 1});
+  auto b = a;
+  b.dilation = {2, 1, 1};
+  detail::na_plan_for(a);
+  detail::na_plan_for(b);
+  const long n0 = detail::na_plan_builds();
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(detail::na_plan_for(a).base.dilation[0], 1);
+    EXPECT_EQ(detail::na_plan_for(b).base.dilation[0], 2);
+  }
+  EXPECT_EQ(detail::na_plan_builds(), n0);
+  // kNaPlansKept other masks after a (b is older still): a is then the least recently used.
+  for (int i = 0; i < detail::kNaPlansKept; ++i) {
+    auto c = a;
+    c.extra_keys = i + 1;
+    EXPECT_EQ(detail::na_plan_for(c).extra, i + 1);
+  }
+  EXPECT_EQ(detail::na_plan_builds(), n0 + detail::kNaPlansKept);
+  EXPECT_EQ(detail::na_plan_for(a).base.dilation[0], 1);
+  EXPECT_EQ(detail::na_plan_builds(), n0 + detail::kNaPlansKept + 1);
+  // Two plans whose slots exceed kNaPlanSlotsKept together: only the newest stays.
+  const index_t big = detail::kNaPlanSlotsKept / 2 + 64;
+  auto l1 = na(1, {big, 1, 1}, {9, 1, 1});
+  l1.dilation = {2, 1, 1};
+  auto l2 = l1;
+  l2.dilation = {3, 1, 1};
+  detail::na_plan_for(l1);
+  detail::na_plan_for(l2);
+  const long n1 = detail::na_plan_builds();
+  EXPECT_EQ(detail::na_plan_for(l1).base.dilation[0], 2);
+  EXPECT_EQ(detail::na_plan_builds(), n1 + 1);
+  // The small plans are the ones that went; a is built again, and stays exact.
+  detail::na_plan_for(a);
+  EXPECT_EQ(detail::na_plan_builds(), n1 + 2);
+  const auto data = test::make_data(Problem{1, 2, 1, tokens(a), tokens(a), 16, 16}, Layout::BSHD, 5);
+  Options opt;
+  opt.mask = a;
+  EXPECT_TRUE(run_and_compare(data, opt));
+}
+
 TEST(NeighborhoodTiledKernel, DecodeShapesKeepTheFlatPath) {
   // A 2x2 grid, one query head per KV head: 4 rows <= the decode threshold.
   const auto m = na(2, {2, 2, 1}, {2, 2, 1});

@@ -183,29 +183,70 @@ inline void na_build_call_plan(NaPlan& pl, const NeighborhoodMask& m) {
   na_build_lists(pl, kBlockQ, kBlockKV, tile::kWidth);
 }
 
-// The plan of mask m, built once per thread for a run of calls with the same mask: a model
-// applies one neighborhood mask in every layer, and the plan (token orders, window tables,
-// the search for the key order) depends on the mask alone. It costs about 1-2% of a 2-D
-// 13x13 call at S 4096, H 4 (bench/RESULTS.md). The last plan stays allocated, like the
-// gather's workspace: O(tokens) ints and floats.
+// Plans kept per thread (na_plan_for), and the grid slots (query + key) they may hold
+// together beyond the newest plan: about 200 bytes per slot, so 2^18 slots are ~50 MiB.
+inline constexpr int kNaPlansKept = 4;
+inline constexpr index_t kNaPlanSlotsKept = index_t{1} << 18;
+
+inline bool same_neighborhood(const NeighborhoodMask& a, const NeighborhoodMask& b) {
+  return a.rank == b.rank && a.extent == b.extent && a.kernel == b.kernel && a.dilation == b.dilation &&
+         a.stride == b.stride && a.causal == b.causal && a.extra_keys == b.extra_keys;
+}
+
+// How many plans this thread has built (tests: which calls reused one).
+inline long& na_plan_builds() {
+  thread_local long n = 0;
+  return n;
+}
+
+// The plan of mask m, built once per thread and kept for later calls with the same mask. The
+// plan (token orders, window tables, the search for the key order) depends on the mask alone,
+// and costs a large share of one call: on a 64x64 grid (Zen 4) 0.75 ms for k=s=8 (a 3.2 ms
+// call), 1.4 ms for k13 (13.6 ms), 8.6 ms for a 16^3 grid with k7 (27 ms). A model applies
+// one mask in every layer, or alternates a few (DiNAT alternates dilations, hierarchical
+// models change the grid per stage), so the last kNaPlansKept plans are kept, least
+// recently used evicted first, while their slots stay within kNaPlanSlotsKept. The returned
+// plan stays valid until a later call on this thread evicts it.
 inline const NaPlan& na_plan_for(const NeighborhoodMask& m) {
   struct Cached {
     bool valid = false;
     NeighborhoodMask m;
     NaPlan plan;
+    unsigned long used = 0;  // the tick of the last call that took it
   };
-  thread_local Cached c;
-  const bool same = c.valid && c.m.rank == m.rank && c.m.extent == m.extent && c.m.kernel == m.kernel &&
-                    c.m.dilation == m.dilation && c.m.stride == m.stride && c.m.causal == m.causal &&
-                    c.m.extra_keys == m.extra_keys;
-  if (!same) {
-    c.valid = false;
-    c.plan = NaPlan{};
-    na_build_call_plan(c.plan, m);
-    c.m = m;
-    c.valid = true;
+  thread_local Cached cache[kNaPlansKept];
+  thread_local unsigned long tick = 0;
+  ++tick;
+  for (Cached& c : cache)
+    if (c.valid && same_neighborhood(c.m, m)) {
+      c.used = tick;
+      return c.plan;
+    }
+  const auto slots = [](const NaPlan& pl) { return pl.q.size() + pl.k.size(); };
+  Cached* slot = &cache[0];  // an empty entry, else the least recently used
+  for (Cached& c : cache)
+    if (!c.valid || (slot->valid && c.used < slot->used)) slot = &c;
+  slot->valid = false;
+  slot->plan = NaPlan{};
+  na_build_call_plan(slot->plan, m);
+  ++na_plan_builds();
+  slot->m = m;
+  slot->used = tick;
+  slot->valid = true;
+  // Older plans go, least recently used first, while the others hold too many slots.
+  for (;;) {
+    index_t kept = 0;
+    Cached* oldest = nullptr;
+    for (Cached& c : cache)
+      if (c.valid && &c != slot) {
+        kept += slots(c.plan);
+        if (oldest == nullptr || c.used < oldest->used) oldest = &c;
+      }
+    if (oldest == nullptr || kept <= kNaPlanSlotsKept) break;
+    oldest->valid = false;
+    oldest->plan = NaPlan{};
   }
-  return c.plan;
+  return slot->plan;
 }
 
 // The whole permuted call. `dispatch(args, mask)` runs the fused kernel (forward.hpp passes
