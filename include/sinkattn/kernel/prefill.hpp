@@ -171,10 +171,14 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
   float* kpack = vpack + kBlockKV * dv_pad;                                      // (BKV, Dqk_pad)
 
   // Q^T carries scale * log2(e): S^T comes out of the micro-kernel in log2 units.
-  if (a.q_rows) {
-    // A slot map scatters the tile's rows over the caller's tensors: ask for all of them at
-    // once (the Q rows to read now, the O rows written at the end of this short task) rather
-    // than meeting one miss per row copy and per row store.
+  const bool q_inplace = !a.rope && a.q.stride[3] == 1;
+  if (a.q_rows && !q_inplace) {
+    // A slot map scatters the tile's rows over the caller's tensors, and the gather below
+    // copies them one by one: ask for all of them at once (the Q rows to read now, the O
+    // rows written at the end of this short task) rather than meeting one miss per row copy
+    // and per row store. The in-place pack below needs no such loop: the previous task asked
+    // for these rows (next_task_streams), and the pack's loads find them in L2; asking again
+    // here cost a blocked 8x8 neighborhood call 2% (bench/RESULTS.md, run O).
     for (index_t r = 0; r < nq; ++r) {
       const index_t row = a.q_row(i0 + r);
       if (row < 0) continue;
@@ -182,7 +186,7 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
       tile::prefetch_lines<1, 3>(a.o.ptr(b, row, h), p.dim_v * static_cast<index_t>(sizeof(float)));
     }
   }
-  if (a.q_rows && !a.rope && a.q.stride[3] == 1) {
+  if (a.q_rows && q_inplace) {
     // A query slot map (permuted neighborhood attention) reads its rows straight into Q^T, in
     // place of a permuted copy of Q; padding slots read a zero row.
     std::fill(kpack, kpack + p.dim_qk, 0.f);
