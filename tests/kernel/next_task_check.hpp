@@ -5,6 +5,7 @@
 // tensors, the same row of K and of V, and at least one of them visible from the tile. A
 // look-ahead that pointed elsewhere would not change any result (prefetches only), so this
 // is the one place a wrong guess shows. (One KV segment: key j is row j, or kv_rows[j].)
+// With kv = false only the Q and O streams come back, the same ones.
 
 #include <gtest/gtest.h>
 
@@ -41,6 +42,16 @@ template <class Mask>
           return r0 + r;
         };
         if (n != 2 && n != 4) return ::testing::AssertionFailure() << where() << n << " streams";
+        // Without the K/V rows (kv = false: the next head of the same tile): the same Q and O.
+        tile::RowStream qo[4];
+        index_t keys_qo[sinkattn::detail::kBlockKV];
+        if (sinkattn::detail::next_task_streams(qo, keys_qo, a, mask_all, sinkattn::detail::PrefillTask{b, h, qb},
+                                                false) != 2)
+          return ::testing::AssertionFailure() << where() << "K/V streams with kv = false";
+        for (int x = 0; x < 2; ++x)
+          if (qo[x].p != s[x].p || qo[x].ld != s[x].ld || qo[x].rows != s[x].rows || qo[x].map != s[x].map ||
+              qo[x].bytes != s[x].bytes)
+            return ::testing::AssertionFailure() << where() << "stream " << x << " differs with kv = false";
         if (s[0].rows != nq || s[1].rows != nq) return ::testing::AssertionFailure() << where() << "Q/O rows";
         for (index_t r = 0; r < nq; ++r) {
           const index_t want = a.q_row(i0 + r);

@@ -108,14 +108,16 @@ struct PrefillTask {
 // The rows task `t` reads first and writes last, as prefetch streams (at most 4 into `out`;
 // `rows`, kBlockKV entries, holds a composed key map that a stream may point to):
 // out[0], out[1] its Q and O rows, out[2], out[3] the K and V rows of its first key block
-// (none when it sees no key; prefill_task issues the two pairs during different products).
+// (none when it sees no key, or kv is false; prefill_task issues the two pairs during
+// different products).
 // Without them a short task (a neighborhood or block tile that visits one to a few key
 // blocks) starts by waiting for rows that nothing has asked for: its Q gather, its first V
 // copy and its O store stalled on memory for about a third of a blocked 8x8 neighborhood call
 // (bench/RESULTS.md); asked for while the previous task computes, they are in L2 when the
 // task starts.
 template <bool Lists = true, class Mask>
-int next_task_streams(tile::RowStream* out, index_t* rows, const KernelArgs& a, const Mask& mask_all, PrefillTask t) {
+int next_task_streams(tile::RowStream* out, index_t* rows, const KernelArgs& a, const Mask& mask_all, PrefillTask t,
+                      bool kv = true) {
   const Problem& p = a.p;
   if (t.b < 0) return 0;
   const index_t i0 = t.qb * kBlockQ, nq = std::min(kBlockQ, p.seq_q - i0);
@@ -130,6 +132,7 @@ int next_task_streams(tile::RowStream* out, index_t* rows, const KernelArgs& a, 
     out[n++] = {a.q.ptr(t.b, i0, t.h), a.q.stride[1], nq, q_bytes};
     out[n++] = {a.o.ptr(t.b, i0, t.h), a.o.stride[1], nq, v_bytes};
   }
+  if (!kv) return n;
   // The first key block, read as prefill_task's block() reads it.
   decltype(auto) mask = policy::bind(mask_all, t.b, t.h);
   bool found = false;
@@ -250,7 +253,14 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
   tile::RowStream ahead[4];
   index_t ahead_rows[kBlockKV];
   constexpr bool kLists = !V::Norm::kSumsV;  // (affine-scaled sums V per plain block)
-  const int nahead = next_task_streams<kLists>(ahead, ahead_rows, a, mask_all, next);
+  // Not the K/V rows of the next head of this query tile in a token-major layout where P.V
+  // reads V in place (kVRowsInPlace): its rows lie next to this task's in the same token rows,
+  // and asking for them cost more fill-buffer time than it saved (8x8 blocked neighborhoods
+  // 0.98x the time without; bench/RESULTS.md, run O). Where V is copied into a panel (AVX2)
+  // the copy waits on them: there they are asked for.
+  const bool next_kv = !(kVRowsInPlace && next.b == b && next.qb == qb && a.k.stride[1] > a.k.stride[2] &&
+                         a.v.stride[1] > a.v.stride[2]);
+  const int nahead = next_task_streams<kLists>(ahead, ahead_rows, a, mask_all, next, next_kv);
   index_t blocks_left = 0;
   // The last key block writes its lanes' finished rows straight into the caller's O when the
   // epilogue is only O = acc * out_scale (no gate, no affine combine) and a register tile's
