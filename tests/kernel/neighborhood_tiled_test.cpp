@@ -367,9 +367,10 @@ TEST(NeighborhoodTiledKernel, BlockedNeighborhoodsReadKeysAtTheCallersRows) {
   EXPECT_TRUE(run_and_compare(data, opt)) << "strided head dim";
 }
 
-// The look-ahead of the permuted call (detail::next_task_streams): Q and O through the query
-// slot map (padding slots skipped), K and V of the first list block, from the gathered copies
-// or at the caller's rows (blocked neighborhoods, with the extra keys in front).
+// The look-ahead of the permuted call (detail::next_task_streams, and task_o_stream): Q and O
+// through the query slot map (padding slots skipped), K and V of the first list block, from
+// the gathered copies or at the caller's rows (blocked neighborhoods, with the extra keys in
+// front).
 TEST(NeighborhoodTiledKernel, LookAheadNamesTheNextTasksRows) {
   std::vector<NeighborhoodMask> masks = kCases;
   masks.push_back(na(2, {24, 24, 1}, {8, 8, 1}, {1, 1, 1}, {8, 8, 1}));  // keys in place

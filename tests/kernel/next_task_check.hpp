@@ -1,11 +1,11 @@
 #pragma once
 // The prefill loop's look-ahead (sinkattn::detail::next_task_streams): for every task of a call, the
-// rows it names must be the rows that task reads: its Q and O rows (through a query slot map
-// when there is one; padding slots none), and K and V rows of its first key block, inside the
-// tensors, the same row of K and of V, and at least one of them visible from the tile. A
-// look-ahead that pointed elsewhere would not change any result (prefetches only), so this
-// is the one place a wrong guess shows. (One KV segment: key j is row j, or kv_rows[j].)
-// With kv = false only the Q and O streams come back, the same ones.
+// rows it names must be the rows that task reads: its Q rows (through a query slot map when
+// there is one; padding slots none), and K and V rows of its first key block, inside the
+// tensors, the same row of K and of V, and at least one of them visible from the tile; and
+// task_o_stream the O rows it writes. A look-ahead that pointed elsewhere would not change any
+// result (prefetches only), so this is the one place a wrong guess shows. (One KV segment:
+// key j is row j, or kv_rows[j].) With kv = false only the Q stream comes back, the same one.
 
 #include <gtest/gtest.h>
 
@@ -22,7 +22,7 @@ template <class Mask>
 ::testing::AssertionResult next_task_streams_ok(const sinkattn::detail::KernelArgs& a, const Mask& mask_all) {
   const Problem& p = a.p;
   const index_t nqb = (p.seq_q + sinkattn::detail::kBlockQ - 1) / sinkattn::detail::kBlockQ;
-  tile::RowStream s[4];
+  tile::RowStream s[3];
   index_t keys[sinkattn::detail::kBlockKV];
   if (sinkattn::detail::next_task_streams(s, keys, a, mask_all, sinkattn::detail::PrefillTask{}) != 0)
     return ::testing::AssertionFailure() << "streams for no task";
@@ -41,33 +41,36 @@ template <class Mask>
           if (st.map) return st.map[r] < 0 ? -1 : r0 + st.map[r];
           return r0 + r;
         };
-        if (n != 2 && n != 4) return ::testing::AssertionFailure() << where() << n << " streams";
-        // Without the K/V rows (kv = false: the next head of the same tile): the same Q and O.
-        tile::RowStream qo[4];
-        index_t keys_qo[sinkattn::detail::kBlockKV];
-        if (sinkattn::detail::next_task_streams(qo, keys_qo, a, mask_all, sinkattn::detail::PrefillTask{b, h, qb},
-                                                false) != 2)
+        if (n != 1 && n != 3) return ::testing::AssertionFailure() << where() << n << " streams";
+        // Without the K/V rows (kv = false: the next head of the same tile): the same Q.
+        tile::RowStream q1[3];
+        index_t keys_q1[sinkattn::detail::kBlockKV];
+        if (sinkattn::detail::next_task_streams(q1, keys_q1, a, mask_all, sinkattn::detail::PrefillTask{b, h, qb},
+                                                false) != 1)
           return ::testing::AssertionFailure() << where() << "K/V streams with kv = false";
-        for (int x = 0; x < 2; ++x)
-          if (qo[x].p != s[x].p || qo[x].ld != s[x].ld || qo[x].rows != s[x].rows || qo[x].map != s[x].map ||
-              qo[x].bytes != s[x].bytes)
-            return ::testing::AssertionFailure() << where() << "stream " << x << " differs with kv = false";
-        if (s[0].rows != nq || s[1].rows != nq) return ::testing::AssertionFailure() << where() << "Q/O rows";
+        if (q1[0].p != s[0].p || q1[0].ld != s[0].ld || q1[0].rows != s[0].rows || q1[0].map != s[0].map ||
+            q1[0].bytes != s[0].bytes)
+          return ::testing::AssertionFailure() << where() << "the Q stream differs with kv = false";
+        const tile::RowStream o = sinkattn::detail::task_o_stream(a, sinkattn::detail::PrefillTask{b, h, qb});
+        if (s[0].rows != nq || o.rows != nq) return ::testing::AssertionFailure() << where() << "Q/O rows";
+        if (s[0].bytes != p.dim_qk * static_cast<index_t>(sizeof(float)) ||
+            o.bytes != p.dim_v * static_cast<index_t>(sizeof(float)))
+          return ::testing::AssertionFailure() << where() << "Q/O row bytes";
         for (index_t r = 0; r < nq; ++r) {
           const index_t want = a.q_row(i0 + r);
-          if (row_at(s[0], a.q.ptr(b, 0, h), r) != want || row_at(s[1], a.o.ptr(b, 0, h), r) != want)
+          if (row_at(s[0], a.q.ptr(b, 0, h), r) != want || row_at(o, a.o.ptr(b, 0, h), r) != want)
             return ::testing::AssertionFailure() << where() << "Q/O row " << r << " is not " << want;
         }
         decltype(auto) mask = policy::bind(mask_all, b, h);
         bool tile_sees = false;
         for (index_t i = i0; i < i0 + nq && !tile_sees; ++i)
           for (index_t j = 0; j < p.seq_kv && !tile_sees; ++j) tile_sees = mask.visible(i, j);
-        if (n == 2) {
+        if (n == 1) {
           if (tile_sees) return ::testing::AssertionFailure() << where() << "no K/V streams, but keys are visible";
           continue;
         }
-        if (s[2].rows < 1 || s[2].rows > sinkattn::detail::kBlockKV || s[3].rows != s[2].rows)
-          return ::testing::AssertionFailure() << where() << "K/V rows " << s[2].rows << ", " << s[3].rows;
+        if (s[1].rows < 1 || s[1].rows > sinkattn::detail::kBlockKV || s[2].rows != s[1].rows)
+          return ::testing::AssertionFailure() << where() << "K/V rows " << s[1].rows << ", " << s[2].rows;
         // The first block the kernel visits: the mask's first list block, or its first block.
         std::vector<index_t> first;
         if constexpr (sinkattn::detail::has_block_lists<std::decay_t<decltype(mask)>>::value) {
@@ -84,11 +87,11 @@ template <class Mask>
                                            if (first.empty())
                                              for (index_t j = j0; j < j1; ++j) first.push_back(j);
                                          });
-        if (static_cast<std::size_t>(s[2].rows) != first.size())
-          return ::testing::AssertionFailure() << where() << s[2].rows << " K/V rows, the block has " << first.size();
+        if (static_cast<std::size_t>(s[1].rows) != first.size())
+          return ::testing::AssertionFailure() << where() << s[1].rows << " K/V rows, the block has " << first.size();
         bool sees = false;
-        for (index_t r = 0; r < s[2].rows; ++r) {
-          const index_t kr = row_at(s[2], a.k.ptr(b, 0, g), r), vr = row_at(s[3], a.v.ptr(b, 0, g), r);
+        for (index_t r = 0; r < s[1].rows; ++r) {
+          const index_t kr = row_at(s[1], a.k.ptr(b, 0, g), r), vr = row_at(s[2], a.v.ptr(b, 0, g), r);
           const index_t key = first[static_cast<std::size_t>(r)];
           const index_t want = a.kv_rows ? a.kv_rows[key] : key;
           if (kr != want || vr != want || kr < 0 || kr >= a.k.shape[1])

@@ -105,16 +105,24 @@ struct PrefillTask {
   index_t b = -1, h = 0, qb = 0;
 };
 
-// The rows task `t` reads first and writes last, as prefetch streams (at most 4 into `out`;
-// `rows`, kBlockKV entries, holds a composed key map that a stream may point to):
-// out[0], out[1] its Q and O rows, out[2], out[3] the K and V rows of its first key block
-// (none when it sees no key, or kv is false; prefill_task issues the two pairs during
-// different products).
+// The O rows of task `t` (b >= 0) as a prefetch stream: through the query slot map when there
+// is one (padding slots none).
+inline tile::RowStream task_o_stream(const KernelArgs& a, PrefillTask t) {
+  const index_t i0 = t.qb * kBlockQ, nq = std::min(kBlockQ, a.p.seq_q - i0);
+  const index_t v_bytes = a.p.dim_v * static_cast<index_t>(sizeof(float));
+  if (a.q_rows) return {a.o.ptr(t.b, 0, t.h), a.o.stride[1], nq, v_bytes, nullptr, 0, a.q_rows + i0};
+  return {a.o.ptr(t.b, i0, t.h), a.o.stride[1], nq, v_bytes};
+}
+
+// The rows task `t` reads first, as prefetch streams (at most 3 into `out`; `rows`, kBlockKV
+// entries, holds a composed key map that a stream may point to): out[0] its Q rows, out[1],
+// out[2] the K and V rows of its first key block (none when it sees no key, or kv is false;
+// prefill_task issues them during different products).
 // Without them a short task (a neighborhood or block tile that visits one to a few key
 // blocks) starts by waiting for rows that nothing has asked for: its Q gather, its first V
 // copy and its O store stalled on memory for about a third of a blocked 8x8 neighborhood call
 // (bench/RESULTS.md); asked for while the previous task computes, they are in L2 when the
-// task starts.
+// task starts. Its O rows, written last, each task asks for itself (task_o_stream).
 template <bool Lists = true, class Mask>
 int next_task_streams(tile::RowStream* out, index_t* rows, const KernelArgs& a, const Mask& mask_all, PrefillTask t,
                       bool kv = true) {
@@ -125,13 +133,10 @@ int next_task_streams(tile::RowStream* out, index_t* rows, const KernelArgs& a, 
   const index_t q_bytes = p.dim_qk * static_cast<index_t>(sizeof(float));
   const index_t v_bytes = p.dim_v * static_cast<index_t>(sizeof(float));
   int n = 0;
-  if (a.q_rows) {
+  if (a.q_rows)
     out[n++] = {a.q.ptr(t.b, 0, t.h), a.q.stride[1], nq, q_bytes, nullptr, 0, a.q_rows + i0};
-    out[n++] = {a.o.ptr(t.b, 0, t.h), a.o.stride[1], nq, v_bytes, nullptr, 0, a.q_rows + i0};
-  } else {
+  else
     out[n++] = {a.q.ptr(t.b, i0, t.h), a.q.stride[1], nq, q_bytes};
-    out[n++] = {a.o.ptr(t.b, i0, t.h), a.o.stride[1], nq, v_bytes};
-  }
   if (!kv) return n;
   // The first key block, read as prefill_task's block() reads it.
   decltype(auto) mask = policy::bind(mask_all, t.b, t.h);
@@ -175,13 +180,15 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
 
   // Q^T carries scale * log2(e): S^T comes out of the micro-kernel in log2 units.
   const bool q_inplace = !a.rope && a.q.stride[3] == 1;
+  const bool o_asked = a.q_rows && !q_inplace;  // the loop below asks for the O rows
   if (a.q_rows && !q_inplace) {
     // A slot map scatters the tile's rows over the caller's tensors, and the gather below
     // copies them one by one: ask for all of them at once (the Q rows to read now, the O
     // rows written at the end of this short task) rather than meeting one miss per row copy
     // and per row store. The in-place pack below needs no such loop: the previous task asked
-    // for these rows (next_task_streams), and the pack's loads find them in L2; asking again
-    // here cost a blocked 8x8 neighborhood call 2% (bench/RESULTS.md, run O).
+    // for the Q rows (next_task_streams), and the pack's loads find them in L2 (asking again
+    // here cost a blocked 8x8 neighborhood call 2%; bench/RESULTS.md, run O); the O rows go
+    // with the last block's S^T.
     for (index_t r = 0; r < nq; ++r) {
       const index_t row = a.q_row(i0 + r);
       if (row < 0) continue;
@@ -250,7 +257,7 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
   // The next task's rows are asked for during this task's last key block: early enough to
   // arrive (a block computes for microseconds), late enough that this task's own K/V stream
   // does not evict them from L2 first.
-  tile::RowStream ahead[4];
+  tile::RowStream ahead[3];
   index_t ahead_rows[kBlockKV];
   constexpr bool kLists = !V::Norm::kSumsV;  // (affine-scaled sums V per plain block)
   // Not the K/V rows of the next head of this query tile in a token-major layout where P.V
@@ -322,8 +329,11 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
       s.map = map;
     }
     // The last block hands the prefetch over to the next task's rows (next_task_streams): its
-    // K/V rows while S^T computes, its Q/O rows during P.V (together they overran the fill
-    // buffers of one product: the prefetches stalled).
+    // K/V rows while S^T computes, its Q rows during P.V (together they overran the fill
+    // buffers of one product: the prefetches stalled). This task's own O rows, which its P.V
+    // writes at the end, go with the S^T: asked for a whole task earlier, in the previous
+    // task's P.V, they cost a 13x13 neighborhood call 2-3% and a blocked 8x8 one 1%
+    // (bench/RESULTS.md, run P).
     const bool last = --blocks_left == 0;
     const index_t nn = keys || (last && nahead > 0) ? 0 : std::min(kBlockKV, pc.end - j1);
     if (nn > 0 && a.kv_rows) {
@@ -333,7 +343,8 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
       pf[npf++] = {K.ptr(b, r0 + nk, g), K.stride[1], nn, k_bytes};
     }
     if (last)
-      for (int x = 2; x < nahead; ++x) pf[npf++] = ahead[x];
+      for (int x = 1; x < nahead; ++x) pf[npf++] = ahead[x];
+    if (last && !o_asked) pf[npf++] = task_o_stream(a, PrefillTask{b, h, qb});
     const float* q_blk = a.rope_two_queries() && j0 < a.rope_sink_keys ? qt_sink : qt;
     const int v0 = static_cast<int>(rows.lo / tile::kWidth);
     const int v1 = std::min(vecs, static_cast<int>((rows.hi + tile::kWidth - 1) / tile::kWidth));
@@ -394,10 +405,10 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
       const float* vrow[kBlockKV];
       for (index_t r = 0; r < nk; ++r) vrow[r] = Vw.ptr(b, map[r], g);
       tile::mma_pv_rows(acc + l0 * dv_pad, dv_pad, nql, st + l0, kBlockQ, 1, tile::RowPointers{vrow}, nk, dv_vecs, io,
-                        ahead, last ? std::min(nahead, 2) : 0);
+                        ahead, last ? std::min(nahead, 1) : 0);
     } else {
       tile::mma_pv(acc + l0 * dv_pad, dv_pad, nql, st + l0, kBlockQ, 1, vp, ld_v, nk, dv_vecs, io, ahead,
-                   last ? std::min(nahead, 2) : 0);
+                   last ? std::min(nahead, 1) : 0);
     }
     if constexpr (V::Norm::kSumsV) vsums.add(mask, kind, i0, nq, j0, nk, vp, ld_v);
   };
