@@ -30,6 +30,7 @@
 #include <string>
 #include <vector>
 
+#include "buffer.hpp"
 #include "sinkattn/sinkattn.hpp"
 
 namespace sinkattn_bench {
@@ -95,11 +96,6 @@ inline double kv_bytes(const Shape& s) {
 }
 
 // ---- Shared data ----------------------------------------------------------------------------
-
-struct AlignedFree {
-  void operator()(float* p) const { std::free(p); }
-};
-using Buffer = std::unique_ptr<float[], AlignedFree>;
 
 // Q, K, V, O for one shape, BSHD, 64-byte aligned, seeded uniform [-1, 1) inputs. Allocated
 // once per shape and shared by every implementation (same inputs for all).

@@ -6,67 +6,43 @@
 //
 //   sinkattn_na_paired [rounds = 12]      (one thread: run it under taskset -c N)
 //
-// Same problem as BM_na_* (B1 H4 S4096 D64, token-major, 64-byte aligned buffers), same
-// masks, same pair counts.
+// Same problem as BM_na_* (B1 H4 S4096 D64, token-major, the same 64-byte aligned buffers:
+// bench/buffer.hpp), same masks, same pair counts.
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <limits>
-#include <new>
 #include <random>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "buffer.hpp"
 #include "sinkattn/sinkattn.hpp"
 
 namespace {
 
 using namespace sinkattn;
 
-// 64-byte aligned storage, as sinkattn_bench allocates its inputs (and as engines allocate
-// tensors): a std::vector's 16-byte offset makes every 256-byte row span five cache lines.
-template <class T>
-struct Aligned64 {
-  using value_type = T;
-  Aligned64() = default;
-  template <class U>
-  Aligned64(const Aligned64<U>&) {}
-  T* allocate(std::size_t n) {
-    void* p = std::aligned_alloc(64, (n * sizeof(T) + 63) / 64 * 64);
-    if (p == nullptr) throw std::bad_alloc();
-    return static_cast<T*>(p);
-  }
-  void deallocate(T* p, std::size_t) { std::free(p); }
-  template <class U>
-  bool operator==(const Aligned64<U>&) const {
-    return true;
-  }
-  template <class U>
-  bool operator!=(const Aligned64<U>&) const {
-    return false;
-  }
-};
-
 struct Buffers {
   Problem p{1, 4, 4, 4096, 4096, 64, 64};
-  std::vector<float, Aligned64<float>> q, k, v, o;
+  const index_t n = p.seq_q * p.heads_q * p.dim_qk;
+  sinkattn_bench::Buffer q = sinkattn_bench::alloc(n), k = sinkattn_bench::alloc(n), v = sinkattn_bench::alloc(n),
+                         o = sinkattn_bench::alloc(n);
   Buffers() {
-    const auto n = static_cast<std::size_t>(p.seq_q * p.heads_q * p.dim_qk);
-    q.resize(n), k.resize(n), v.resize(n), o.resize(n);
     std::mt19937 rng(7);
     std::normal_distribution<float> nd;
-    for (auto* x : {&q, &k, &v})
-      for (float& e : *x) e = nd(rng);
+    for (float* x : {q.get(), k.get(), v.get()})
+      for (index_t i = 0; i < n; ++i) x[i] = nd(rng);
   }
   double run(const Options& opt) {
     using CV = TensorView<const float>;
     const auto t0 = std::chrono::steady_clock::now();
     const Status s =
-        forward(p, CV::bshd(q.data(), 1, p.seq_q, 4, 64), CV::bshd(k.data(), 1, p.seq_kv, 4, 64),
-                CV::bshd(v.data(), 1, p.seq_kv, 4, 64), TensorView<float>::bshd(o.data(), 1, p.seq_q, 4, 64), opt);
+        forward(p, CV::bshd(q.get(), 1, p.seq_q, 4, 64), CV::bshd(k.get(), 1, p.seq_kv, 4, 64),
+                CV::bshd(v.get(), 1, p.seq_kv, 4, 64), TensorView<float>::bshd(o.get(), 1, p.seq_q, 4, 64), opt);
     if (!s.ok()) {
       std::fprintf(stderr, "forward failed: %s\n", s.message().c_str());
       std::exit(1);

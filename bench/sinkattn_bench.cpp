@@ -72,13 +72,6 @@ struct Rng {
   float uniform() { return static_cast<float>(next() >> 40) * (2.f / 16777216.f) - 1.f; }  // [-1, 1)
 };
 
-Buffer alloc(index_t n) {
-  const std::size_t bytes = (static_cast<std::size_t>(n) * sizeof(float) + 63) / 64 * 64;
-  auto* p = static_cast<float*>(std::aligned_alloc(64, bytes > 0 ? bytes : 64));
-  if (!p) throw std::bad_alloc();
-  return Buffer(p);
-}
-
 Buffer random_buffer(index_t n, std::uint64_t seed) {
   Buffer b = alloc(n);
   Rng r{seed};
