@@ -105,13 +105,19 @@ struct PrefillTask {
   index_t b = -1, h = 0, qb = 0;
 };
 
-// The O rows of task `t` (b >= 0) as a prefetch stream: through the query slot map when there
-// is one (padding slots none).
-inline tile::RowStream task_o_stream(const KernelArgs& a, PrefillTask t) {
+// The query-side rows of task `t` (b >= 0) in x (Q, or O) as a prefetch stream, `cols` floats
+// each: through the query slot map when there is one (padding slots none).
+template <class T>
+tile::RowStream task_rows_stream(const TensorView<T>& x, index_t cols, const KernelArgs& a, PrefillTask t) {
   const index_t i0 = t.qb * kBlockQ, nq = std::min(kBlockQ, a.p.seq_q - i0);
-  const index_t v_bytes = a.p.dim_v * static_cast<index_t>(sizeof(float));
-  if (a.q_rows) return {a.o.ptr(t.b, 0, t.h), a.o.stride[1], nq, v_bytes, nullptr, 0, a.q_rows + i0};
-  return {a.o.ptr(t.b, i0, t.h), a.o.stride[1], nq, v_bytes};
+  const index_t bytes = cols * static_cast<index_t>(sizeof(float));
+  if (a.q_rows) return {x.ptr(t.b, 0, t.h), x.stride[1], nq, bytes, nullptr, 0, a.q_rows + i0};
+  return {x.ptr(t.b, i0, t.h), x.stride[1], nq, bytes};
+}
+
+// The O rows of task `t`, which it writes last.
+inline tile::RowStream task_o_stream(const KernelArgs& a, PrefillTask t) {
+  return task_rows_stream(a.o, a.p.dim_v, a, t);
 }
 
 // The rows task `t` reads first, as prefetch streams (at most 3 into `out`; `rows`, kBlockKV
@@ -133,10 +139,7 @@ int next_task_streams(tile::RowStream* out, index_t* rows, const KernelArgs& a, 
   const index_t q_bytes = p.dim_qk * static_cast<index_t>(sizeof(float));
   const index_t v_bytes = p.dim_v * static_cast<index_t>(sizeof(float));
   int n = 0;
-  if (a.q_rows)
-    out[n++] = {a.q.ptr(t.b, 0, t.h), a.q.stride[1], nq, q_bytes, nullptr, 0, a.q_rows + i0};
-  else
-    out[n++] = {a.q.ptr(t.b, i0, t.h), a.q.stride[1], nq, q_bytes};
+  out[n++] = task_rows_stream(a.q, p.dim_qk, a, t);
   if (!kv) return n;
   // The first key block, read as prefill_task's block() reads it.
   decltype(auto) mask = policy::bind(mask_all, t.b, t.h);
