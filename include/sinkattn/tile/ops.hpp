@@ -93,6 +93,7 @@ inline void pack_transposed_rows(float* qt, RowAt&& row_at, index_t nrows, index
     }
   }
 #endif
+  if (rv == kQRows && xv == d) return;  // a whole tile, all of it in registers: no tail, no padding
   for (index_t x = 0; x < d; ++x) {
     float* dst = qt + x * kQRows;
     for (index_t r = x < xv ? rv : 0; r < nrows; ++r) dst[r] = row_at(r)[x] * scale;
