@@ -64,30 +64,34 @@ inline Status check_act(const Problem& p, const ActCalibration& act) {
   return {};
 }
 
-// The weights into a dense [B][Hq][Sq][Skv] buffer (see attention_weights).
+// The weights into w (logical [B, Hq, Sq, Skv], checked by the caller): attention over the
+// one-hot value rows, writing its output [B, Sq, Hq, Dv = Skv] through w's strides.
 template <class Real>
-Status weights_buffer(const Problem& p, TensorView<const float> q, TensorView<const float> k, const Options& opt,
-                      std::vector<Real>& w) {
-  namespace cd = ::sinkattn::detail;
-  SINKATTN_TRY(cd::check_problem(p));
-  const index_t B = p.batch, Hq = p.heads_q, Sq = p.seq_q, Skv = p.seq_kv;
-  w.assign(static_cast<size_t>(B * Hq * Sq * Skv), Real(0));
-  // One-hot value rows, the same for every batch and head (zero strides): v_j = e_j.
+Status weights_into(const Problem& p, TensorView<const float> q, TensorView<const float> k, const Options& opt,
+                    TensorView<Real> w) {
+  const index_t Skv = p.seq_kv;
+  // The same rows for every batch and head (zero strides).
   std::vector<float> eye(static_cast<size_t>(Skv * Skv), 0.f);
   for (index_t j = 0; j < Skv; ++j) eye[static_cast<size_t>(j * Skv + j)] = 1.f;
   Problem pw = p;
   pw.dim_v = Skv;
-  const TensorView<const float> v(eye.data(), {B, Skv, p.heads_kv, Skv}, {0, Skv, 0, 1});
-  std::vector<Real> obuf(w.size());
-  const auto o = TensorView<Real>::bshd(obuf.data(), B, Sq, Hq, Skv);
+  const TensorView<const float> v(eye.data(), {p.batch, Skv, p.heads_kv, Skv}, {0, Skv, 0, 1});
+  const TensorView<Real> o(w.data, {p.batch, p.seq_q, p.heads_q, Skv},
+                           {w.stride[0], w.stride[2], w.stride[1], w.stride[3]});
   Options plain = opt;
   plain.gate = NoGate{};
-  SINKATTN_TRY(attention<Real>(pw, q, k, v, o, plain));
-  for (index_t b = 0; b < B; ++b)
-    for (index_t h = 0; h < Hq; ++h)
-      for (index_t i = 0; i < Sq; ++i)
-        for (index_t j = 0; j < Skv; ++j) w[static_cast<size_t>(((b * Hq + h) * Sq + i) * Skv + j)] = o(b, i, h, j);
-  return {};
+  return attention<Real>(pw, q, k, v, o, plain);
+}
+
+// The weights as a dense [B][Hq][Sq][Skv] buffer.
+template <class Real>
+Status weights_buffer(const Problem& p, TensorView<const float> q, TensorView<const float> k, const Options& opt,
+                      std::vector<Real>& w) {
+  SINKATTN_TRY(::sinkattn::detail::check_problem(p));
+  w.assign(static_cast<size_t>(p.batch * p.heads_q * p.seq_q * p.seq_kv), Real(0));
+  const index_t Hq = p.heads_q, Sq = p.seq_q, Skv = p.seq_kv;
+  return weights_into(p, q, k, opt,
+                      TensorView<Real>(w.data(), {p.batch, Hq, Sq, Skv}, {Hq * Sq * Skv, Sq * Skv, Skv, 1}));
 }
 
 }  // namespace detail
@@ -104,14 +108,7 @@ Status attention_weights(const Problem& p, TensorView<const float> q, TensorView
   SINKATTN_TRY(cd::check_writable("w", w));
   SINKATTN_TRY(cd::check_no_alias("w", w, "q", q));
   SINKATTN_TRY(cd::check_no_alias("w", w, "k", k));
-  std::vector<Real> buf;
-  SINKATTN_TRY(detail::weights_buffer<Real>(p, q, k, opt, buf));
-  for (index_t b = 0; b < p.batch; ++b)
-    for (index_t h = 0; h < p.heads_q; ++h)
-      for (index_t i = 0; i < p.seq_q; ++i)
-        for (index_t j = 0; j < p.seq_kv; ++j)
-          w(b, h, i, j) = buf[static_cast<size_t>(((b * p.heads_q + h) * p.seq_q + i) * p.seq_kv + j)];
-  return {};
+  return detail::weights_into(p, q, k, opt, w);
 }
 
 // mass (logical [B, Hq, Skv, 1]) = sum over query rows i of w_ij, the attention mass key j
