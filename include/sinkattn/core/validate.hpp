@@ -220,6 +220,20 @@ inline Status check_gate(const Problem& p, const SigmoidGate& g) {
   return check_view("gate.g", g.g, {p.batch, p.seq_q, p.heads_q, last}, kBSHD);
 }
 
+// The options' own checks (scores, mask, normalization, gate, RoPE) against the problem.
+inline Status check_options(const Problem& p, const Options& opt) {
+  const ScoreOptions& s = opt.score;
+  if (s.scale && !std::isfinite(*s.scale)) return fail(Errc::out_of_range, "score.scale is not finite");
+  if (!(s.softcap >= 0.f) || !std::isfinite(s.softcap))
+    return fail(Errc::out_of_range, "score.softcap must be finite and >= 0");
+  if (s.bias.data != nullptr || !s.bias.empty())
+    SINKATTN_TRY(check_view("score.bias", s.bias, {p.batch, p.heads_q, p.seq_q, p.seq_kv}, kBHSS));
+  SINKATTN_TRY(std::visit([&](const auto& m) { return check_mask(p, m); }, opt.mask));
+  SINKATTN_TRY(std::visit([&](const auto& n) { return check_norm(p, opt, n); }, opt.norm));
+  SINKATTN_TRY(std::visit([&](const auto& g) { return check_gate(p, g); }, opt.gate));
+  return check_rope(p, opt.rope);
+}
+
 }  // namespace detail
 
 // Validates a whole call. The kernels and the reference call this first; engines can call it
@@ -247,18 +261,8 @@ inline Status validate(const Problem& p, const TensorView<const float>& q, const
     SINKATTN_TRY(check_no_alias("lse", opt.lse, "v", v));
   }
 
-  const ScoreOptions& s = opt.score;
-  if (s.scale && !std::isfinite(*s.scale)) return fail(Errc::out_of_range, "score.scale is not finite");
-  if (!(s.softcap >= 0.f) || !std::isfinite(s.softcap))
-    return fail(Errc::out_of_range, "score.softcap must be finite and >= 0");
-  if (s.bias.data != nullptr || !s.bias.empty())
-    SINKATTN_TRY(check_view("score.bias", s.bias, {p.batch, p.heads_q, p.seq_q, p.seq_kv}, kBHSS));
-
-  SINKATTN_TRY(std::visit([&](const auto& m) { return check_mask(p, m); }, opt.mask));
-  SINKATTN_TRY(std::visit([&](const auto& n) { return check_norm(p, opt, n); }, opt.norm));
-  SINKATTN_TRY(std::visit([&](const auto& g) { return check_gate(p, g); }, opt.gate));
+  SINKATTN_TRY(check_options(p, opt));
   if (const auto* g = std::get_if<SigmoidGate>(&opt.gate)) SINKATTN_TRY(check_no_alias("o", o, "gate.g", g->g));
-  SINKATTN_TRY(check_rope(p, opt.rope));
   return {};
 }
 

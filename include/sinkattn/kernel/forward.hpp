@@ -176,48 +176,47 @@ inline bool flat_neighborhood_heads_inner(const NeighborhoodMask& m, const Probl
   return heads_inner_fits(static_cast<double>(keys + m.extra_keys), p);
 }
 
-// Runtime mask -> its policy, then the normalization switch (dispatch_norm).
-inline Status dispatch_mask(const KernelArgs& a, const Options& opt, const Executor& ex) {
-  if (std::holds_alternative<FullMask>(opt.mask))
-    return detail::dispatch_norm(a, opt, policy::FullMaskPolicy{a.p.seq_kv}, ex);
+// Runtime mask -> its flat policy (the mask over the caller's own token order), handed to
+// f(args, policy) with the task order it suits (KernelArgs::heads_inner).
+template <class F>
+Status with_mask_policy(const KernelArgs& a, const Options& opt, F&& f) {
+  if (std::holds_alternative<FullMask>(opt.mask)) return f(a, policy::FullMaskPolicy{a.p.seq_kv});
   if (const auto* c = std::get_if<CausalMask>(&opt.mask))
-    return detail::dispatch_norm(a, opt, policy::CausalMaskPolicy{a.p.seq_kv, a.p.seq_kv - a.p.seq_q + c->offset}, ex);
+    return f(a, policy::CausalMaskPolicy{a.p.seq_kv, a.p.seq_kv - a.p.seq_q + c->offset});
   if (const auto* w = std::get_if<SlidingWindowMask>(&opt.mask))
-    return detail::dispatch_norm(a, opt,
-                                 policy::SlidingWindowMaskPolicy{a.p.seq_kv, a.p.seq_kv - a.p.seq_q + w->offset,
-                                                                 w->left, w->right, w->sink_tokens},
-                                 ex);
+    return f(a, policy::SlidingWindowMaskPolicy{a.p.seq_kv, a.p.seq_kv - a.p.seq_q + w->offset, w->left, w->right,
+                                                w->sink_tokens});
   if (const auto* m = std::get_if<BlockMask>(&opt.mask)) {
     KernelArgs ab = a;
     ab.heads_inner = block_heads_inner(*m, a.p);
-    return detail::dispatch_norm(
-        ab, opt,
-        policy::BlockMaskPolicy{a.p.seq_kv, a.p.seq_kv - a.p.seq_q + m->offset,
-                                m->boundaries.empty() ? m->block_size : 0, m->boundaries.data(),
-                                static_cast<index_t>(m->boundaries.size()), m->global_keys, m->last_block_attends_all,
-                                m->causal},
-        ex);
+    return f(ab, policy::BlockMaskPolicy{a.p.seq_kv, a.p.seq_kv - a.p.seq_q + m->offset,
+                                         m->boundaries.empty() ? m->block_size : 0, m->boundaries.data(),
+                                         static_cast<index_t>(m->boundaries.size()), m->global_keys,
+                                         m->last_block_attends_all, m->causal});
   }
   if (const auto* m = std::get_if<BlockSparseMask>(&opt.mask))
-    return detail::dispatch_norm(
-        a, opt,
-        policy::BlockSparseMaskPolicy{a.p.seq_q, a.p.seq_kv, a.p.heads_q, m->q_block, m->kv_block, m->offsets,
-                                      m->indices, m->element_mask ? &m->element_mask : nullptr},
-        ex);
+    return f(a, policy::BlockSparseMaskPolicy{a.p.seq_q, a.p.seq_kv, a.p.heads_q, m->q_block, m->kv_block, m->offsets,
+                                              m->indices, m->element_mask ? &m->element_mask : nullptr});
   if (const auto* m = std::get_if<NeighborhoodMask>(&opt.mask)) {
-    // 2-D/3-D (and dilated) grids: multi-dimensional query tiles over permuted tokens
-    // (kernel/permute.hpp); what that cannot take (see neighborhood_tiled_applies) keeps the flat tiles.
+    KernelArgs an = a;
+    an.heads_inner = flat_neighborhood_heads_inner(*m, a.p);
+    return f(an, policy::NeighborhoodMaskPolicy{m->rank, m->extent, m->kernel, m->dilation, m->stride, m->causal,
+                                                m->extra_keys});
+  }
+  return Status(Errc::unsupported, "mask: this mask is not in the fast path yet (use the reference)");
+}
+
+// Runtime mask -> its policy, then the normalization switch (dispatch_norm).
+inline Status dispatch_mask(const KernelArgs& a, const Options& opt, const Executor& ex) {
+  // 2-D/3-D (and dilated) neighborhood grids: multi-dimensional query tiles over permuted
+  // tokens (kernel/permute.hpp); what that cannot take (see neighborhood_tiled_applies) keeps
+  // the flat tiles.
+  if (const auto* m = std::get_if<NeighborhoodMask>(&opt.mask))
     if (detail::neighborhood_tiled_applies(a, *m, opt))
       return detail::forward_neighborhood_tiled(a, *m, ex, [&](const detail::KernelArgs& pa, const auto& pm) {
         return detail::dispatch_norm(pa, opt, pm, ex);
       });
-    const policy::NeighborhoodMaskPolicy pol{m->rank,   m->extent, m->kernel,    m->dilation,
-                                             m->stride, m->causal, m->extra_keys};
-    KernelArgs an = a;
-    an.heads_inner = flat_neighborhood_heads_inner(*m, a.p);
-    return detail::dispatch_norm(an, opt, pol, ex);
-  }
-  return Status(Errc::unsupported, "mask: this mask is not in the fast path yet (use the reference)");
+  return with_mask_policy(a, opt, [&](const KernelArgs& pa, const auto& pm) { return dispatch_norm(pa, opt, pm, ex); });
 }
 
 }  // namespace detail
