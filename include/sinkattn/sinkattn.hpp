@@ -11,4 +11,5 @@
 #include "sinkattn/core/types.hpp"
 #include "sinkattn/core/validate.hpp"
 #include "sinkattn/kernel/forward.hpp"
+#include "sinkattn/kernel/sink_mass.hpp"
 #include "sinkattn/version.hpp"

@@ -1,0 +1,246 @@
+// sinkattn::sink_mass (kernel/sink_mass.hpp) against reference::sink_mass under the harness's
+// tolerance rule (|ours - ref64| <= 2 |ref32 - ref64| + atol, ref32 = the reference in
+// float): shapes that straddle the SIMD width and the tiles, odd head dims, GQA, every mask
+// kind, the learned sink, score modifiers, both layouts, huge logits, rows that see nothing,
+// empty problems, thread-count determinism and the argument checks.
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "harness.hpp"
+#include "sinkattn/kernel/sink_mass.hpp"
+#include "sinkattn/reference/sinks.hpp"
+#include "threads.hpp"
+
+namespace sinkattn {
+namespace test {
+namespace {
+
+struct MassOut {
+  Status status;
+  std::vector<float> mass, alpha;
+};
+
+MassOut run_mass(const Data& d, const Options& opt, const Executor& ex = Executor::serial()) {
+  const Problem& p = d.p;
+  MassOut r;
+  const auto n = static_cast<size_t>(p.batch * p.heads_q * p.seq_kv);
+  r.mass.assign(n, std::nan(""));
+  r.alpha.assign(n, std::nan(""));
+  r.status = sink_mass(p, d.q, d.k, TensorView<float>::lse(r.mass.data(), p.batch, p.heads_q, p.seq_kv),
+                       TensorView<float>::lse(r.alpha.data(), p.batch, p.heads_q, p.seq_kv), opt, ex);
+  return r;
+}
+
+::testing::AssertionResult matches_reference(const Data& d, const Options& opt, double atol = 1e-5) {
+  const Problem& p = d.p;
+  const MassOut ours = run_mass(d, opt);
+  if (!ours.status.ok()) return ::testing::AssertionFailure() << "sink_mass: " << ours.status.message();
+  const auto n = static_cast<size_t>(p.batch * p.heads_q * p.seq_kv);
+  std::vector<double> m64(n), a64(n);
+  std::vector<float> m32(n), a32(n);
+  const Status s64 =
+      reference::sink_mass<double>(p, d.q, d.k, opt, TensorView<double>::lse(m64.data(), p.batch, p.heads_q, p.seq_kv),
+                                   TensorView<double>::lse(a64.data(), p.batch, p.heads_q, p.seq_kv));
+  const Status s32 =
+      reference::sink_mass<float>(p, d.q, d.k, opt, TensorView<float>::lse(m32.data(), p.batch, p.heads_q, p.seq_kv),
+                                  TensorView<float>::lse(a32.data(), p.batch, p.heads_q, p.seq_kv));
+  if (!s64.ok() || !s32.ok()) return ::testing::AssertionFailure() << "reference: " << s64.message();
+  static const char* const kNames[4] = {"b", "h", "j", "_"};
+  std::ostringstream msg;
+  bool ok = true;
+  const auto view = [&](const std::vector<float>& v) {
+    return TensorView<const float>::lse(v.data(), p.batch, p.heads_q, p.seq_kv);
+  };
+  detail::compare("mass", view(ours.mass), TensorView<double>::lse(m64.data(), p.batch, p.heads_q, p.seq_kv),
+                  TensorView<float>::lse(m32.data(), p.batch, p.heads_q, p.seq_kv), atol, kNames, msg, ok);
+  detail::compare("alpha", view(ours.alpha), TensorView<double>::lse(a64.data(), p.batch, p.heads_q, p.seq_kv),
+                  TensorView<float>::lse(a32.data(), p.batch, p.heads_q, p.seq_kv), atol, kNames, msg, ok);
+  if (!ok) return ::testing::AssertionFailure() << msg.str();
+  return ::testing::AssertionSuccess();
+}
+
+std::vector<MaskSpec> masks_for(const Problem& p) {
+  std::vector<MaskSpec> m = {FullMask{}, CausalMask{}, SlidingWindowMask{20, 0, 3, 0}};
+  BlockMask ragged;
+  ragged.boundaries = {0, 5, 40, 41};
+  ragged.global_keys = 2;
+  ragged.causal = true;
+  if (p.seq_q == p.seq_kv && p.seq_kv > 41) m.emplace_back(std::move(ragged));
+  BlockMask equal;
+  equal.block_size = 16;
+  equal.last_block_attends_all = true;
+  m.emplace_back(std::move(equal));
+  return m;
+}
+
+TEST(SinkMass, ShapesMasksAndNormalizationsMatchTheReference) {
+  const std::vector<std::pair<index_t, index_t>> lengths = {{1, 1}, {15, 17}, {17, 15}, {64, 64}, {65, 130}, {130, 65}};
+  for (const auto& [sq, skv] : lengths)
+    for (const index_t dqk : {13, 64}) {
+      const Problem p{2, 4, 2, sq, skv, dqk, 3};
+      const auto d = make_data(p, Layout::BSHD, static_cast<std::uint64_t>(sq * 131 + skv + dqk));
+      const std::vector<float> sinks = {0.5f, -1.f, 3.f, -std::numeric_limits<float>::infinity()};
+      for (const MaskSpec& mask : masks_for(p))
+        for (int n = 0; n < 2; ++n) {
+          Options opt;
+          opt.mask = mask;
+          if (n == 1) opt.norm = SinkSoftmax{sinks.data()};
+          EXPECT_TRUE(matches_reference(d, opt))
+              << "Sq " << sq << " Skv " << skv << " D " << dqk << " mask " << mask.index() << " norm " << n;
+        }
+    }
+}
+
+TEST(SinkMass, NeighborhoodAndBlockSparseMasks) {
+  {
+    const Problem p{1, 2, 1, 8 * 9, 3 + 8 * 9, 16, 4};
+    const auto d = make_data(p, Layout::BSHD, 21);
+    NeighborhoodMask na;
+    na.rank = 2;
+    na.extent = {8, 9, 1};
+    na.kernel = {3, 5, 1};
+    na.dilation = {2, 1, 1};
+    na.causal = {true, false, false};
+    na.extra_keys = 3;
+    Options opt;
+    opt.mask = na;
+    EXPECT_TRUE(matches_reference(d, opt));
+  }
+  {
+    const Problem p{2, 2, 2, 100, 90, 8, 4};
+    const auto d = make_data(p, Layout::BHSD, 22);
+    // q blocks of 32 (4 per head), kv blocks of 16 (6): (b, h, qb) lists a pattern that varies.
+    std::vector<index_t> offsets = {0}, indices;
+    for (index_t r = 0; r < 2 * 2 * 4; ++r) {
+      for (index_t kb = 0; kb < 6; ++kb)
+        if ((kb + r) % 3 != 0) indices.push_back(kb);
+      offsets.push_back(static_cast<index_t>(indices.size()));
+    }
+    BlockSparseMask m;
+    m.q_block = 32;
+    m.kv_block = 16;
+    m.offsets = offsets.data();
+    m.indices = indices.data();
+    m.element_mask = [](index_t, index_t, index_t i, index_t j) { return (i + j) % 5 != 0; };
+    Options opt;
+    opt.mask = m;
+    EXPECT_TRUE(matches_reference(d, opt));
+  }
+}
+
+TEST(SinkMass, ScoreModifiersLayoutsAndHugeLogits) {
+  const Problem p{1, 4, 4, 70, 70, 32, 8};
+  const std::vector<float> slopes = {0.5f, 0.25f, 0.125f, 0.0625f};
+  std::vector<float> bias(static_cast<size_t>(4 * 70 * 70));
+  for (size_t n = 0; n < bias.size(); ++n) bias[n] = 0.1f * static_cast<float>(int(n % 11) - 5);
+  for (const Layout layout : {Layout::BSHD, Layout::BHSD}) {
+    const auto d = make_data(p, layout, 23);
+    Options opt;
+    opt.mask = CausalMask{};
+    opt.score.softcap = 5.f;
+    opt.score.alibi_slopes = slopes.data();
+    opt.score.bias = {bias.data(), {1, 4, 70, 70}, {4 * 70 * 70, 70 * 70, 70, 1}};
+    EXPECT_TRUE(matches_reference(d, opt)) << to_string(layout);
+  }
+  // Logits in the hundreds: the LSE pass and the weights stay finite and exact.
+  const auto big = make_data(p, Layout::BSHD, 24, 6.f);
+  Options opt;
+  opt.score.scale = 1.f;
+  EXPECT_TRUE(matches_reference(big, opt));
+}
+
+TEST(SinkMass, RowsThatSeeNothingAddNothing) {
+  // A -inf bias over every key of query rows 3 and 40: their LSE is -inf, their weights 0.
+  const Problem p{1, 2, 1, 50, 60, 8, 4};
+  const auto d = make_data(p, Layout::BSHD, 25);
+  std::vector<float> bias(static_cast<size_t>(2 * 50 * 60), 0.f);
+  for (index_t h = 0; h < 2; ++h)
+    for (index_t j = 0; j < 60; ++j) {
+      bias[static_cast<size_t>((h * 50 + 3) * 60 + j)] = -std::numeric_limits<float>::infinity();
+      bias[static_cast<size_t>((h * 50 + 40) * 60 + j)] = -std::numeric_limits<float>::infinity();
+    }
+  Options opt;
+  opt.score.bias = {bias.data(), {1, 2, 50, 60}, {2 * 50 * 60, 50 * 60, 60, 1}};
+  EXPECT_TRUE(matches_reference(d, opt));
+  const auto r = run_mass(d, opt);
+  double total = 0;
+  for (index_t j = 0; j < 60; ++j) total += r.mass[static_cast<size_t>(j)];
+  EXPECT_NEAR(total, 48.0, 1e-4);  // head 0: 48 rows with a softmax each
+}
+
+// A NaN in query row 5 of head 1 (causal): the keys that row sees get NaN mass, the keys it
+// does not see and the other head stay finite and exact.
+TEST(SinkMass, NanReachesOnlyTheKeysItsRowSees) {
+  const Problem p{1, 2, 2, 20, 20, 16, 4};
+  auto d = make_data(p, Layout::BSHD, 29);
+  Options opt;
+  opt.mask = CausalMask{};
+  const auto clean = run_mass(d, opt);
+  d.mq()(0, 5, 1, 3) = std::nanf("");
+  const auto r = run_mass(d, opt);
+  ASSERT_TRUE(clean.status.ok() && r.status.ok());
+  for (index_t j = 0; j < 20; ++j) {
+    EXPECT_EQ(r.mass[static_cast<size_t>(j)], clean.mass[static_cast<size_t>(j)]) << j;  // head 0
+    const float m1 = r.mass[static_cast<size_t>(20 + j)];
+    if (j <= 5)
+      EXPECT_TRUE(std::isnan(m1)) << j;
+    else
+      EXPECT_EQ(m1, clean.mass[static_cast<size_t>(20 + j)]) << j;
+  }
+}
+
+TEST(SinkMass, EmptyProblemsAndThreadCountDeterminism) {
+  for (const Problem& p : {Problem{1, 2, 1, 0, 9, 8, 4}, Problem{1, 2, 1, 9, 0, 8, 4}, Problem{0, 2, 1, 9, 9, 8, 4}}) {
+    const auto d = make_data(p, Layout::BSHD, 26);
+    const auto r = run_mass(d, Options{});
+    ASSERT_TRUE(r.status.ok()) << r.status.message();
+    for (float m : r.mass) EXPECT_EQ(m, 0.f);
+    for (float a : r.alpha) EXPECT_EQ(a, 0.f);
+  }
+  const Problem p{2, 4, 2, 200, 150, 24, 4};
+  const auto d = make_data(p, Layout::BSHD, 27);
+  Options opt;
+  opt.mask = CausalMask{};
+  const auto one = run_mass(d, opt);
+  const auto three = run_mass(d, opt, thread_executor(3));
+  ASSERT_TRUE(one.status.ok() && three.status.ok());
+  EXPECT_TRUE(bit_identical(one.mass, three.mass));
+  EXPECT_TRUE(bit_identical(one.alpha, three.alpha));
+}
+
+TEST(SinkMass, BadArgumentsNameTheArgument) {
+  const Problem p{1, 2, 1, 10, 12, 8, 4};
+  const auto d = make_data(p, Layout::BSHD, 28);
+  std::vector<float> m(24), a(24), wrong(22);
+  const auto mv = TensorView<float>::lse(m.data(), 1, 2, 12);
+  const auto expect = [](const Status& s, Errc code, const std::string& word) {
+    EXPECT_EQ(s.code(), code) << s.message();
+    EXPECT_NE(s.message().find(word), std::string::npos) << s.message();
+  };
+  expect(sink_mass(p, d.q, d.k, TensorView<float>::lse(wrong.data(), 1, 2, 11)), Errc::shape_mismatch, "mass");
+  expect(sink_mass(p, d.q, d.k, mv, TensorView<float>::lse(wrong.data(), 1, 2, 11)), Errc::shape_mismatch, "alpha");
+  expect(sink_mass(p, d.q, d.k, mv, mv), Errc::aliasing, "alpha");
+  expect(sink_mass(p, d.q, d.k, TensorView<float>::lse(nullptr, 1, 2, 12)), Errc::null_data, "mass");
+  Options sig;
+  sig.norm = Sigmoid{};
+  expect(sink_mass(p, d.q, d.k, mv, {}, sig), Errc::unsupported, "norm");
+  Options bad_window;
+  bad_window.mask = SlidingWindowMask{-3, 0, 0, 0};
+  expect(sink_mass(p, d.q, d.k, mv, {}, bad_window), Errc::out_of_range, "mask.left");
+  Problem bad_heads = p;
+  bad_heads.heads_kv = 3;
+  expect(sink_mass(bad_heads, d.q, d.k, mv), Errc::heads_not_divisible, "heads");
+  const auto short_k = TensorView<const float>::bshd(d.kbuf.data(), 1, 11, 1, 8);
+  expect(sink_mass(p, d.q, short_k, mv), Errc::shape_mismatch, "k");
+}
+
+}  // namespace
+}  // namespace test
+}  // namespace sinkattn
