@@ -46,9 +46,23 @@ struct Score {
         }
     }
     if constexpr (kBias) {
-      for (index_t l = 0; l < t.nq; ++l) {
-        const float* src = a.bias.ptr(t.b, t.h, t.i0 + l, t.j0);
-        for (index_t r = 0; r < t.nk; ++r) t.at(l, r) += src[r * a.bias.stride[3]] * ::sinkattn::detail::kLog2e;
+      if (a.bias.stride[2] == 0 && t.q_step == 1 && t.keys == nullptr) {
+        // One bias per key for every row (zero row stride: a key-padding mask, ACT's hidden
+        // keys): a broadcast add per key row of S^T instead of a strided scalar walk, which
+        // cost forward_act's first pass 15% of a dense call.
+        const float* src = a.bias.ptr(t.b, t.h, t.i0, t.j0);
+        for (index_t r = 0; r < t.rows; ++r) {
+          const vf add(src[r * a.bias.stride[3]] * ::sinkattn::detail::kLog2e);
+          for (int c = 0; c < t.vecs; ++c) {
+            float* p = t.st + r * t.ld + c * tile::kWidth;
+            (vf::load_aligned(p) + add).store_aligned(p);
+          }
+        }
+      } else {
+        for (index_t l = 0; l < t.nq; ++l) {
+          const float* src = a.bias.ptr(t.b, t.h, t.i0 + l, t.j0);
+          for (index_t r = 0; r < t.nk; ++r) t.at(l, r) += src[r * a.bias.stride[3]] * ::sinkattn::detail::kLog2e;
+        }
       }
     }
     if constexpr (kAlibi) {
