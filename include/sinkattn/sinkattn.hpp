@@ -10,6 +10,7 @@
 #include "sinkattn/core/tensor_view.hpp"
 #include "sinkattn/core/types.hpp"
 #include "sinkattn/core/validate.hpp"
+#include "sinkattn/kernel/act.hpp"
 #include "sinkattn/kernel/forward.hpp"
 #include "sinkattn/kernel/sink_mass.hpp"
 #include "sinkattn/version.hpp"

@@ -137,6 +137,16 @@ struct SigmoidGate {
 
 using GateSpec = std::variant<NoGate, SigmoidGate>;
 
+// ---- 6. ACT calibration -------------------------------------------------------------------
+
+// ACT calibration (Yu et al. 2024, SEMANTICS section 6): the weights of the sink keys S are
+// scaled by beta and the removed mass goes back to the other keys in proportion.
+struct ActCalibration {
+  const index_t* keys = nullptr;  // S: key indices in [1, Skv), each once
+  index_t count = 0;
+  double beta = 1.0;  // finite, >= 0
+};
+
 // ---- Rotary embedding applied while loading ----------------------------------------------
 // For keys cached before RoPE (StreamingLLM's position shift, SEMANTICS section 5): the kernel
 // rotates Q and K as it loads them. Off when table is null. Key j (its index over all K rows;

@@ -220,6 +220,26 @@ inline Status check_gate(const Problem& p, const SigmoidGate& g) {
   return check_view("gate.g", g.g, {p.batch, p.seq_q, p.heads_q, last}, kBSHD);
 }
 
+// An ACT sink set: keys in [1, Skv), each once; beta finite and >= 0.
+inline Status check_act(const Problem& p, const ActCalibration& act) {
+  if (act.count < 0) return fail(Errc::negative_size, "act.count is " + str(act.count));
+  if (act.count > 0 && act.keys == nullptr)
+    return fail(Errc::null_data, "act.keys is null but act.count is " + str(act.count));
+  if (!std::isfinite(act.beta) || act.beta < 0)
+    return fail(Errc::out_of_range, "act.beta must be finite and >= 0, is " + std::to_string(act.beta));
+  std::vector<unsigned char> seen(static_cast<size_t>(p.seq_kv), 0);
+  for (index_t s = 0; s < act.count; ++s) {
+    const index_t j = act.keys[s];
+    if (j < 0 || j >= p.seq_kv)
+      return fail(Errc::out_of_range,
+                  "act.keys[" + str(s) + "] is " + str(j) + ", outside [0, seq_kv = " + str(p.seq_kv) + ")");
+    if (j == 0) return fail(Errc::out_of_range, "act.keys[" + str(s) + "] is 0: the first token is not calibrated");
+    if (seen[static_cast<size_t>(j)]) return fail(Errc::invalid_argument, "act.keys holds key " + str(j) + " twice");
+    seen[static_cast<size_t>(j)] = 1;
+  }
+  return {};
+}
+
 // The options' own checks (scores, mask, normalization, gate, RoPE) against the problem.
 inline Status check_options(const Problem& p, const Options& opt) {
   const ScoreOptions& s = opt.score;

@@ -32,37 +32,8 @@
 
 namespace sinkattn {
 
-// ACT calibration (SEMANTICS section 6): the sink keys S and the factor beta for their weights.
-struct ActCalibration {
-  const index_t* keys = nullptr;  // S: key indices in [1, Skv), each once
-  index_t count = 0;
-  double beta = 1.0;  // finite, >= 0
-};
-
 namespace reference {
 namespace detail {
-
-inline Status check_act(const Problem& p, const ActCalibration& act) {
-  namespace cd = ::sinkattn::detail;
-  if (act.count < 0) return cd::fail(Errc::negative_size, "act.count is " + cd::str(act.count));
-  if (act.count > 0 && act.keys == nullptr)
-    return cd::fail(Errc::null_data, "act.keys is null but act.count is " + cd::str(act.count));
-  if (!std::isfinite(act.beta) || act.beta < 0)
-    return cd::fail(Errc::out_of_range, "act.beta must be finite and >= 0, is " + std::to_string(act.beta));
-  std::vector<unsigned char> seen(static_cast<size_t>(p.seq_kv), 0);
-  for (index_t s = 0; s < act.count; ++s) {
-    const index_t j = act.keys[s];
-    if (j < 0 || j >= p.seq_kv)
-      return cd::fail(Errc::out_of_range, "act.keys[" + cd::str(s) + "] is " + cd::str(j) +
-                                              ", outside [0, seq_kv = " + cd::str(p.seq_kv) + ")");
-    if (j == 0)
-      return cd::fail(Errc::out_of_range, "act.keys[" + cd::str(s) + "] is 0: the first token is not calibrated");
-    if (seen[static_cast<size_t>(j)])
-      return cd::fail(Errc::invalid_argument, "act.keys holds key " + cd::str(j) + " twice");
-    seen[static_cast<size_t>(j)] = 1;
-  }
-  return {};
-}
 
 // The weights into w (logical [B, Hq, Sq, Skv], checked by the caller): attention over the
 // one-hot value rows, writing its output [B, Sq, Hq, Dv = Skv] through w's strides.
@@ -178,7 +149,7 @@ Status attention_act(const Problem& p, TensorView<const float> q, TensorView<con
                      TensorView<Real> o, const Options& opt, const ActCalibration& act) {
   namespace cd = ::sinkattn::detail;
   SINKATTN_TRY(detail::validate_args(p, q, k, v, o, opt, TensorView<Real>{}));
-  SINKATTN_TRY(detail::check_act(p, act));
+  SINKATTN_TRY(::sinkattn::detail::check_act(p, act));
   std::vector<Real> w;
   SINKATTN_TRY(detail::weights_buffer<Real>(p, q, k, opt, w));
   const index_t Hq = p.heads_q, Sq = p.seq_q, Skv = p.seq_kv, Dv = p.dim_v;

@@ -1,0 +1,139 @@
+#pragma once
+// ACT calibration in the fast path (SEMANTICS section 6, Yu et al. 2024):
+//
+//   sinkattn::forward_act(problem, q, k, v, o, options, act, executor)
+//
+// Attention whose weights on the sink keys S are scaled by beta, the removed mass going back to
+// the other keys in proportion (reference/sinks.hpp fixes the definition: the row total T_i
+// stays, a row with no mass outside S keeps beta O_S). Written so that nothing cancels when S
+// holds nearly all of a row's mass (what sinks do):
+//   1. the fused loop runs once with S's keys biased to -inf, plain softmax (no sink), no gate:
+//      O^ = the output normalized over the other keys, L^ = their LSE;
+//   2. per row, S's keys are scored again in double precision (scale, softcap, ALiBi, the
+//      mask's visible(i, j)); with L = logsumexp(L^, x_S, sink), w_j = exp(x_j - L),
+//      P_S = sum w_j, O_S = sum w_j v_j and the other keys' share R = exp(L^ - L),
+//        O' = beta O_S + O^ (R + (1 - beta) P_S),
+//      which is beta O_S + O_notS (T - beta P_S) / (T - P_S) with O_notS = R O^ and
+//      T - P_S = R; then the gate.
+// The extra work is O(Sq |S| (Dqk + Dv)) per head, against the call's O(Sq Skv (Dqk + Dv)).
+// Supported: Softmax and SinkSoftmax, every mask, softcap and ALiBi; an additive score bias
+// (step 1 uses the bias slot), other normalizations, RoPE on load and a requested LSE are
+// Errc::unsupported (reference::attention_act has them).
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <variant>
+#include <vector>
+
+#include "sinkattn/kernel/forward.hpp"
+
+namespace sinkattn {
+namespace detail {
+
+// Row i of head h of batch b: o's row holds O^ (step 1 above) and becomes O' (before the gate);
+// lse_hat = L^. os: Dv doubles of scratch.
+template <class Mask>
+void act_row(const KernelArgs& a, const Mask& mask, const ActCalibration& act, index_t b, index_t h, index_t i,
+             double lse_hat, double* os) {
+  const Problem& p = a.p;
+  const index_t g = p.kv_head(h), dv = p.dim_v;
+  const double ninf = -std::numeric_limits<double>::infinity();
+  // The sink keys' logits (-inf where the mask hides them), at most a few.
+  constexpr index_t kInline = 16;
+  double xs_inline[kInline];
+  std::vector<double> xs_heap;
+  double* xs = xs_inline;
+  if (act.count > kInline) xs_heap.resize(static_cast<std::size_t>(act.count)), xs = xs_heap.data();
+  double m = lse_hat;
+  const double sink = a.sink_logits ? double(a.sink_logits[h]) : ninf;
+  m = std::max(m, sink);
+  for (index_t s = 0; s < act.count; ++s) {
+    const index_t j = act.keys[s];
+    double x = ninf;
+    if (mask.visible(i, j)) {
+      x = 0;
+      for (index_t d = 0; d < p.dim_qk; ++d) x += double(a.q(b, i, h, d)) * double(a.k(b, j, g, d));
+      x *= a.scale;
+      if (a.softcap > 0.f) x = a.softcap * std::tanh(x / a.softcap);
+      if (a.alibi_slopes != nullptr) x -= double(a.alibi_slopes[h]) * double(std::llabs(p.query_pos(i) - j));
+    }
+    xs[s] = x;
+    m = std::max(m, x);
+  }
+  if (m == ninf) return;  // nothing visible and no sink: O^ = 0 stays
+  double l = std::exp(lse_hat - m) + std::exp(sink - m);
+  for (index_t s = 0; s < act.count; ++s) l += std::exp(xs[s] - m);
+  const double lse = m + std::log(l);
+  std::fill(os, os + dv, 0.0);
+  double ps = 0;
+  for (index_t s = 0; s < act.count; ++s) {
+    if (xs[s] == ninf) continue;
+    const double w = std::exp(xs[s] - lse);
+    ps += w;
+    for (index_t d = 0; d < dv; ++d) os[d] += w * double(a.v(b, act.keys[s], g, d));
+  }
+  const double others = std::exp(lse_hat - lse) + (1.0 - act.beta) * ps;
+  for (index_t d = 0; d < dv; ++d) {
+    float& out = a.o(b, i, h, d);
+    out = static_cast<float>(act.beta * os[d] + double(out) * others);
+  }
+}
+
+}  // namespace detail
+
+// o (logical [B, Sq, Hq, Dv]) = attention under `opt` with ACT calibration `act`. Validates
+// everything forward() does, and act (detail::check_act).
+inline Status forward_act(const Problem& p, const TensorView<const float>& q, const TensorView<const float>& k,
+                          const TensorView<const float>& v, const TensorView<float>& o, const Options& opt,
+                          const ActCalibration& act, const Executor& ex = Executor::serial()) {
+  using namespace detail;
+  SINKATTN_TRY(validate(p, q, k, v, o, opt));
+  SINKATTN_TRY(check_act(p, act));
+  if (!std::holds_alternative<Softmax>(opt.norm) && !std::holds_alternative<SinkSoftmax>(opt.norm))
+    return fail(Errc::unsupported,
+                "norm: forward_act supports Softmax and SinkSoftmax (reference::attention_act has all)");
+  if (opt.rope.table) return fail(Errc::unsupported, "rope: forward_act has no RoPE on load (rotate q and k first)");
+  if (opt.lse.data != nullptr || !opt.lse.empty())
+    return fail(Errc::unsupported, "lse: forward_act does not return an LSE (ACT changes the weights, not it)");
+
+  if (opt.score.bias.data != nullptr || !opt.score.bias.empty())
+    return fail(Errc::unsupported,
+                "score.bias: forward_act uses the bias slot itself (reference::attention_act has it)");
+
+  // Step 1: S's keys hidden by a bias broadcast over batch, heads and rows (zero strides).
+  const index_t B = p.batch, Hq = p.heads_q, Sq = p.seq_q, Skv = p.seq_kv;
+  std::vector<float> key_bias(static_cast<std::size_t>(Skv), 0.f);
+  for (index_t s = 0; s < act.count; ++s)
+    key_bias[static_cast<std::size_t>(act.keys[s])] = -std::numeric_limits<float>::infinity();
+  std::vector<float> lse(static_cast<std::size_t>(B * Hq * Sq));
+  Options hidden = opt;
+  hidden.norm = Softmax{};
+  hidden.gate = NoGate{};
+  hidden.lse = TensorView<float>::lse(lse.data(), B, Hq, Sq);
+  hidden.score.bias = TensorView<const float>(key_bias.data(), {B, Hq, Sq, Skv}, {0, 0, 0, 1});
+  SINKATTN_TRY(forward(p, q, k, v, o, hidden, ex));
+  if (B == 0 || Hq == 0 || Sq == 0) return {};
+
+  const KernelArgs a = make_args(p, q, k, v, o, opt);
+  const auto* gate = std::get_if<SigmoidGate>(&opt.gate);
+  return with_mask_policy(a, opt, [&](const KernelArgs&, const auto& mask_all) -> Status {
+    ex.run(B * Hq, [&](index_t task) {
+      const index_t b = task / Hq, h = task % Hq;
+      decltype(auto) mask = policy::bind(mask_all, b, h);
+      std::vector<double> os(static_cast<std::size_t>(p.dim_v));
+      for (index_t i = 0; i < Sq; ++i) {
+        act_row(a, mask, act, b, h, i, double(lse[static_cast<std::size_t>((b * Hq + h) * Sq + i)]), os.data());
+        if (gate == nullptr) continue;
+        const bool headwise = gate->g.shape[3] == 1;
+        for (index_t d = 0; d < p.dim_v; ++d) {
+          const double x = gate->g(b, i, h, headwise ? 0 : d);
+          o(b, i, h, d) = static_cast<float>(double(o(b, i, h, d)) / (1.0 + std::exp(-x)));
+        }
+      }
+    });
+    return {};
+  });
+}
+
+}  // namespace sinkattn
