@@ -10,6 +10,11 @@
 // GFLOPS counts one pass of scores, 2 * Dqk per visible pair per head: the work that defines
 // the mass (sink_mass does it twice, Eigen once). The time ratio of the two cases is the
 // comparison; peak_frac is GFLOPS over the measured FMA peak printed at start-up.
+//
+//   BM_forward_act/<shape>      forward_act() with 4 sink keys (1..4), beta = 0.5: one fused
+//                               pass plus the per-row correction; compare with BM_sinkattn and
+//                               BM_eigen on prefill_B1_H8_S4096_D64_* (attention GFLOPS,
+//                               4 * D per visible pair)
 #if __has_include("sinkattn/kernel/sink_mass.hpp")
 // GCC 12's -Wmaybe-uninitialized false positive inside Eigen's AVX-512 GEMM packing (see
 // sinkattn_bench.cpp): silenced for the Eigen header only.
@@ -25,6 +30,7 @@
 #include <vector>
 
 #include "harness.hpp"
+#include "sinkattn/kernel/act.hpp"
 #include "sinkattn/kernel/sink_mass.hpp"
 
 namespace sinkattn_bench {
@@ -81,6 +87,19 @@ void run_mass_case(benchmark::State& st, const std::shared_ptr<MassData>& md, bo
                                              benchmark::Counter::kIsIterationInvariantRate);
 }
 
+void run_act_case(benchmark::State& st, const std::shared_ptr<MassData>& md) {
+  const Problem& p = md->shape.problem;
+  if (md->data == nullptr) md->data = &data_for(md->shape);
+  Data& d = *md->data;
+  static const sinkattn::index_t keys[] = {1, 2, 3, 4};
+  for (auto _ : st) {
+    sinkattn::check(sinkattn::forward_act(p, d.q, d.k, d.v, d.o, md->shape.options(), {keys, 4, 0.5}));
+    benchmark::DoNotOptimize(d.o.data);
+    benchmark::ClobberMemory();
+  }
+  st.counters["GFLOPS"] = benchmark::Counter(flops(md->shape) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
 }  // namespace
 
 SINKATTN_BENCH_CASES(diagnostics_cases) {
@@ -96,6 +115,11 @@ SINKATTN_BENCH_CASES(diagnostics_cases) {
           ->Unit(benchmark::kMillisecond)
           ->UseRealTime()
           ->Iterations(3);
+    benchmark::RegisterBenchmark(("BM_forward_act/" + md->shape.name).c_str(),
+                                 [md](benchmark::State& st) { run_act_case(st, md); })
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime()
+        ->Iterations(3);
   }
 }
 
