@@ -32,19 +32,15 @@ namespace sinkattn {
 namespace detail {
 
 // Row i of head h of batch b: o's row holds O^ (step 1 above) and becomes O' (before the gate);
-// lse_hat = L^. os: Dv doubles of scratch.
+// lse_hat = L^. os: Dv + act.count doubles of scratch (O_S, then the sink keys' logits).
 template <class Mask>
 void act_row(const KernelArgs& a, const Mask& mask, const ActCalibration& act, index_t b, index_t h, index_t i,
              double lse_hat, double* os) {
   const Problem& p = a.p;
   const index_t g = p.kv_head(h), dv = p.dim_v;
   const double ninf = -std::numeric_limits<double>::infinity();
-  // The sink keys' logits (-inf where the mask hides them), at most a few.
-  constexpr index_t kInline = 16;
-  double xs_inline[kInline];
-  std::vector<double> xs_heap;
-  double* xs = xs_inline;
-  if (act.count > kInline) xs_heap.resize(static_cast<std::size_t>(act.count)), xs = xs_heap.data();
+  // The sink keys' logits (-inf where the mask hides them).
+  double* xs = os + dv;
   double m = lse_hat;
   const double sink = a.sink_logits ? double(a.sink_logits[h]) : ninf;
   m = std::max(m, sink);
@@ -121,7 +117,7 @@ inline Status forward_act(const Problem& p, const TensorView<const float>& q, co
     ex.run(B * Hq, [&](index_t task) {
       const index_t b = task / Hq, h = task % Hq;
       decltype(auto) mask = policy::bind(mask_all, b, h);
-      std::vector<double> os(static_cast<std::size_t>(p.dim_v));
+      std::vector<double> os(static_cast<std::size_t>(p.dim_v + act.count));  // act_row's scratch
       for (index_t i = 0; i < Sq; ++i) {
         act_row(a, mask, act, b, h, i, double(lse[static_cast<std::size_t>((b * Hq + h) * Sq + i)]), os.data());
         if (gate == nullptr) continue;
