@@ -313,6 +313,22 @@ inline void compare(const char* what, const TensorView<const float>& ours, const
 
 }  // namespace detail
 
+// Block-sparse lists in CSR form (BlockSparseMask::offsets / indices): for each of `rows` list
+// rows r ((b * Hq + h) * n_q_blocks + qb), the key blocks kb < n_kv_blocks with keep(r, kb).
+struct BlockLists {
+  std::vector<index_t> offsets{0}, indices;
+};
+template <class Keep>
+BlockLists block_lists(index_t rows, index_t n_kv_blocks, Keep&& keep) {
+  BlockLists l;
+  for (index_t r = 0; r < rows; ++r) {
+    for (index_t kb = 0; kb < n_kv_blocks; ++kb)
+      if (keep(r, kb)) l.indices.push_back(kb);
+    l.offsets.push_back(static_cast<index_t>(l.indices.size()));
+  }
+  return l;
+}
+
 // Bit-identical buffers (thread-count determinism). An empty vector's data() may be null,
 // which memcmp must not be given even for zero bytes.
 inline bool bit_identical(const std::vector<float>& a, const std::vector<float>& b) {

@@ -102,17 +102,13 @@ TEST(ForwardAct, NeighborhoodBlockSparseScoresAndGates) {
   Options opt;
   opt.mask = na;
   EXPECT_TRUE(matches_reference(d, opt, act));
-  std::vector<index_t> offsets = {0}, indices;
-  for (index_t r = 0; r < 2 * 2; ++r) {  // 2 heads x 2 query blocks of 32; 4 key blocks of 16
-    for (index_t kb = 0; kb < 4; ++kb)
-      if ((kb + r) % 2 == 0 || kb == 0) indices.push_back(kb);
-    offsets.push_back(static_cast<index_t>(indices.size()));
-  }
+  // 2 heads x 2 query blocks of 32; 4 key blocks of 16.
+  const BlockLists lists = block_lists(2 * 2, 4, [](index_t r, index_t kb) { return (kb + r) % 2 == 0 || kb == 0; });
   BlockSparseMask bs;
   bs.q_block = 32;
   bs.kv_block = 16;
-  bs.offsets = offsets.data();
-  bs.indices = indices.data();
+  bs.offsets = lists.offsets.data();
+  bs.indices = lists.indices.data();
   Options sparse;
   sparse.mask = bs;
   EXPECT_TRUE(matches_reference(d, sparse, act));

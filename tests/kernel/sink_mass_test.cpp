@@ -117,17 +117,12 @@ TEST(SinkMass, NeighborhoodAndBlockSparseMasks) {
     const Problem p{2, 2, 2, 100, 90, 8, 4};
     const auto d = make_data(p, Layout::BHSD, 22);
     // q blocks of 32 (4 per head), kv blocks of 16 (6): (b, h, qb) lists a pattern that varies.
-    std::vector<index_t> offsets = {0}, indices;
-    for (index_t r = 0; r < 2 * 2 * 4; ++r) {
-      for (index_t kb = 0; kb < 6; ++kb)
-        if ((kb + r) % 3 != 0) indices.push_back(kb);
-      offsets.push_back(static_cast<index_t>(indices.size()));
-    }
+    const BlockLists lists = block_lists(2 * 2 * 4, 6, [](index_t r, index_t kb) { return (kb + r) % 3 != 0; });
     BlockSparseMask m;
     m.q_block = 32;
     m.kv_block = 16;
-    m.offsets = offsets.data();
-    m.indices = indices.data();
+    m.offsets = lists.offsets.data();
+    m.indices = lists.indices.data();
     m.element_mask = [](index_t, index_t, index_t i, index_t j) { return (i + j) % 5 != 0; };
     Options opt;
     opt.mask = m;
