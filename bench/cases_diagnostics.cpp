@@ -2,13 +2,14 @@
 // receives, beside the same quantity from Eigen on a materialised score matrix, single thread,
 // B1 H8 S4096 D64, dense and causal:
 //
-//   BM_sink_mass/<shape>        sink_mass(): two score sweeps per query tile (max and sum,
-//                               then the weights summed per key), nothing of Sq x Skv stored
+//   BM_sink_mass/<shape>        sink_mass(): per query tile one score sweep (max and sum,
+//                               the exponentials kept: 64 x Skv floats, 1 MiB here), then the
+//                               weights summed per key from them; nothing of Sq x Skv stored
 //   BM_eigen_sink_mass/<shape>  per head S = scale Q K^T (GEMM), the causal tail -inf, row
 //                               softmax, column sums (Eigen array ops)
 //
 // GFLOPS counts one pass of scores, 2 * Dqk per visible pair per head: the work that defines
-// the mass (sink_mass does it twice, Eigen once). The time ratio of the two cases is the
+// the mass (sink_mass and Eigen do it once). The time ratio of the two cases is the
 // comparison; peak_frac is GFLOPS over the measured FMA peak printed at start-up.
 //
 //   BM_forward_act/<shape>      forward_act() with 4 sink keys (1..4), beta = 0.5: one fused

@@ -27,21 +27,25 @@ struct MassOut {
   std::vector<float> mass, alpha;
 };
 
-MassOut run_mass(const Data& d, const Options& opt, const Executor& ex = Executor::serial()) {
+// cache_floats: how many floats of first-sweep scores a task may keep (sink_mass's own
+// choice, none: every tile recomputes them, or a few blocks: the longer tiles recompute).
+MassOut run_mass(const Data& d, const Options& opt, const Executor& ex = Executor::serial(),
+                 index_t cache_floats = sinkattn::detail::kMassCacheFloats) {
   const Problem& p = d.p;
   MassOut r;
   const auto n = static_cast<size_t>(p.batch * p.heads_q * p.seq_kv);
   r.mass.assign(n, std::nan(""));
   r.alpha.assign(n, std::nan(""));
-  r.status = sink_mass(p, d.q, d.k, TensorView<float>::lse(r.mass.data(), p.batch, p.heads_q, p.seq_kv),
-                       TensorView<float>::lse(r.alpha.data(), p.batch, p.heads_q, p.seq_kv), opt, ex);
+  const auto mass = TensorView<float>::lse(r.mass.data(), p.batch, p.heads_q, p.seq_kv);
+  const auto alpha = TensorView<float>::lse(r.alpha.data(), p.batch, p.heads_q, p.seq_kv);
+  r.status = cache_floats == sinkattn::detail::kMassCacheFloats
+                 ? sink_mass(p, d.q, d.k, mass, alpha, opt, ex)
+                 : sinkattn::detail::sink_mass_impl(p, d.q, d.k, mass, alpha, opt, ex, cache_floats);
   return r;
 }
 
 ::testing::AssertionResult matches_reference(const Data& d, const Options& opt, double atol = 1e-5) {
   const Problem& p = d.p;
-  const MassOut ours = run_mass(d, opt);
-  if (!ours.status.ok()) return ::testing::AssertionFailure() << "sink_mass: " << ours.status.message();
   const auto n = static_cast<size_t>(p.batch * p.heads_q * p.seq_kv);
   std::vector<double> m64(n), a64(n);
   std::vector<float> m32(n), a32(n);
@@ -58,10 +62,17 @@ MassOut run_mass(const Data& d, const Options& opt, const Executor& ex = Executo
   const auto view = [&](const std::vector<float>& v) {
     return TensorView<const float>::lse(v.data(), p.batch, p.heads_q, p.seq_kv);
   };
-  detail::compare("mass", view(ours.mass), TensorView<double>::lse(m64.data(), p.batch, p.heads_q, p.seq_kv),
-                  TensorView<float>::lse(m32.data(), p.batch, p.heads_q, p.seq_kv), atol, kNames, msg, ok);
-  detail::compare("alpha", view(ours.alpha), TensorView<double>::lse(a64.data(), p.batch, p.heads_q, p.seq_kv),
-                  TensorView<float>::lse(a32.data(), p.batch, p.heads_q, p.seq_kv), atol, kNames, msg, ok);
+  // Sweep 2 from the cached scores, from recomputed ones, and a mix (two blocks cached).
+  const index_t two_blocks = 2 * (sinkattn::detail::kBlockKV * sinkattn::detail::kBlockQ + sinkattn::detail::kBlockQ);
+  for (const index_t cache : {sinkattn::detail::kMassCacheFloats, index_t{0}, two_blocks}) {
+    const MassOut ours = run_mass(d, opt, Executor::serial(), cache);
+    if (!ours.status.ok()) return ::testing::AssertionFailure() << "sink_mass: " << ours.status.message();
+    msg << "(cache " << cache << " floats)\n";
+    detail::compare("mass", view(ours.mass), TensorView<double>::lse(m64.data(), p.batch, p.heads_q, p.seq_kv),
+                    TensorView<float>::lse(m32.data(), p.batch, p.heads_q, p.seq_kv), atol, kNames, msg, ok);
+    detail::compare("alpha", view(ours.alpha), TensorView<double>::lse(a64.data(), p.batch, p.heads_q, p.seq_kv),
+                    TensorView<float>::lse(a32.data(), p.batch, p.heads_q, p.seq_kv), atol, kNames, msg, ok);
+  }
   if (!ok) return ::testing::AssertionFailure() << msg.str();
   return ::testing::AssertionSuccess();
 }
@@ -174,20 +185,23 @@ TEST(SinkMass, RowsThatSeeNothingAddNothing) {
 // does not see and the other head stay finite and exact.
 TEST(SinkMass, NanReachesOnlyTheKeysItsRowSees) {
   const Problem p{1, 2, 2, 20, 20, 16, 4};
-  auto d = make_data(p, Layout::BSHD, 29);
+  const auto d = make_data(p, Layout::BSHD, 29);
   Options opt;
   opt.mask = CausalMask{};
-  const auto clean = run_mass(d, opt);
-  d.mq()(0, 5, 1, 3) = std::nanf("");
-  const auto r = run_mass(d, opt);
-  ASSERT_TRUE(clean.status.ok() && r.status.ok());
-  for (index_t j = 0; j < 20; ++j) {
-    EXPECT_EQ(r.mass[static_cast<size_t>(j)], clean.mass[static_cast<size_t>(j)]) << j;  // head 0
-    const float m1 = r.mass[static_cast<size_t>(20 + j)];
-    if (j <= 5)
-      EXPECT_TRUE(std::isnan(m1)) << j;
-    else
-      EXPECT_EQ(m1, clean.mass[static_cast<size_t>(20 + j)]) << j;
+  for (const index_t cache : {sinkattn::detail::kMassCacheFloats, index_t{0}}) {  // cached / recomputed sweep 2
+    auto nan = d;
+    nan.mq()(0, 5, 1, 3) = std::nanf("");
+    const auto clean = run_mass(d, opt, Executor::serial(), cache);
+    const auto r = run_mass(nan, opt, Executor::serial(), cache);
+    ASSERT_TRUE(clean.status.ok() && r.status.ok());
+    for (index_t j = 0; j < 20; ++j) {
+      EXPECT_EQ(r.mass[static_cast<size_t>(j)], clean.mass[static_cast<size_t>(j)]) << j << " cache " << cache;
+      const float m1 = r.mass[static_cast<size_t>(20 + j)];
+      if (j <= 5)
+        EXPECT_TRUE(std::isnan(m1)) << j << " cache " << cache;
+      else
+        EXPECT_EQ(m1, clean.mass[static_cast<size_t>(20 + j)]) << j << " cache " << cache;
+    }
   }
 }
 
