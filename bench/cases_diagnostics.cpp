@@ -37,14 +37,29 @@
 namespace sinkattn_bench {
 namespace {
 
+// The normalizations the mass benchmarks run: softmax, sigmoid (b = -log Skv, not row
+// normalized), softpick.
+enum class MassNorm { softmax, sigmoid, softpick };
+
 struct MassData {
   Shape shape;  // never put into the shape table
+  MassNorm norm = MassNorm::softmax;
   Data* data = nullptr;
   std::vector<float> mass;
   Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> s;  // Eigen's scores
 };
 
-// Eigen's mass of head h: S = scale Q_h K_g^T, softmax per row, column sums.
+float sigmoid_bias(const Problem& p) { return -std::log(static_cast<float>(p.seq_kv)); }
+
+sinkattn::Options mass_options(const MassData& md) {
+  sinkattn::Options o = md.shape.options();
+  if (md.norm == MassNorm::sigmoid) o.norm = sinkattn::Sigmoid{sigmoid_bias(md.shape.problem), nullptr, false, 0.f};
+  if (md.norm == MassNorm::softpick) o.norm = sinkattn::Softpick{};
+  return o;
+}
+
+// Eigen's mass of head h: S = scale Q_h K_g^T, the row's weights (softmax, sigmoid or
+// softpick, as SEMANTICS section 3 defines them), column sums.
 void eigen_mass(MassData& md) {
   using Map = Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, Eigen::Unaligned,
                          Eigen::OuterStride<>>;
@@ -60,9 +75,21 @@ void eigen_mass(MassData& md) {
     for (index_t i = 0; i < sq; ++i) {
       auto row = md.s.row(i).array();
       const index_t seen = causal ? std::min(skv, i + (skv - sq) + 1) : skv;
-      if (seen < skv) row.tail(skv - seen).setConstant(-std::numeric_limits<float>::infinity());
-      row = (row - row.maxCoeff()).exp();
-      row *= 1.f / row.sum();
+      if (md.norm == MassNorm::sigmoid) {
+        const float b = sigmoid_bias(p);
+        row.head(seen) = 1.f / (1.f + (-(row.head(seen) + b)).exp());
+      } else if (md.norm == MassNorm::softpick) {  // ReLU(e^x - 1) / (sum |e^x - 1| + eps), max-stabilised
+        const float m = std::max(0.f, row.head(seen).maxCoeff()), off = std::exp(-m);
+        row.head(seen) = (row.head(seen) - m).exp() - off;
+        const float den = row.head(seen).abs().sum() + 1e-6f * off;
+        row.head(seen) = row.head(seen).max(0.f) * (1.f / den);
+      } else {
+        if (seen < skv) row.tail(skv - seen).setConstant(-std::numeric_limits<float>::infinity());
+        row = (row - row.maxCoeff()).exp();
+        row *= 1.f / row.sum();
+        continue;
+      }
+      if (seen < skv) row.tail(skv - seen).setZero();
     }
     Eigen::Map<Eigen::RowVectorXf>(md.mass.data() + h * skv, skv) = md.s.colwise().sum();
   }
@@ -78,7 +105,7 @@ void run_mass_case(benchmark::State& st, const std::shared_ptr<MassData>& md, bo
     if (eigen)
       eigen_mass(*md);
     else
-      sinkattn::check(sinkattn::sink_mass(p, md->data->q, md->data->k, mass, {}, md->shape.options()));
+      sinkattn::check(sinkattn::sink_mass(p, md->data->q, md->data->k, mass, {}, mass_options(*md)));
     benchmark::DoNotOptimize(md->mass.data());
     benchmark::ClobberMemory();
   }
@@ -121,6 +148,19 @@ SINKATTN_BENCH_CASES(diagnostics_cases) {
         ->Unit(benchmark::kMillisecond)
         ->UseRealTime()
         ->Iterations(3);
+    for (const MassNorm n : {MassNorm::sigmoid, MassNorm::softpick}) {
+      auto mn = std::make_shared<MassData>();
+      mn->shape = md->shape;
+      mn->shape.name += n == MassNorm::sigmoid ? "_sigmoid" : "_softpick";
+      mn->norm = n;
+      for (const bool eigen : {true, false})
+        benchmark::RegisterBenchmark(
+            (std::string(eigen ? "BM_eigen_sink_mass/" : "BM_sink_mass/") + mn->shape.name).c_str(),
+            [mn, eigen](benchmark::State& st) { run_mass_case(st, mn, eigen); })
+            ->Unit(benchmark::kMillisecond)
+            ->UseRealTime()
+            ->Iterations(3);
+    }
   }
 }
 

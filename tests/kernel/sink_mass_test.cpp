@@ -91,18 +91,48 @@ std::vector<MaskSpec> masks_for(const Problem& p) {
   return m;
 }
 
+// Every normalization of the fast path: the softmax family, sigmoid with and without its row
+// normalization, softpick, scalable softmax, affine-scaled with given and derived beta.
+std::vector<NormSpec> all_norms(const Problem& p, std::vector<float>& params) {
+  const index_t rows = p.batch * p.seq_q * p.heads_q;
+  params.assign(static_cast<size_t>(2 * rows + 2 * p.heads_q), 0.f);
+  float* alpha = params.data();
+  float* beta = alpha + rows;
+  float* sinks = beta + rows;
+  float* svals = sinks + p.heads_q;
+  for (index_t n = 0; n < rows; ++n) alpha[n] = 0.5f + 0.05f * float(n % 7), beta[n] = 0.01f * float(n % 5);
+  for (index_t h = 0; h < p.heads_q; ++h) {
+    sinks[h] = h % 4 == 3 ? -std::numeric_limits<float>::infinity() : 0.5f - 1.5f * float(h % 4) + 2.f * float(h % 2);
+    svals[h] = 0.7f + 0.2f * float(h % 3);
+  }
+  std::vector<NormSpec> norms = {
+      Softmax{},  SinkSoftmax{sinks},    Sigmoid{-0.5f, nullptr, false, 0.f}, Sigmoid{0.25f, sinks, true, 1e-3f},
+      Softpick{}, ScalableSoftmax{svals}};
+  AffineScaled given;
+  given.alpha = TensorView<const float>::bshd(alpha, p.batch, p.seq_q, p.heads_q, 1);
+  given.beta = TensorView<const float>::bshd(beta, p.batch, p.seq_q, p.heads_q, 1);
+  norms.push_back(given);
+  AffineScaled derived;
+  derived.alpha = given.alpha;
+  derived.alpha_ma = 0.8f;
+  derived.beta_over_skv = true;
+  norms.push_back(derived);
+  return norms;
+}
+
 TEST(SinkMass, ShapesMasksAndNormalizationsMatchTheReference) {
   const std::vector<std::pair<index_t, index_t>> lengths = {{1, 1}, {15, 17}, {17, 15}, {64, 64}, {65, 130}, {130, 65}};
   for (const auto& [sq, skv] : lengths)
     for (const index_t dqk : {13, 64}) {
       const Problem p{2, 4, 2, sq, skv, dqk, 3};
       const auto d = make_data(p, Layout::BSHD, static_cast<std::uint64_t>(sq * 131 + skv + dqk));
-      const std::vector<float> sinks = {0.5f, -1.f, 3.f, -std::numeric_limits<float>::infinity()};
+      std::vector<float> params;
+      const std::vector<NormSpec> norms = all_norms(p, params);
       for (const MaskSpec& mask : masks_for(p))
-        for (int n = 0; n < 2; ++n) {
+        for (size_t n = 0; n < norms.size(); ++n) {
           Options opt;
           opt.mask = mask;
-          if (n == 1) opt.norm = SinkSoftmax{sinks.data()};
+          opt.norm = norms[n];
           EXPECT_TRUE(matches_reference(d, opt))
               << "Sq " << sq << " Skv " << skv << " D " << dqk << " mask " << mask.index() << " norm " << n;
         }
@@ -238,8 +268,11 @@ TEST(SinkMass, BadArgumentsNameTheArgument) {
   expect(sink_mass(p, d.q, d.k, mv, mv), Errc::aliasing, "alpha");
   expect(sink_mass(p, d.q, d.k, TensorView<float>::lse(nullptr, 1, 2, 12)), Errc::null_data, "mass");
   Options sig;
-  sig.norm = Sigmoid{};
-  expect(sink_mass(p, d.q, d.k, mv, {}, sig), Errc::unsupported, "norm");
+  sig.norm = Sigmoid{0.f, nullptr, true, -1.f};
+  expect(sink_mass(p, d.q, d.k, mv, {}, sig), Errc::out_of_range, "norm.eps");
+  Options affine;
+  affine.norm = AffineScaled{};  // no alpha
+  expect(sink_mass(p, d.q, d.k, mv, {}, affine), Errc::shape_mismatch, "norm.alpha");
   Options bad_window;
   bad_window.mask = SlidingWindowMask{-3, 0, 0, 0};
   expect(sink_mass(p, d.q, d.k, mv, {}, bad_window), Errc::out_of_range, "mask.left");

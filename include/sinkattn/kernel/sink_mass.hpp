@@ -41,33 +41,43 @@ struct MassBlock {
   index_t j0 = 0, nk = 0;
   int v0 = 0, v1 = 0;
   index_t l0 = 0, l1 = 0;
+  policy::BlockKind kind = policy::BlockKind::full;
 };
 
 // The blocks a query tile may cache: a tile that visits more recomputes its scores.
 inline index_t mass_cache_blocks(const Problem& p, index_t cache_floats) {
-  const index_t per_block = kBlockKV * kBlockQ + kBlockQ;         // exponentials and the lanes' max
+  const index_t per_block = kBlockKV * kBlockQ;                   // the block's weights
   const index_t want = (p.seq_kv + kBlockKV - 1) / kBlockKV + 2;  // (a segment may split one)
   return std::min(want, std::max<index_t>(cache_floats, 0) / per_block);
 }
 
-// Floats of workspace one mass task needs (every part but the last two a multiple of 64 floats:
+// Floats of workspace one mass task needs (every part but the last a multiple of 64 floats:
 // aligned).
 inline index_t sink_mass_workspace_floats(const Problem& p, index_t cache_blocks) {
   const index_t dqk_pad = tile::round_up(std::max<index_t>(p.dim_qk, 1), tile::kWidth);
-  return p.dim_qk * kBlockQ                               // Q^T
-         + kBlockKV * kBlockQ                             // S^T, then the weights
-         + 2 * kBlockQ                                    // the query lanes' max and 1 / sum
-         + kBlockKV * dqk_pad                             // packed K (strided K only)
-         + cache_blocks * (kBlockKV * kBlockQ + kBlockQ)  // the cached blocks
-         + 2 * p.seq_kv;                                  // the head's mass and late mass per key
+  return p.dim_qk * kBlockQ                   // Q^T
+         + kBlockKV * kBlockQ                 // S^T, then the weights
+         + kBlockQ                            // the lanes' factor for one block
+         + kBlockKV * dqk_pad                 // packed K (strided K only)
+         + cache_blocks * kBlockKV * kBlockQ  // the cached blocks
+         + 2 * p.seq_kv;                      // the head's mass and late mass per key
 }
 
 // Head h of batch b: the mass and (want_late) the mass from the rows at or after each key, into
-// *tot_out / *late_out [0 .. Skv) (workspace). cache_blocks: mass_cache_blocks.
-template <class Mask>
+// *tot_out / *late_out [0 .. Skv) (workspace). cache_blocks: mass_cache_blocks; blocks and
+// block_max: scratch of the task.
+//
+// Any normalization policy (policy/normalize.hpp): Norm::update turns a block of scores into
+// weights P in place, relative to the lanes' running max m_k after block k when the policy
+// keeps one (kRescales: the softmax family and softpick, log2 units), and finalize gives the
+// row factor of O = out_scale * sum_j P_j v_j. So the weight of key j of block k is
+//   w = P * 2^(m_k - m) * out_scale   (0 where m_k = -inf: the lane saw nothing up to block k)
+// with m the final max, and P * out_scale without a running max (sigmoid). Affine-scaled adds
+// beta_i for every key row i sees by the mask (its alpha_i is in out_scale), as its V sum does.
+template <class Norm, class Mask>
 void sink_mass_task(const KernelArgs& a, const Mask& mask_all, index_t b, index_t h, bool want_late,
-                    index_t cache_blocks, Workspace& ws, std::vector<MassBlock>& blocks, float** tot_out,
-                    float** late_out) {
+                    index_t cache_blocks, Workspace& ws, std::vector<MassBlock>& blocks, std::vector<float>& block_max,
+                    float** tot_out, float** late_out) {
   using tile::vf;
   const FlushToZeroScope ftz;  // masked lanes underflow in exp2 (kernel/fp_env.hpp)
   decltype(auto) mask = policy::bind(mask_all, b, h);
@@ -76,12 +86,10 @@ void sink_mass_task(const KernelArgs& a, const Mask& mask_all, index_t b, index_
   const index_t dqk_pad = tile::round_up(std::max<index_t>(p.dim_qk, 1), tile::kWidth);
   float* qt = ws.floats(static_cast<std::size_t>(sink_mass_workspace_floats(p, cache_blocks)));  // (Dqk, BQ)
   float* st = qt + p.dim_qk * kBlockQ;                                                           // (BKV, BQ)
-  float* mrow = st + kBlockKV * kBlockQ;                                                         // (BQ)
-  float* inv_l = mrow + kBlockQ;                                                                 // (BQ)
-  float* kpack = inv_l + kBlockQ;                                                                // (BKV, Dqk_pad)
+  float* lane_f = st + kBlockKV * kBlockQ;                                                       // (BQ)
+  float* kpack = lane_f + kBlockQ;                                                               // (BKV, Dqk_pad)
   float* cache = kpack + kBlockKV * dqk_pad;                                                     // (blocks, BKV, BQ)
-  float* cache_max = cache + cache_blocks * kBlockKV * kBlockQ;                                  // (blocks, BQ)
-  float* tot = cache_max + cache_blocks * kBlockQ;                                               // (Skv)
+  float* tot = cache + cache_blocks * kBlockKV * kBlockQ;                                        // (Skv)
   float* late = tot + p.seq_kv;                                                                  // (Skv)
   std::fill(tot, tot + 2 * p.seq_kv, 0.f);
   *tot_out = tot;
@@ -96,24 +104,27 @@ void sink_mass_task(const KernelArgs& a, const Mask& mask_all, index_t b, index_
     // The tile's visible blocks, in the order both sweeps visit them.
     blocks.clear();
     policy::for_each_kv_block_rows(mask, i0, i0 + nq, kBlockKV, tile::kWidth,
-                                   [&](index_t j0, index_t j1, policy::BlockKind, policy::RowSpan rows) {
+                                   [&](index_t j0, index_t j1, policy::BlockKind kind, policy::RowSpan rows) {
                                      const int v0 = static_cast<int>(rows.lo / tile::kWidth);
                                      const int v1 =
                                          std::min(vecs, static_cast<int>((rows.hi + tile::kWidth - 1) / tile::kWidth));
                                      if (v0 < v1)
                                        blocks.push_back({j0, j1 - j0, v0, v1, index_t{v0} * tile::kWidth,
-                                                         std::min(nq, index_t{v1} * tile::kWidth)});
+                                                         std::min(nq, index_t{v1} * tile::kWidth), kind});
                                    });
     const bool cached = static_cast<index_t>(blocks.size()) <= cache_blocks;
-    // S^T of the n-th block into dst (BKV, BQ), scored and masked, for its lane vectors.
-    std::size_t n = 0;
-    const auto scores = [&](float* dst, auto&& f) {
-      n = 0;
+    block_max.resize(blocks.size() * static_cast<std::size_t>(kBlockQ));
+    // Block n's weights P (Norm::update on its scored, masked S^T) into the cache or `st`;
+    // f(block, P, n). Both sweeps run it from a fresh state unless the weights are cached:
+    // the same updates give the same P.
+    const auto weights = [&](auto&& f) {
+      auto state = Norm::init(a, mask, b, h, i0, nq);
+      std::size_t n = 0;
       policy::for_each_kv_block_rows(
-          mask, i0, i0 + nq, kBlockKV, tile::kWidth, [&](index_t j0, index_t, policy::BlockKind kind, policy::RowSpan) {
+          mask, i0, i0 + nq, kBlockKV, tile::kWidth, [&](index_t j0, index_t, policy::BlockKind, policy::RowSpan) {
             if (n == blocks.size() || blocks[n].j0 != j0) return;  // (no lane vector sees it)
             const MassBlock& k = blocks[n];
-            float* d = cached ? cache + static_cast<index_t>(n) * kBlockKV * kBlockQ : dst;
+            float* d = cached ? cache + static_cast<index_t>(n) * kBlockKV * kBlockQ : st;
             const float* kp = a.k.ptr(b, j0, g);
             index_t ld_k = a.k.stride[1];
             if (a.k.stride[3] != 1) {
@@ -125,54 +136,56 @@ void sink_mass_task(const KernelArgs& a, const Mask& mask_all, index_t b, index_
             const policy::ScoreTile t{d + k.l0,    kBlockQ, k.nk, k.v1 - k.v0, b,       h,      i0 + k.l0,
                                       k.l1 - k.l0, j0,      k.nk, 1,           kBlockQ, nullptr};
             policy::RuntimeScore::apply(a, t);
-            if (kind == policy::BlockKind::partial) policy::apply_mask(mask, t);
+            if (k.kind == policy::BlockKind::partial) policy::apply_mask(mask, t);
+            tile::Lanes alpha;
+            Norm::update(state, d, kBlockQ, k.nk, k.v0, k.v1, alpha);
+            if constexpr (Norm::kRescales) state.m.store(block_max.data() + n * kBlockQ);
             f(k, d, n++);
           });
+      return state;
     };
-    // Sweep 1: per lane the max m and sum l of 2^(y - m) (a lane whose max is still -inf
-    // subtracts 0 instead, so that its sum stays 0, not NaN). A cached block keeps its terms
-    // 2^(y - base) in place and its lanes' max (-inf: the block gave the lane nothing).
-    vf m[tile::kQVecs], l[tile::kQVecs];
-    for (int c = 0; c < tile::kQVecs; ++c) m[c] = vf(-kInf), l[c] = vf(0.f);
-    scores(st, [&](const MassBlock& k, float* d, std::size_t nb) {
-      for (int c = k.v0; c < k.v1; ++c) {
-        vf mx = m[c];
-        for (index_t r = 0; r < k.nk; ++r) mx = xsimd::max(mx, vf::load_aligned(d + r * kBlockQ + c * tile::kWidth));
-        const vf base = xsimd::select(mx == vf(-kInf), vf(0.f), mx);
-        vf s = l[c] * tile::exp2(m[c] - base);
-        for (index_t r = 0; r < k.nk; ++r) {
-          float* y = d + r * kBlockQ + c * tile::kWidth;
-          const vf e = tile::exp2(vf::load_aligned(y) - base);
-          if (cached) e.store_aligned(y);
-          s += e;
-        }
-        if (cached) mx.store_aligned(cache_max + static_cast<index_t>(nb) * kBlockQ + c * tile::kWidth);
-        m[c] = mx;
-        l[c] = s;
-      }
-    });
-    for (int c = 0; c < tile::kQVecs; ++c) {  // the sink joins every row; then 1 / l (0: no mass)
-      const vf mx = xsimd::max(m[c], vf(sink2));
-      const vf base = xsimd::select(mx == vf(-kInf), vf(0.f), mx);
-      const vf s = l[c] * tile::exp2(m[c] - base) + tile::exp2(vf(sink2) - base);
-      base.store_aligned(mrow + c * tile::kWidth);
-      xsimd::select(s > vf(0.f), vf(1.f) / s, vf(0.f)).store_aligned(inv_l + c * tile::kWidth);
-    }
-    std::fill(inv_l + nq, inv_l + kBlockQ, 0.f);  // padding lanes (zero queries) weigh nothing
-    // Sweep 2: the weights, summed over the lanes of each key row: w = 2^(y - m) / l from
-    // recomputed scores, or from a cached block w = 2^(y - base) * 2^(max - m) / l (0 where
-    // the block's max is -inf: the lane saw none of its keys).
+    // Sweep 1: the final state, the weights cached when they fit, each block's running max.
+    const auto state = weights([](const MassBlock&, float*, std::size_t) {});
+    policy::RowFinal fin;
+    fin.want_lse = false;
+    Norm::finalize(state, sink2, fin);
+    alignas(64) float out_scale[kBlockQ], beta[kBlockQ] = {};
+    for (index_t r = 0; r < kBlockQ; ++r) out_scale[r] = r < nq ? fin.out_scale[r] : 0.f;  // (padding lanes)
+    if constexpr (Norm::kSumsV)
+      for (index_t r = 0; r < nq; ++r) out_scale[r] *= state.alpha[r], beta[r] = state.beta[r];
+    alignas(64) float m_end[kBlockQ];
+    if constexpr (Norm::kRescales) state.m.store(m_end);
+
+    // Sweep 2: w = P * lane factor, summed over the lanes of each key row.
     const index_t pos0 = p.query_pos(i0);  // lane q sits at position pos0 + q
-    const auto sum_rows = [&](const MassBlock& k, float* d, auto&& weight) {
+    const auto sum_rows = [&](const MassBlock& k, float* d, std::size_t n) {
+      for (int c = k.v0; c < k.v1; ++c) {
+        const index_t x = c * tile::kWidth;
+        vf fc = vf::load_aligned(out_scale + x);
+        if constexpr (Norm::kRescales) {
+          const vf mk = vf::load_unaligned(block_max.data() + n * kBlockQ + x);
+          fc = xsimd::select(mk == vf(-kInf), vf(0.f), tile::exp2(mk - vf::load_aligned(m_end + x)) * fc);
+        }
+        fc.store_aligned(lane_f + x);
+      }
       for (index_t r = 0; r < k.nk; ++r) {
         float* row = d + r * kBlockQ;
+        const index_t j = k.j0 + r;
+        if constexpr (Norm::kSumsV) {  // + beta_i where the mask shows key j to row i
+          for (index_t q = k.l0; q < index_t{k.v1} * tile::kWidth; ++q) {
+            row[q] *= lane_f[q];
+            if (q < k.l1 && (k.kind == policy::BlockKind::full || mask.visible(i0 + q, j))) row[q] += beta[q];
+          }
+        }
         vf acc(0.f);
         for (int c = k.v0; c < k.v1; ++c) {
-          const vf w = weight(vf::load_aligned(row + c * tile::kWidth), c);
-          if (want_late) w.store_aligned(row + c * tile::kWidth);
+          vf w = vf::load_aligned(row + c * tile::kWidth);
+          if constexpr (!Norm::kSumsV) {
+            w = w * vf::load_aligned(lane_f + c * tile::kWidth);
+            if (want_late) w.store_aligned(row + c * tile::kWidth);
+          }
           acc += w;
         }
-        const index_t j = k.j0 + r;
         const float sum = tile::hsum(acc);
         tot[j] += sum;
         if (!want_late) continue;
@@ -187,23 +200,10 @@ void sink_mass_task(const KernelArgs& a, const Mask& mask_all, index_t b, index_
       }
     };
     if (cached) {
-      for (std::size_t nb = 0; nb < blocks.size(); ++nb) {
-        const MassBlock& k = blocks[nb];
-        vf f[tile::kQVecs];
-        for (int c = k.v0; c < k.v1; ++c) {
-          const index_t x = static_cast<index_t>(nb) * kBlockQ + c * tile::kWidth;
-          f[c] = tile::exp2(vf::load_aligned(cache_max + x) - vf::load_aligned(mrow + c * tile::kWidth)) *
-                 vf::load_aligned(inv_l + c * tile::kWidth);
-        }
-        sum_rows(k, cache + static_cast<index_t>(nb) * kBlockKV * kBlockQ,
-                 [&](const vf& e, int c) { return e * f[c]; });
-      }
+      for (std::size_t n = 0; n < blocks.size(); ++n)
+        sum_rows(blocks[n], cache + static_cast<index_t>(n) * kBlockKV * kBlockQ, n);
     } else {
-      scores(st, [&](const MassBlock& k, float* d, std::size_t) {
-        sum_rows(k, d, [&](const vf& y, int c) {
-          return tile::exp2(y - vf::load_aligned(mrow + c * tile::kWidth)) * vf::load_aligned(inv_l + c * tile::kWidth);
-        });
-      });
+      weights(sum_rows);
     }
   }
 }
@@ -227,9 +227,6 @@ inline Status sink_mass_impl(const Problem& p, const TensorView<const float>& q,
     SINKATTN_TRY(check_no_alias("alpha", alpha, "k", k));
     SINKATTN_TRY(check_no_alias("alpha", alpha, "mass", mass));
   }
-  if (!std::holds_alternative<Softmax>(opt.norm) && !std::holds_alternative<SinkSoftmax>(opt.norm))
-    return fail(Errc::unsupported,
-                "norm: sink_mass supports Softmax and SinkSoftmax in the fast path (reference::sink_mass has all)");
   if (opt.rope.table) return fail(Errc::unsupported, "rope: sink_mass has no RoPE on load (rotate q and k first)");
 
   // The options as forward() checks them; the gate and opt.lse play no part.
@@ -242,13 +239,16 @@ inline Status sink_mass_impl(const Problem& p, const TensorView<const float>& q,
 
   const KernelArgs a = make_args(p, q, k, {}, {}, checked);  // (no V, no O)
   const index_t cache_blocks = mass_cache_blocks(p, cache_floats);
-  return with_mask_policy(a, opt, [&](const KernelArgs& pa, const auto& mask) -> Status {
+  const auto run = [&](auto norm, const KernelArgs& pa, const auto& mask) {
+    using Norm = decltype(norm);
     ex.run(B * Hq, [&](index_t task) {
       const index_t b = task / Hq, h = task % Hq;
       float *tot = nullptr, *late = nullptr;
       std::vector<MassBlock> blocks;
+      std::vector<float> block_max;
       blocks.reserve(static_cast<std::size_t>(Skv / kBlockKV + 4));
-      sink_mass_task(pa, mask, b, h, want_alpha, cache_blocks, thread_workspace(), blocks, &tot, &late);
+      sink_mass_task<Norm>(pa, mask, b, h, want_alpha, cache_blocks, thread_workspace(), blocks, block_max, &tot,
+                           &late);
       for (index_t j = 0; j < Skv; ++j) {
         mass(b, h, j, 0) = tot[j];
         if (!want_alpha) continue;
@@ -256,7 +256,26 @@ inline Status sink_mass_impl(const Problem& p, const TensorView<const float>& q,
         alpha(b, h, j, 0) = rows > 0 ? late[j] / static_cast<float>(rows) : 0.f;
       }
     });
-    return {};
+  };
+  return with_mask_policy(a, opt, [&](const KernelArgs& pa, const auto& mask) -> Status {
+    return std::visit(
+        [&](const auto& n) -> Status {
+          using N = std::decay_t<decltype(n)>;
+          if constexpr (std::is_same_v<N, Softmax> || std::is_same_v<N, SinkSoftmax>)
+            run(policy::OnlineSoftmax{}, pa, mask);
+          else if constexpr (std::is_same_v<N, Sigmoid>)
+            run(policy::SigmoidNorm{}, pa, mask);
+          else if constexpr (std::is_same_v<N, Softpick>)
+            run(policy::SoftpickNorm{}, pa, mask);
+          else if constexpr (std::is_same_v<N, ScalableSoftmax>)
+            run(policy::ScalableSoftmaxNorm{}, pa, mask);
+          else if constexpr (std::is_same_v<N, AffineScaled>)
+            run(policy::AffineScaledNorm{}, pa, mask);
+          else
+            return fail(Errc::unsupported, "norm: sink_mass has no fast path for this normalization yet");
+          return {};
+        },
+        opt.norm);
   });
 }
 
