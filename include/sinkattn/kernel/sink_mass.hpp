@@ -6,17 +6,17 @@
 //   sinkattn::sink_mass(problem, q, k, mass, alpha, options, executor)
 //
 // Two sweeps over each query tile's visible key blocks, as the contract allows (one task per
-// (b, h), S^T = K . Q^T as in the fused loop): the first keeps each query lane's running max m
-// and sum l (log2 units, the learned sink's logit joined at the end), the second sums the
-// weights w = 2^(y - m) / l over the lanes of each key row. Keeping m and l apart, rather than
-// one LSE, keeps a dominant key's weight exact at any logit size. The first sweep keeps the
-// terms it sums (kMassCacheFloats), so the second only rescales them: no second GEMM. Each task owns its head's
-// mass row: the result does not depend on the executor.
+// (b, h), S^T = K . Q^T as in the fused loop). The first runs the normalization policy's own
+// update over the blocks (the weights P of each block, relative to the lanes' running max
+// after it) and its finalize (the row factor out_scale, a learned sink joined there); the
+// second sums w = P * 2^(m_k - m) * out_scale over the lanes of each key row (sink_mass_task).
+// The weights stay exact at any logit size: no LSE is formed. The first sweep keeps its P
+// (kMassCacheFloats), so the second only rescales them: no second GEMM. Each task owns its
+// head's mass row: the result does not depend on the executor.
 // A row with a NaN anywhere in its scores adds NaN to every key it sees.
-// Supported: every mask (the flat policies) and score option with Softmax and SinkSoftmax
-// (whose sink takes its share of each row and gives none to a key); RoPE on load, the other
-// normalizations are Errc::unsupported (reference::sink_mass has them all); K is one view (no
-// KV segments).
+// Supported: every mask (the flat policies), score option and normalization (a learned sink
+// takes its share of each row and gives none to a key); RoPE on load is Errc::unsupported
+// (reference::sink_mass has it); K is one view (no KV segments).
 
 #include <algorithm>
 #include <cmath>
