@@ -16,9 +16,10 @@
 //      which is beta O_S + O_notS (T - beta P_S) / (T - P_S) with O_notS = R O^ and
 //      T - P_S = R; then the gate.
 // The extra work is O(Sq |S| (Dqk + Dv)) per head, against the call's O(Sq Skv (Dqk + Dv)).
-// Supported: Softmax and SinkSoftmax, every mask, softcap and ALiBi; an additive score bias
-// (step 1 uses the bias slot), other normalizations, RoPE on load and a requested LSE are
-// Errc::unsupported (reference::attention_act has them).
+// Supported: Softmax and SinkSoftmax, every mask, softcap, ALiBi and RoPE on load (step 2
+// rotates the rows as the fused loop does); an additive score bias (step 1 uses the bias
+// slot), other normalizations and a requested LSE are Errc::unsupported
+// (reference::attention_act has them).
 
 #include <algorithm>
 #include <cmath>
@@ -31,11 +32,21 @@
 namespace sinkattn {
 namespace detail {
 
+// RoPE on load (a.rope): the rows act_row scores, rotated as the fused loop rotates them (in
+// float, with the same table). keys: the sink keys' K rows of one KV head at their positions;
+// q, q_sink: one query row at its position, and at the capped one for the keys before
+// a.rope_sink_keys. Null pointers: no RoPE (act_row reads Q and K in place).
+struct ActRope {
+  const float* keys = nullptr;  // (act.count, Dqk)
+  const float* q = nullptr;     // (Dqk)
+  const float* q_sink = nullptr;
+};
+
 // Row i of head h of batch b: o's row holds O^ (step 1 above) and becomes O' (before the gate);
 // lse_hat = L^. os: Dv + act.count doubles of scratch (O_S, then the sink keys' logits).
 template <class Mask>
 void act_row(const KernelArgs& a, const Mask& mask, const ActCalibration& act, index_t b, index_t h, index_t i,
-             double lse_hat, double* os) {
+             double lse_hat, double* os, const ActRope& rope = {}) {
   const Problem& p = a.p;
   const index_t g = p.kv_head(h), dv = p.dim_v;
   const double ninf = -std::numeric_limits<double>::infinity();
@@ -49,7 +60,13 @@ void act_row(const KernelArgs& a, const Mask& mask, const ActCalibration& act, i
     double x = ninf;
     if (mask.visible(i, j)) {
       x = 0;
-      for (index_t d = 0; d < p.dim_qk; ++d) x += double(a.q(b, i, h, d)) * double(a.k(b, j, g, d));
+      if (rope.keys != nullptr) {
+        const float* qr = a.rope_two_queries() && j < a.rope_sink_keys ? rope.q_sink : rope.q;
+        const float* kr = rope.keys + s * p.dim_qk;
+        for (index_t d = 0; d < p.dim_qk; ++d) x += double(qr[d]) * double(kr[d]);
+      } else {
+        for (index_t d = 0; d < p.dim_qk; ++d) x += double(a.q(b, i, h, d)) * double(a.k(b, j, g, d));
+      }
       x *= a.scale;
       if (a.softcap > 0.f) x = a.softcap * std::tanh(x / a.softcap);
       if (a.alibi_slopes != nullptr) x -= double(a.alibi_slopes[h]) * double(std::llabs(p.query_pos(i) - j));
@@ -89,7 +106,6 @@ inline Status forward_act(const Problem& p, const TensorView<const float>& q, co
   if (!std::holds_alternative<Softmax>(opt.norm) && !std::holds_alternative<SinkSoftmax>(opt.norm))
     return fail(Errc::unsupported,
                 "norm: forward_act supports Softmax and SinkSoftmax (reference::attention_act has all)");
-  if (opt.rope.table) return fail(Errc::unsupported, "rope: forward_act has no RoPE on load (rotate q and k first)");
   if (opt.lse.data != nullptr || !opt.lse.empty())
     return fail(Errc::unsupported, "lse: forward_act does not return an LSE (ACT changes the weights, not it)");
 
@@ -118,8 +134,28 @@ inline Status forward_act(const Problem& p, const TensorView<const float>& q, co
       const index_t b = task / Hq, h = task % Hq;
       decltype(auto) mask = policy::bind(mask_all, b, h);
       std::vector<double> os(static_cast<std::size_t>(p.dim_v + act.count));  // act_row's scratch
+      // RoPE: the sink keys rotated once per task, each query row (twice with capped sinks).
+      std::vector<float> rot(static_cast<std::size_t>(a.rope ? (act.count + 2) * p.dim_qk : 0));
+      float* const q_rot = rot.data() + act.count * p.dim_qk;  // (with RoPE only)
+      float* const q_sink = q_rot + p.dim_qk;
+      ActRope rope;
+      if (a.rope) {
+        const index_t g = p.kv_head(h);
+        for (index_t s = 0; s < act.count; ++s)
+          rope_row(rot.data() + s * p.dim_qk, a.k.ptr(b, act.keys[s], g), a.k.stride[3], p.dim_qk, a.rope->config(),
+                   a.rope->row(act.keys[s]));
+        rope = {rot.data(), q_rot, q_sink};
+      }
       for (index_t i = 0; i < Sq; ++i) {
-        act_row(a, mask, act, b, h, i, double(lse[static_cast<std::size_t>((b * Hq + h) * Sq + i)]), os.data());
+        if (a.rope) {
+          const index_t pos = a.rope_q0 + i;
+          const float* qi = a.q.ptr(b, i, h);
+          rope_row(q_rot, qi, a.q.stride[3], p.dim_qk, a.rope->config(), a.rope->row(pos));
+          if (a.rope_two_queries())
+            rope_row(q_sink, qi, a.q.stride[3], p.dim_qk, a.rope->config(),
+                     a.rope->row(std::min(pos, a.rope_sink_qmax)));
+        }
+        act_row(a, mask, act, b, h, i, double(lse[static_cast<std::size_t>((b * Hq + h) * Sq + i)]), os.data(), rope);
         if (gate == nullptr) continue;
         const bool headwise = gate->g.shape[3] == 1;
         for (index_t d = 0; d < p.dim_v; ++d) {

@@ -15,8 +15,8 @@
 // head's mass row: the result does not depend on the executor.
 // A row with a NaN anywhere in its scores adds NaN to every key it sees.
 // Supported: every mask (the flat policies), score option and normalization (a learned sink
-// takes its share of each row and gives none to a key); RoPE on load is Errc::unsupported
-// (reference::sink_mass has it); K is one view (no KV segments).
+// takes its share of each row and gives none to a key) and RoPE on load; K is one view (no KV
+// segments).
 
 #include <algorithm>
 #include <cmath>
@@ -55,7 +55,7 @@ inline index_t mass_cache_blocks(const Problem& p, index_t cache_floats) {
 // aligned).
 inline index_t sink_mass_workspace_floats(const Problem& p, index_t cache_blocks) {
   const index_t dqk_pad = tile::round_up(std::max<index_t>(p.dim_qk, 1), tile::kWidth);
-  return p.dim_qk * kBlockQ                   // Q^T
+  return 2 * p.dim_qk * kBlockQ               // Q^T, and Q^T for the sink keys (RoPE)
          + kBlockKV * kBlockQ                 // S^T, then the weights
          + kBlockQ                            // the lanes' factor for one block
          + kBlockKV * dqk_pad                 // packed K (strided K only)
@@ -85,7 +85,8 @@ void sink_mass_task(const KernelArgs& a, const Mask& mask_all, index_t b, index_
   const index_t g = p.kv_head(h);
   const index_t dqk_pad = tile::round_up(std::max<index_t>(p.dim_qk, 1), tile::kWidth);
   float* qt = ws.floats(static_cast<std::size_t>(sink_mass_workspace_floats(p, cache_blocks)));  // (Dqk, BQ)
-  float* st = qt + p.dim_qk * kBlockQ;                                                           // (BKV, BQ)
+  float* qt_sink = qt + p.dim_qk * kBlockQ;                                                      // (Dqk, BQ)
+  float* st = qt_sink + p.dim_qk * kBlockQ;                                                      // (BKV, BQ)
   float* lane_f = st + kBlockKV * kBlockQ;                                                       // (BQ)
   float* kpack = lane_f + kBlockQ;                                                               // (BKV, Dqk_pad)
   float* cache = kpack + kBlockKV * dqk_pad;                                                     // (blocks, BKV, BQ)
@@ -100,18 +101,46 @@ void sink_mass_task(const KernelArgs& a, const Mask& mask_all, index_t b, index_
   for (index_t i0 = 0; i0 < p.seq_q; i0 += kBlockQ) {
     const index_t nq = std::min(kBlockQ, p.seq_q - i0);
     const int vecs = static_cast<int>((nq + tile::kWidth - 1) / tile::kWidth);
-    tile::pack_transposed(qt, a.q.ptr(b, i0, h), a.q.stride[1], a.q.stride[3], nq, p.dim_qk, a.scale * kLog2e);
-    // The tile's visible blocks, in the order both sweeps visit them.
+    // Q^T carries scale * log2(e). RoPE on load rotates the rows through kpack, once more at
+    // the capped position for the sink keys when they see another query (as prefill_task).
+    const auto pack_q = [&](float* dst, bool sink) {
+      if (!a.rope) {
+        tile::pack_transposed(dst, a.q.ptr(b, i0, h), a.q.stride[1], a.q.stride[3], nq, p.dim_qk, a.scale * kLog2e);
+        return;
+      }
+      for (index_t r = 0; r < nq; ++r) {
+        index_t pos = a.rope_q0 + i0 + r;
+        if (sink) pos = std::min(pos, a.rope_sink_qmax);
+        rope_row(kpack + r * dqk_pad, a.q.ptr(b, i0 + r, h), a.q.stride[3], p.dim_qk, a.rope->config(),
+                 a.rope->row(pos));
+      }
+      tile::pack_transposed(dst, kpack, dqk_pad, 1, nq, p.dim_qk, a.scale * kLog2e);
+    };
+    pack_q(qt, false);
+    if (a.rope_two_queries()) pack_q(qt_sink, true);
+    // The tile's visible blocks, in the order both sweeps visit them; a block that straddles
+    // the end of the sink keys of a two-query RoPE is two.
     blocks.clear();
-    policy::for_each_kv_block_rows(mask, i0, i0 + nq, kBlockKV, tile::kWidth,
-                                   [&](index_t j0, index_t j1, policy::BlockKind kind, policy::RowSpan rows) {
-                                     const int v0 = static_cast<int>(rows.lo / tile::kWidth);
-                                     const int v1 =
-                                         std::min(vecs, static_cast<int>((rows.hi + tile::kWidth - 1) / tile::kWidth));
-                                     if (v0 < v1)
-                                       blocks.push_back({j0, j1 - j0, v0, v1, index_t{v0} * tile::kWidth,
-                                                         std::min(nq, index_t{v1} * tile::kWidth), kind});
-                                   });
+    policy::for_each_kv_block_rows(
+        mask, i0, i0 + nq, kBlockKV, tile::kWidth,
+        [&](index_t j0, index_t j1, policy::BlockKind kind, policy::RowSpan rows) {
+          const int v0 = static_cast<int>(rows.lo / tile::kWidth);
+          const int v1 = std::min(vecs, static_cast<int>((rows.hi + tile::kWidth - 1) / tile::kWidth));
+          if (v0 >= v1) return;
+          const MassBlock k{j0,  j1 - j0, v0, v1, index_t{v0} * tile::kWidth, std::min(nq, index_t{v1} * tile::kWidth),
+                            kind};
+          const index_t cut = a.rope_sink_keys;
+          if (a.rope_two_queries() && j0 < cut && cut < j1) {
+            MassBlock lo = k, hi = k;
+            lo.nk = cut - j0;
+            hi.j0 = cut;
+            hi.nk = j1 - cut;
+            blocks.push_back(lo);
+            blocks.push_back(hi);
+          } else {
+            blocks.push_back(k);
+          }
+        });
     const bool cached = static_cast<index_t>(blocks.size()) <= cache_blocks;
     block_max.resize(blocks.size() * static_cast<std::size_t>(kBlockQ));
     // Block n's weights P (Norm::update on its scored, masked S^T) into the cache or `st`;
@@ -119,29 +148,37 @@ void sink_mass_task(const KernelArgs& a, const Mask& mask_all, index_t b, index_
     // the same updates give the same P.
     const auto weights = [&](auto&& f) {
       auto state = Norm::init(a, mask, b, h, i0, nq);
+      const auto block = [&](const MassBlock& k, std::size_t n) {
+        float* d = cached ? cache + static_cast<index_t>(n) * kBlockKV * kBlockQ : st;
+        const float* kp = a.k.ptr(b, k.j0, g);
+        index_t ld_k = a.k.stride[1];
+        if (a.rope) {
+          rope_rows(kpack, dqk_pad, kp, ld_k, a.k.stride[3], k.nk, p.dim_qk, dqk_pad, *a.rope, k.j0);
+          kp = kpack;
+          ld_k = dqk_pad;
+        } else if (a.k.stride[3] != 1) {
+          tile::pack_rows(kpack, dqk_pad, kp, ld_k, a.k.stride[3], k.nk, p.dim_qk, dqk_pad);
+          kp = kpack;
+          ld_k = dqk_pad;
+        }
+        const float* q_blk = a.rope_two_queries() && k.j0 < a.rope_sink_keys ? qt_sink : qt;
+        tile::mma_kqt(d + k.l0, kBlockQ, kp, ld_k, k.nk, q_blk + k.l0, p.dim_qk, k.v1 - k.v0);
+        const policy::ScoreTile t{d + k.l0,    kBlockQ, k.nk, k.v1 - k.v0, b,       h,      i0 + k.l0,
+                                  k.l1 - k.l0, k.j0,    k.nk, 1,           kBlockQ, nullptr};
+        policy::RuntimeScore::apply(a, t);
+        if (k.kind == policy::BlockKind::partial) policy::apply_mask(mask, t);
+        tile::Lanes alpha;
+        Norm::update(state, d, kBlockQ, k.nk, k.v0, k.v1, alpha);
+        if constexpr (Norm::kRescales) state.m.store(block_max.data() + n * kBlockQ);
+        f(k, d, n);
+      };
       std::size_t n = 0;
-      policy::for_each_kv_block_rows(
-          mask, i0, i0 + nq, kBlockKV, tile::kWidth, [&](index_t j0, index_t, policy::BlockKind, policy::RowSpan) {
-            if (n == blocks.size() || blocks[n].j0 != j0) return;  // (no lane vector sees it)
-            const MassBlock& k = blocks[n];
-            float* d = cached ? cache + static_cast<index_t>(n) * kBlockKV * kBlockQ : st;
-            const float* kp = a.k.ptr(b, j0, g);
-            index_t ld_k = a.k.stride[1];
-            if (a.k.stride[3] != 1) {
-              tile::pack_rows(kpack, dqk_pad, kp, ld_k, a.k.stride[3], k.nk, p.dim_qk, dqk_pad);
-              kp = kpack;
-              ld_k = dqk_pad;
-            }
-            tile::mma_kqt(d + k.l0, kBlockQ, kp, ld_k, k.nk, qt + k.l0, p.dim_qk, k.v1 - k.v0);
-            const policy::ScoreTile t{d + k.l0,    kBlockQ, k.nk, k.v1 - k.v0, b,       h,      i0 + k.l0,
-                                      k.l1 - k.l0, j0,      k.nk, 1,           kBlockQ, nullptr};
-            policy::RuntimeScore::apply(a, t);
-            if (k.kind == policy::BlockKind::partial) policy::apply_mask(mask, t);
-            tile::Lanes alpha;
-            Norm::update(state, d, kBlockQ, k.nk, k.v0, k.v1, alpha);
-            if constexpr (Norm::kRescales) state.m.store(block_max.data() + n * kBlockQ);
-            f(k, d, n++);
-          });
+      policy::for_each_kv_block_rows(mask, i0, i0 + nq, kBlockKV, tile::kWidth,
+                                     [&](index_t j0, index_t j1, policy::BlockKind, policy::RowSpan) {
+                                       // (none when no lane vector sees the block, two when it straddles the sink keys)
+                                       for (; n < blocks.size() && blocks[n].j0 >= j0 && blocks[n].j0 < j1; ++n)
+                                         block(blocks[n], n);
+                                     });
       return state;
     };
     // Sweep 1: the final state, the weights cached when they fit, each block's running max.
@@ -227,7 +264,6 @@ inline Status sink_mass_impl(const Problem& p, const TensorView<const float>& q,
     SINKATTN_TRY(check_no_alias("alpha", alpha, "k", k));
     SINKATTN_TRY(check_no_alias("alpha", alpha, "mass", mass));
   }
-  if (opt.rope.table) return fail(Errc::unsupported, "rope: sink_mass has no RoPE on load (rotate q and k first)");
 
   // The options as forward() checks them; the gate and opt.lse play no part.
   Options checked = opt;
