@@ -186,6 +186,37 @@ TEST(ForwardAct, RopeOnLoad) {
   }
 }
 
+// A caller's score bias: a key-padding mask (one value per (b, key), zero head and row
+// strides) and a full [B, Hq, Sq, Skv] bias with -inf on a sink key for some rows and on
+// every key of one row, with causal and windowed masks, GQA, both normalizations.
+TEST(ForwardAct, WithTheCallersScoreBias) {
+  const Problem p{2, 4, 2, 37, 70, 13, 9};
+  const auto d = make_data(p, Layout::BSHD, 61, 2.f);
+  const float ninf = -std::numeric_limits<float>::infinity();
+  std::vector<float> pad(static_cast<size_t>(2 * 70), 0.f);
+  for (index_t j = 60; j < 70; ++j) pad[static_cast<size_t>(70 + j)] = ninf;  // batch 1: 60 keys
+  pad[5] = -1.5f;
+  std::vector<float> full(static_cast<size_t>(2 * 4 * 37 * 70));
+  for (size_t n = 0; n < full.size(); ++n) full[n] = 0.3f * std::sin(0.37f * float(n));
+  for (index_t i = 0; i < 37; i += 3) full[static_cast<size_t>((1 * 37 + i) * 70 + 2)] = ninf;     // (0, 1, i, 2)
+  for (index_t j = 0; j < 70; ++j) full[static_cast<size_t>(((4 + 2) * 37 + 9) * 70 + j)] = ninf;  // (1, 2, 9, *)
+  const std::vector<index_t> keys = {2, 5, 33};
+  const std::vector<float> sinks = {0.5f, -1.f, 3.f, 0.f};
+  for (int which = 0; which < 2; ++which)
+    for (const MaskSpec& m : {MaskSpec{CausalMask{}}, MaskSpec{SlidingWindowMask{20, 0, 3, 0}}})
+      for (int n = 0; n < 2; ++n) {
+        Options opt;
+        opt.mask = m;
+        if (which == 0)
+          opt.score.bias = TensorView<const float>(pad.data(), {2, 4, 37, 70}, {70, 0, 0, 1});
+        else
+          opt.score.bias = TensorView<const float>(full.data(), {2, 4, 37, 70}, {4 * 37 * 70, 37 * 70, 70, 1});
+        if (n == 1) opt.norm = SinkSoftmax{sinks.data()};
+        EXPECT_TRUE(matches_reference(d, opt, ActCalibration{keys.data(), 3, 0.25}))
+            << "bias " << which << " mask " << m.index() << " norm " << n;
+      }
+}
+
 TEST(ForwardAct, EmptyProblemsAndThreadCountDeterminism) {
   for (const Problem& p : {Problem{1, 2, 1, 0, 9, 8, 4}, Problem{1, 2, 1, 9, 0, 8, 4}}) {
     const auto d = make_data(p, Layout::BSHD, 34);
@@ -259,8 +290,8 @@ TEST(ForwardAct, BadArgumentsNameTheArgument) {
   expect(with_lse, ActCalibration{ok.data(), 1, 0.5}, Errc::unsupported, "lse");
   std::vector<float> bias(static_cast<size_t>(2 * 10 * 12), 0.f);
   Options biased;
-  biased.score.bias = {bias.data(), {1, 2, 10, 12}, {240, 120, 12, 1}};
-  expect(biased, ActCalibration{ok.data(), 1, 0.5}, Errc::unsupported, "score.bias");
+  biased.score.bias = {bias.data(), {1, 2, 10, 11}, {240, 120, 12, 1}};
+  expect(biased, ActCalibration{ok.data(), 1, 0.5}, Errc::shape_mismatch, "bias");
   Options bad_window;
   bad_window.mask = SlidingWindowMask{-4, 0, 0, 0};
   expect(bad_window, ActCalibration{ok.data(), 1, 0.5}, Errc::out_of_range, "mask.left");

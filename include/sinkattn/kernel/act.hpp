@@ -17,8 +17,8 @@
 //      T - P_S = R; then the gate.
 // The extra work is O(Sq |S| (Dqk + Dv)) per head, against the call's O(Sq Skv (Dqk + Dv)).
 // Supported: Softmax and SinkSoftmax, every mask, softcap, ALiBi and RoPE on load (step 2
-// rotates the rows as the fused loop does); an additive score bias (step 1 uses the bias
-// slot), other normalizations and a requested LSE are Errc::unsupported
+// rotates the rows as the fused loop does) and an additive score bias (step 1 adds the hidden
+// keys' -inf to a copy of it); other normalizations and a requested LSE are Errc::unsupported
 // (reference::attention_act has them).
 
 #include <algorithm>
@@ -69,6 +69,7 @@ void act_row(const KernelArgs& a, const Mask& mask, const ActCalibration& act, i
       }
       x *= a.scale;
       if (a.softcap > 0.f) x = a.softcap * std::tanh(x / a.softcap);
+      if (a.bias.data != nullptr && !a.bias.empty()) x += double(a.bias(b, h, i, j));
       if (a.alibi_slopes != nullptr) x -= double(a.alibi_slopes[h]) * double(std::llabs(p.query_pos(i) - j));
     }
     xs[s] = x;
@@ -109,21 +110,35 @@ inline Status forward_act(const Problem& p, const TensorView<const float>& q, co
   if (opt.lse.data != nullptr || !opt.lse.empty())
     return fail(Errc::unsupported, "lse: forward_act does not return an LSE (ACT changes the weights, not it)");
 
-  if (opt.score.bias.data != nullptr || !opt.score.bias.empty())
-    return fail(Errc::unsupported,
-                "score.bias: forward_act uses the bias slot itself (reference::attention_act has it)");
-
-  // Step 1: S's keys hidden by a bias broadcast over batch, heads and rows (zero strides).
+  // Step 1: S's keys hidden by a -inf bias. Without a bias of the caller's, one row of Skv
+  // values broadcast over batch, heads and rows (zero strides); with one, its values plus the
+  // hidden keys' -inf, stored over the dimensions the caller's bias varies along (its zero
+  // strides stay broadcasts: a key-padding mask [B, 1, 1, Skv] costs B x Skv floats, a full
+  // bias a copy of its size).
   const index_t B = p.batch, Hq = p.heads_q, Sq = p.seq_q, Skv = p.seq_kv;
-  std::vector<float> key_bias(static_cast<std::size_t>(Skv), 0.f);
-  for (index_t s = 0; s < act.count; ++s)
-    key_bias[static_cast<std::size_t>(act.keys[s])] = -std::numeric_limits<float>::infinity();
+  const TensorView<const float>& user = opt.score.bias;
+  const bool has_bias = user.data != nullptr && !user.empty();
+  index_t ext[3] = {1, 1, 1};  // the caller's bias's varying extents over (b, h, i)
+  if (has_bias)
+    for (int d = 0; d < 3; ++d) ext[d] = user.stride[d] == 0 ? 1 : user.shape[d];
+  std::vector<float> step1_bias(static_cast<std::size_t>(ext[0] * ext[1] * ext[2] * Skv), 0.f);
+  for (index_t b = 0; b < ext[0]; ++b)
+    for (index_t h = 0; h < ext[1]; ++h)
+      for (index_t i = 0; i < ext[2]; ++i) {
+        float* row = step1_bias.data() + ((b * ext[1] + h) * ext[2] + i) * Skv;
+        if (has_bias)
+          for (index_t j = 0; j < Skv; ++j) row[j] = user(b, h, i, j);
+        for (index_t s = 0; s < act.count; ++s) row[act.keys[s]] = -std::numeric_limits<float>::infinity();
+      }
+  const auto stride_of = [&](int d, index_t st) { return ext[d] == 1 ? index_t{0} : st; };
   std::vector<float> lse(static_cast<std::size_t>(B * Hq * Sq));
   Options hidden = opt;
   hidden.norm = Softmax{};
   hidden.gate = NoGate{};
   hidden.lse = TensorView<float>::lse(lse.data(), B, Hq, Sq);
-  hidden.score.bias = TensorView<const float>(key_bias.data(), {B, Hq, Sq, Skv}, {0, 0, 0, 1});
+  hidden.score.bias =
+      TensorView<const float>(step1_bias.data(), {B, Hq, Sq, Skv},
+                              {stride_of(0, ext[1] * ext[2] * Skv), stride_of(1, ext[2] * Skv), stride_of(2, Skv), 1});
   SINKATTN_TRY(forward(p, q, k, v, o, hidden, ex));
   if (B == 0 || Hq == 0 || Sq == 0) return {};
 
