@@ -27,6 +27,7 @@
 #include <Eigen/Core>
 #pragma GCC diagnostic pop
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <memory>
@@ -47,6 +48,8 @@ enum class MassNorm { softmax, sigmoid, softpick };
 struct MassData {
   Shape shape;  // never put into the shape table
   MassNorm norm = MassNorm::softmax;
+  std::unique_ptr<sinkattn::RopeTable> rope;  // non-null: RoPE on load (NeoX, theta 10^4)
+  std::vector<float> key_padding;             // non-empty: a key-padding bias [B, 1, 1, Skv]
   Data* data = nullptr;
   std::vector<float> mass;
   Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> s;  // Eigen's scores
@@ -58,6 +61,12 @@ sinkattn::Options mass_options(const MassData& md) {
   sinkattn::Options o = md.shape.options();
   if (md.norm == MassNorm::sigmoid) o.norm = sinkattn::Sigmoid{sigmoid_bias(md.shape.problem), nullptr, false, 0.f};
   if (md.norm == MassNorm::softpick) o.norm = sinkattn::Softpick{};
+  if (md.rope) o.rope.table = md.rope.get();
+  if (!md.key_padding.empty()) {
+    const Problem& p = md.shape.problem;
+    o.score.bias = sinkattn::TensorView<const float>(md.key_padding.data(), {p.batch, p.heads_q, p.seq_q, p.seq_kv},
+                                                     {p.seq_kv, 0, 0, 1});
+  }
   return o;
 }
 
@@ -124,7 +133,7 @@ void run_act_case(benchmark::State& st, const std::shared_ptr<MassData>& md) {
   Data& d = *md->data;
   static const sinkattn::index_t keys[] = {1, 2, 3, 4};
   for (auto _ : st) {
-    sinkattn::check(sinkattn::forward_act(p, d.q, d.k, d.v, d.o, md->shape.options(), {keys, 4, 0.5}));
+    sinkattn::check(sinkattn::forward_act(p, d.q, d.k, d.v, d.o, mass_options(*md), {keys, 4, 0.5}));
     benchmark::DoNotOptimize(d.o.data);
     benchmark::ClobberMemory();
   }
@@ -165,6 +174,30 @@ SINKATTN_BENCH_CASES(diagnostics_cases) {
             ->Iterations(3);
     }
   }
+  // RoPE on load (sink_mass, forward_act) and a key-padding bias (forward_act: the last 96 keys
+  // padding), dense: their cost against the plain cases above.
+  const auto variant = [](const std::string& suffix) {
+    auto md = std::make_shared<MassData>();
+    md->shape.problem = Problem{1, 8, 8, 4096, 4096, 64, 64};
+    md->shape.name = "B1_H8_S4096_D64_dense_" + suffix;
+    return md;
+  };
+  auto rope = variant("rope");
+  rope->rope = std::make_unique<sinkattn::RopeTable>(sinkattn::Rope{10000.f, 64, 0, sinkattn::RopePairing::neox}, 4096);
+  auto pad = variant("keypad");
+  pad->key_padding.assign(4096, 0.f);
+  std::fill(pad->key_padding.end() - 96, pad->key_padding.end(), -std::numeric_limits<float>::infinity());
+  benchmark::RegisterBenchmark(("BM_sink_mass/" + rope->shape.name).c_str(),
+                               [rope](benchmark::State& st) { run_mass_case(st, rope, false); })
+      ->Unit(benchmark::kMillisecond)
+      ->UseRealTime()
+      ->Iterations(3);
+  for (const auto& md : {rope, pad})
+    benchmark::RegisterBenchmark(("BM_forward_act/" + md->shape.name).c_str(),
+                                 [md](benchmark::State& st) { run_act_case(st, md); })
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime()
+        ->Iterations(3);
 }
 
 }  // namespace sinkattn_bench

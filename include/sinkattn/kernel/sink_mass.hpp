@@ -44,6 +44,14 @@ struct MassBlock {
   policy::BlockKind kind = policy::BlockKind::full;
 };
 
+// S^T = K . Q^T of one block (tile::mma_kqt) behind a call: inlined into sink_mass_task, whose
+// body holds both sweeps and the normalization's update, the register tile's code took the
+// whole call 1.09x the time (GCC 12; bench/RESULTS.md, run S).
+SINKATTN_NOINLINE void mass_kqt(float* st, const float* k, index_t ld_k, index_t nk, const float* qt, index_t d,
+                                int vecs) {
+  tile::mma_kqt(st, kBlockQ, k, ld_k, nk, qt, d, vecs);
+}
+
 // The blocks a query tile may cache: a tile that visits more recomputes its scores.
 inline index_t mass_cache_blocks(const Problem& p, index_t cache_floats) {
   const index_t per_block = kBlockKV * kBlockQ;                   // the block's weights
@@ -162,7 +170,7 @@ void sink_mass_task(const KernelArgs& a, const Mask& mask_all, index_t b, index_
           ld_k = dqk_pad;
         }
         const float* q_blk = a.rope_two_queries() && k.j0 < a.rope_sink_keys ? qt_sink : qt;
-        tile::mma_kqt(d + k.l0, kBlockQ, kp, ld_k, k.nk, q_blk + k.l0, p.dim_qk, k.v1 - k.v0);
+        mass_kqt(d + k.l0, kp, ld_k, k.nk, q_blk + k.l0, p.dim_qk, k.v1 - k.v0);
         const policy::ScoreTile t{d + k.l0,    kBlockQ, k.nk, k.v1 - k.v0, b,       h,      i0 + k.l0,
                                   k.l1 - k.l0, k.j0,    k.nk, 1,           kBlockQ, nullptr};
         policy::RuntimeScore::apply(a, t);

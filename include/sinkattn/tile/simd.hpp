@@ -34,6 +34,14 @@
 #define SINKATTN_ALWAYS_INLINE inline
 #endif
 
+// The other way round: a kernel called from a loop that is large in its own right (sink_mass's
+// task) keeps its own register allocation behind a call instead of being merged into the loop's.
+#if defined(__GNUC__)
+#define SINKATTN_NOINLINE inline __attribute__((noinline))
+#else
+#define SINKATTN_NOINLINE inline
+#endif
+
 // For the loops over a register tile (trip counts are template arguments): unrolled at the
 // front of the pipeline, the accumulator array becomes registers. Unrolled later, as GCC 12
 // does by itself, the array stayed on the stack: a micro-kernel call zeroed it there, and
