@@ -61,13 +61,14 @@ inline index_t mass_cache_blocks(const Problem& p, index_t cache_floats) {
 
 // Floats of workspace one mass task needs (every part but the last a multiple of 64 floats:
 // aligned).
-inline index_t sink_mass_workspace_floats(const Problem& p, index_t cache_blocks) {
+inline index_t sink_mass_workspace_floats(const Problem& p, index_t cache_blocks, bool rope) {
   const index_t dqk_pad = tile::round_up(std::max<index_t>(p.dim_qk, 1), tile::kWidth);
   return 2 * p.dim_qk * kBlockQ               // Q^T, and Q^T for the sink keys (RoPE)
          + kBlockKV * kBlockQ                 // S^T, then the weights
          + kBlockQ                            // the lanes' factor for one block
          + kBlockKV * dqk_pad                 // packed K (strided K only)
          + cache_blocks * kBlockKV * kBlockQ  // the cached blocks
+         + (rope ? p.seq_kv * dqk_pad : 0)    // the head's K rotated (RoPE on load)
          + 2 * p.seq_kv;                      // the head's mass and late mass per key
 }
 
@@ -92,19 +93,25 @@ void sink_mass_task(const KernelArgs& a, const Mask& mask_all, index_t b, index_
   const Problem& p = a.p;
   const index_t g = p.kv_head(h);
   const index_t dqk_pad = tile::round_up(std::max<index_t>(p.dim_qk, 1), tile::kWidth);
-  float* qt = ws.floats(static_cast<std::size_t>(sink_mass_workspace_floats(p, cache_blocks)));  // (Dqk, BQ)
-  float* qt_sink = qt + p.dim_qk * kBlockQ;                                                      // (Dqk, BQ)
-  float* st = qt_sink + p.dim_qk * kBlockQ;                                                      // (BKV, BQ)
-  float* lane_f = st + kBlockKV * kBlockQ;                                                       // (BQ)
-  float* kpack = lane_f + kBlockQ;                                                               // (BKV, Dqk_pad)
-  float* cache = kpack + kBlockKV * dqk_pad;                                                     // (blocks, BKV, BQ)
-  float* tot = cache + cache_blocks * kBlockKV * kBlockQ;                                        // (Skv)
-  float* late = tot + p.seq_kv;                                                                  // (Skv)
+  float* qt =
+      ws.floats(static_cast<std::size_t>(sink_mass_workspace_floats(p, cache_blocks, a.rope != nullptr)));  // (Dqk, BQ)
+  float* qt_sink = qt + p.dim_qk * kBlockQ;                                                                 // (Dqk, BQ)
+  float* st = qt_sink + p.dim_qk * kBlockQ;                                                                 // (BKV, BQ)
+  float* lane_f = st + kBlockKV * kBlockQ;                                                                  // (BQ)
+  float* kpack = lane_f + kBlockQ;                          // (BKV, Dqk_pad)
+  float* cache = kpack + kBlockKV * dqk_pad;                // (blocks, BKV, BQ)
+  float* krot = cache + cache_blocks * kBlockKV * kBlockQ;  // (Skv, Dqk_pad), with RoPE
+  float* tot = krot + (a.rope ? p.seq_kv * dqk_pad : 0);    // (Skv)
+  float* late = tot + p.seq_kv;                             // (Skv)
   std::fill(tot, tot + 2 * p.seq_kv, 0.f);
   *tot_out = tot;
   *late_out = late;
   const float kInf = std::numeric_limits<float>::infinity();
   const float sink2 = a.sink_logits ? a.sink_logits[h] * kLog2e : -kInf;
+  // RoPE on load rotates the head's K once, not once per query tile (1.21x the plain call
+  // that way; bench/RESULTS.md, run S).
+  if (a.rope)
+    rope_rows(krot, dqk_pad, a.k.ptr(b, 0, g), a.k.stride[1], a.k.stride[3], p.seq_kv, p.dim_qk, dqk_pad, *a.rope, 0);
 
   for (index_t i0 = 0; i0 < p.seq_q; i0 += kBlockQ) {
     const index_t nq = std::min(kBlockQ, p.seq_q - i0);
@@ -161,8 +168,7 @@ void sink_mass_task(const KernelArgs& a, const Mask& mask_all, index_t b, index_
         const float* kp = a.k.ptr(b, k.j0, g);
         index_t ld_k = a.k.stride[1];
         if (a.rope) {
-          rope_rows(kpack, dqk_pad, kp, ld_k, a.k.stride[3], k.nk, p.dim_qk, dqk_pad, *a.rope, k.j0);
-          kp = kpack;
+          kp = krot + k.j0 * dqk_pad;
           ld_k = dqk_pad;
         } else if (a.k.stride[3] != 1) {
           tile::pack_rows(kpack, dqk_pad, kp, ld_k, a.k.stride[3], k.nk, p.dim_qk, dqk_pad);
