@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "sinkattn/core/options.hpp"
+#include "sinkattn/core/rope.hpp"
 #include "sinkattn/core/tensor_view.hpp"
 #include "sinkattn/core/types.hpp"
 #include "sinkattn/reference/attention.hpp"
@@ -328,6 +329,17 @@ BlockLists block_lists(index_t rows, index_t n_kv_blocks, Keep&& keep) {
   }
   return l;
 }
+
+// One RoPE-on-load setting of a test: lengths, head dim, rotated dims (0: all), pairing, and
+// RopeOnLoad's query position, sink keys and sink query cap (-1 / 0 / -1: the defaults).
+struct RopeCase {
+  index_t sq, skv, dim, rotary_dim;
+  RopePairing pairing;
+  index_t query_position, sink_keys, sink_query_max;
+  // A table (theta 500) that covers every position the case reaches.
+  RopeTable table() const { return RopeTable(Rope{500.f, dim, rotary_dim, pairing}, skv + sq + 8); }
+  RopeOnLoad options(const RopeTable& t) const { return {&t, query_position, sink_keys, sink_query_max}; }
+};
 
 // Bit-identical buffers (thread-count determinism). An empty vector's data() may be null,
 // which memcmp must not be given even for zero bytes.

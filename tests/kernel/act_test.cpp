@@ -156,12 +156,7 @@ TEST(ForwardAct, HugeLogitsAndRowsThatSeeNothing) {
 // RoPE on load: both pairings, partial rotary with an odd head dim, and a StreamingLLM chunk
 // whose sink keys see the query at a capped position (ACT's keys on both sides of that cut).
 TEST(ForwardAct, RopeOnLoad) {
-  struct Case {
-    index_t sq, skv, dim, rotary_dim;
-    RopePairing pairing;
-    index_t query_position, sink_keys, sink_query_max;
-  };
-  const std::vector<Case> cases = {
+  const std::vector<RopeCase> cases = {
       {70, 150, 32, 0, RopePairing::neox, -1, 0, -1},
       {33, 80, 21, 12, RopePairing::interleaved, -1, 0, -1},
       {40, 120, 32, 0, RopePairing::neox, 80, 4, 99},
@@ -170,15 +165,15 @@ TEST(ForwardAct, RopeOnLoad) {
   const std::vector<index_t> keys = {1, 3, 71};
   const std::vector<float> sinks = {0.5f, -1.f, 3.f, 0.f};
   std::uint64_t seed = 50;
-  for (const Case& c : cases) {
+  for (const RopeCase& c : cases) {
     const Problem p{1, 4, 2, c.sq, c.skv, c.dim, 8};
     const auto d = make_data(p, Layout::BSHD, seed++, 2.f);
-    const RopeTable table(Rope{500.f, c.dim, c.rotary_dim, c.pairing}, c.skv + c.sq + 8);
+    const RopeTable table = c.table();
     for (const MaskSpec& m : {MaskSpec{FullMask{}}, MaskSpec{SlidingWindowMask{63, 0, c.sink_keys}}})
       for (int n = 0; n < 2; ++n) {
         Options opt;
         opt.mask = m;
-        opt.rope = {&table, c.query_position, c.sink_keys, c.sink_query_max};
+        opt.rope = c.options(table);
         if (n == 1) opt.norm = SinkSoftmax{sinks.data()};
         EXPECT_TRUE(matches_reference(d, opt, ActCalibration{keys.data(), 3, 0.3}))
             << "Sq " << c.sq << " Skv " << c.skv << " D " << c.dim << " sinks " << c.sink_keys << " mask " << m.index();

@@ -14,6 +14,7 @@ namespace sinkattn {
 namespace {
 
 using test::Layout;
+using test::RopeCase;
 
 // K/V of `d` cut at `cuts` (ascending, inside [0, Skv]) into segments, each copied into its own
 // buffer in the layout given for it (cycled), so segments differ in base and strides.
@@ -140,19 +141,13 @@ TEST(Segments, BadArgumentsNameTheSegment) {
 
 // ---- RoPE on load ----------------------------------------------------------------------
 
-struct RopeCase {
-  index_t sq, skv, dim, rotary_dim;
-  RopePairing pairing;
-  index_t query_position, sink_keys, sink_query_max;
-};
-
 ::testing::AssertionResult rope_matches(const RopeCase& c, const MaskSpec& mask, std::uint64_t seed,
                                         bool segmented = false) {
   const Problem p{1, 4, 2, c.sq, c.skv, c.dim, 16};
   const test::Data d = test::make_data(p, Layout::BSHD, seed);
-  const RopeTable table(Rope{500.f, c.dim, c.rotary_dim, c.pairing}, c.skv + c.sq + 8);
+  const RopeTable table = c.table();
   Options o = with_mask(mask);
-  o.rope = {&table, c.query_position, c.sink_keys, c.sink_query_max};
+  o.rope = c.options(table);
   if (segmented) return segmented_matches(d, split(d, {std::min(c.sink_keys, c.skv)}, {Layout::BHSD}), o);
   test::Out out = test::make_out(p, Layout::BSHD, true);
   o.lse = out.lse;
