@@ -30,9 +30,10 @@
 namespace sinkattn {
 namespace detail {
 
-// Sweep 2 reads the first sweep's exponentials back instead of recomputing S^T when a query
-// tile's visible blocks fit in this many floats (4 MiB: up to 252 key blocks per tile). Read back
-// from L2/L3 they cost a fraction of the GEMM and exp2 they replace (bench/RESULTS.md, run S).
+// Sweep 2 reads the first sweep's weights back instead of recomputing S^T when a query tile's
+// visible blocks fit in this many floats (4 MiB: up to 256 key blocks, 16k keys, per tile).
+// Read back from L2/L3 they cost a fraction of the GEMM and exp2 they replace
+// (bench/RESULTS.md, run S).
 inline constexpr index_t kMassCacheFloats = index_t{1} << 20;
 
 // One visible key block [j0, j0 + nk) of a query tile, computed for lane vectors [v0, v1),
@@ -189,7 +190,8 @@ void sink_mass_task(const KernelArgs& a, const Mask& mask_all, index_t b, index_
       std::size_t n = 0;
       policy::for_each_kv_block_rows(mask, i0, i0 + nq, kBlockKV, tile::kWidth,
                                      [&](index_t j0, index_t j1, policy::BlockKind, policy::RowSpan) {
-                                       // (none when no lane vector sees the block, two when it straddles the sink keys)
+                                       // none when no lane vector sees the block, two when it
+                                       // straddles the end of the sink keys
                                        for (; n < blocks.size() && blocks[n].j0 >= j0 && blocks[n].j0 < j1; ++n)
                                          block(blocks[n], n);
                                      });
