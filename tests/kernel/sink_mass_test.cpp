@@ -263,6 +263,28 @@ TEST(SinkMass, NanReachesOnlyTheKeysItsRowSees) {
   }
 }
 
+// An inf in a key row that the element mask hides from every row: the real rows give it -inf,
+// and the padding lanes of the 20-row tile (zero queries: 0 * inf = NaN) must add nothing.
+TEST(SinkMass, PaddingLanesAddNothingForNonFiniteKeys) {
+  const Problem p{1, 2, 1, 20, 20, 8, 4};
+  auto d = make_data(p, Layout::BSHD, 31);
+  for (index_t x = 0; x < 8; ++x) d.mk()(0, 3, 0, x) = std::numeric_limits<float>::infinity();
+  const std::vector<index_t> offsets = {0, 1, 2}, indices = {0, 0};
+  BlockSparseMask bs;
+  bs.q_block = 32;
+  bs.kv_block = 32;
+  bs.offsets = offsets.data();
+  bs.indices = indices.data();
+  bs.element_mask = [](index_t, index_t, index_t, index_t j) { return j != 3; };
+  std::vector<float> params;
+  for (const NormSpec& norm : all_norms(p, params)) {
+    Options opt;
+    opt.mask = bs;
+    opt.norm = norm;
+    EXPECT_TRUE(matches_reference(d, opt)) << "norm " << norm.index();
+  }
+}
+
 TEST(SinkMass, EmptyProblemsAndThreadCountDeterminism) {
   for (const Problem& p : {Problem{1, 2, 1, 0, 9, 8, 4}, Problem{1, 2, 1, 9, 0, 8, 4}, Problem{0, 2, 1, 9, 9, 8, 4}}) {
     const auto d = make_data(p, Layout::BSHD, 26);

@@ -211,6 +211,12 @@ void sink_mass_task(const KernelArgs& a, const Mask& mask_all, index_t b, index_
 
     // Sweep 2: w = P * lane factor, summed over the lanes of each key row.
     const index_t pos0 = p.query_pos(i0);  // lane q sits at position pos0 + q
+    // Padding lanes (past nq) hold the scores of zero queries, whose weights lane_f zeroes,
+    // except that 0 * inf is NaN when a key row holds inf: they are dropped by lane instead.
+    const int c_tail = nq % tile::kWidth != 0 ? vecs - 1 : -1;  // the vector that has some
+    alignas(64) float lane_of[tile::kWidth];
+    for (int x = 0; x < tile::kWidth; ++x) lane_of[x] = static_cast<float>(x);
+    const auto keep = vf::load_aligned(lane_of) < vf(static_cast<float>(nq % tile::kWidth));
     const auto sum_rows = [&](const MassBlock& k, float* d, std::size_t n) {
       for (int c = k.v0; c < k.v1; ++c) {
         const index_t x = c * tile::kWidth;
@@ -226,7 +232,7 @@ void sink_mass_task(const KernelArgs& a, const Mask& mask_all, index_t b, index_
         const index_t j = k.j0 + r;
         if constexpr (Norm::kSumsV) {  // + beta_i where the mask shows key j to row i
           for (index_t q = k.l0; q < index_t{k.v1} * tile::kWidth; ++q) {
-            row[q] *= lane_f[q];
+            row[q] = q < k.l1 ? row[q] * lane_f[q] : 0.f;
             if (q < k.l1 && (k.kind == policy::BlockKind::full || mask.visible(i0 + q, j))) row[q] += beta[q];
           }
         }
@@ -235,6 +241,7 @@ void sink_mass_task(const KernelArgs& a, const Mask& mask_all, index_t b, index_
           vf w = vf::load_aligned(row + c * tile::kWidth);
           if constexpr (!Norm::kSumsV) {
             w = w * vf::load_aligned(lane_f + c * tile::kWidth);
+            if (c == c_tail) w = xsimd::select(keep, w, vf(0.f));
             if (want_late) w.store_aligned(row + c * tile::kWidth);
           }
           acc += w;
