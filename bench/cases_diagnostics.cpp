@@ -140,6 +140,23 @@ void run_act_case(benchmark::State& st, const std::shared_ptr<MassData>& md) {
   st.counters["GFLOPS"] = benchmark::Counter(flops(md->shape) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// Every case of this file: milliseconds of real time, 3 iterations (one call is 0.1-0.6 s).
+// A mass case runs sink_mass (eigen false) or the Eigen baseline; an ACT case forward_act.
+void register_mass(const std::shared_ptr<MassData>& md, bool eigen) {
+  benchmark::RegisterBenchmark((std::string(eigen ? "BM_eigen_sink_mass/" : "BM_sink_mass/") + md->shape.name).c_str(),
+                               [md, eigen](benchmark::State& st) { run_mass_case(st, md, eigen); })
+      ->Unit(benchmark::kMillisecond)
+      ->UseRealTime()
+      ->Iterations(3);
+}
+void register_act(const std::shared_ptr<MassData>& md) {
+  benchmark::RegisterBenchmark(("BM_forward_act/" + md->shape.name).c_str(),
+                               [md](benchmark::State& st) { run_act_case(st, md); })
+      ->Unit(benchmark::kMillisecond)
+      ->UseRealTime()
+      ->Iterations(3);
+}
+
 }  // namespace
 
 SINKATTN_BENCH_CASES(diagnostics_cases) {
@@ -148,30 +165,14 @@ SINKATTN_BENCH_CASES(diagnostics_cases) {
     md->shape.problem = Problem{1, 8, 8, 4096, 4096, 64, 64};
     md->shape.mask = m;
     md->shape.name = std::string("B1_H8_S4096_D64_") + (m == Mask::causal ? "causal" : "dense");
-    for (const bool eigen : {true, false})
-      benchmark::RegisterBenchmark(
-          (std::string(eigen ? "BM_eigen_sink_mass/" : "BM_sink_mass/") + md->shape.name).c_str(),
-          [md, eigen](benchmark::State& st) { run_mass_case(st, md, eigen); })
-          ->Unit(benchmark::kMillisecond)
-          ->UseRealTime()
-          ->Iterations(3);
-    benchmark::RegisterBenchmark(("BM_forward_act/" + md->shape.name).c_str(),
-                                 [md](benchmark::State& st) { run_act_case(st, md); })
-        ->Unit(benchmark::kMillisecond)
-        ->UseRealTime()
-        ->Iterations(3);
+    for (const bool eigen : {true, false}) register_mass(md, eigen);
+    register_act(md);
     for (const MassNorm n : {MassNorm::sigmoid, MassNorm::softpick}) {
       auto mn = std::make_shared<MassData>();
       mn->shape = md->shape;
       mn->shape.name += n == MassNorm::sigmoid ? "_sigmoid" : "_softpick";
       mn->norm = n;
-      for (const bool eigen : {true, false})
-        benchmark::RegisterBenchmark(
-            (std::string(eigen ? "BM_eigen_sink_mass/" : "BM_sink_mass/") + mn->shape.name).c_str(),
-            [mn, eigen](benchmark::State& st) { run_mass_case(st, mn, eigen); })
-            ->Unit(benchmark::kMillisecond)
-            ->UseRealTime()
-            ->Iterations(3);
+      for (const bool eigen : {true, false}) register_mass(mn, eigen);
     }
   }
   // RoPE on load (sink_mass, forward_act) and a key-padding bias (forward_act: the last 96 keys
@@ -187,17 +188,8 @@ SINKATTN_BENCH_CASES(diagnostics_cases) {
   auto pad = variant("keypad");
   pad->key_padding.assign(4096, 0.f);
   std::fill(pad->key_padding.end() - 96, pad->key_padding.end(), -std::numeric_limits<float>::infinity());
-  benchmark::RegisterBenchmark(("BM_sink_mass/" + rope->shape.name).c_str(),
-                               [rope](benchmark::State& st) { run_mass_case(st, rope, false); })
-      ->Unit(benchmark::kMillisecond)
-      ->UseRealTime()
-      ->Iterations(3);
-  for (const auto& md : {rope, pad})
-    benchmark::RegisterBenchmark(("BM_forward_act/" + md->shape.name).c_str(),
-                                 [md](benchmark::State& st) { run_act_case(st, md); })
-        ->Unit(benchmark::kMillisecond)
-        ->UseRealTime()
-        ->Iterations(3);
+  register_mass(rope, false);
+  for (const auto& md : {rope, pad}) register_act(md);
 }
 
 }  // namespace sinkattn_bench
