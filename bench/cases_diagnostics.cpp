@@ -17,15 +17,8 @@
 //                               BM_eigen on prefill_B1_H8_S4096_D64_* (attention GFLOPS,
 //                               4 * D per visible pair)
 #if __has_include("sinkattn/kernel/sink_mass.hpp")
-// GCC 12's false positives inside its AVX-512 intrinsic headers, which Eigen includes first here:
-// -Wmaybe-uninitialized in the GEMM packing (see sinkattn_bench.cpp), -Wuninitialized on
-// _mm512_undefined_ps() (GCC bug 105593, tile/simd.hpp) where tile::exp2 inlines
-// _mm512_scalef_ps. Silenced for the Eigen header only.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#include <Eigen/Core>
-#pragma GCC diagnostic pop
+// First: it silences GCC 12's false positives in the intrinsic headers it brings in.
+#include "eigen_core.hpp"
 
 #include <algorithm>
 #include <cmath>

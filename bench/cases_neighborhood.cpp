@@ -22,12 +22,7 @@
 #include <string>
 #include <vector>
 
-// GCC 12's -Wmaybe-uninitialized false positive inside Eigen's AVX-512 GEMM packing (see
-// sinkattn_bench.cpp): silenced for the Eigen header only.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include "eigen_baseline.hpp"
-#pragma GCC diagnostic pop
 #include "harness.hpp"
 #include "sinkattn/kernel/forward.hpp"
 #include "sinkattn/kernel/permute.hpp"

@@ -9,7 +9,7 @@
 //   O_h = P V_g                    (Sq, Dv) GEMM
 // Q/K/V/O are mapped in place (BSHD: row stride H * D), never copied.
 
-#include <Eigen/Core>
+#include "eigen_core.hpp"
 
 #include <algorithm>
 #include <cmath>

@@ -9,12 +9,8 @@
 // Start-up self-check: each baseline against sinkattn::reference::attention<double> on small
 // shapes (dense and causal, GQA, Sq != Skv, fully masked rows); aborts on a max abs error > 1e-4.
 
-// GCC 12 false positives inside Eigen's AVX-512 code (see sinkattn_bench.cpp): the GEMM packing,
-// and pexp (inlined into the logistic / expm1 / exp row passes) over _mm512_undefined_ps().
-// Silenced for the headers only.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
+// First: it silences GCC 12's false positives in the intrinsic headers it brings in.
+#include "eigen_core.hpp"
 
 #include <cmath>
 #include <cstdint>
@@ -29,8 +25,6 @@
 #include "harness.hpp"
 #include "sinkattn/reference/attention.hpp"
 #include "variant_setup.hpp"
-
-#pragma GCC diagnostic pop
 
 namespace sinkattn_bench {
 namespace {

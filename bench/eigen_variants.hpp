@@ -17,7 +17,7 @@
 // Every row pass is a vectorised Eigen array expression. Supported options: the mask (full or
 // causal, no offset), opt.norm, opt.gate; score options must be defaults.
 
-#include <Eigen/Core>
+#include "eigen_core.hpp"
 
 #include <algorithm>
 #include <cmath>

@@ -2,16 +2,12 @@
 // as GFLOP/s over the exact visible pairs and as a fraction of this machine's measured
 // single-thread FMA peak (and read bandwidth for decode). See harness.hpp to add a case.
 
-// GCC 12 reports -Wmaybe-uninitialized inside Eigen's AVX-512 GEMM packing (ptranspose over
-// _mm512_unpacklo_ps, a false positive located in avx512fintrin.h). Silenced for the headers
-// only: the pop below re-enables it for our own code.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+// First: it silences GCC 12's false positives in the intrinsic headers it brings in.
+#include "eigen_core.hpp"
 
 #include <unistd.h>
 
 #include <benchmark/benchmark.h>
-#include <Eigen/Core>
 
 #include <algorithm>
 #include <cmath>
@@ -30,8 +26,6 @@
 #include "eigen_baseline.hpp"
 #include "harness.hpp"
 #include "machine_limits.hpp"
-
-#pragma GCC diagnostic pop
 
 namespace sinkattn_bench {
 namespace {
