@@ -141,9 +141,11 @@ TEST(Segments, BadArgumentsNameTheSegment) {
 
 // ---- RoPE on load ----------------------------------------------------------------------
 
+// Hq 4 over Hkv 2 by default: every prefill case visits each key from two query heads, so
+// the loop rotates the keys once up front (kernel/rotated_keys.hpp).
 ::testing::AssertionResult rope_matches(const RopeCase& c, const MaskSpec& mask, std::uint64_t seed,
-                                        bool segmented = false) {
-  const Problem p{1, 4, 2, c.sq, c.skv, c.dim, 16};
+                                        bool segmented = false, index_t hq = 4, index_t hkv = 2) {
+  const Problem p{1, hq, hkv, c.sq, c.skv, c.dim, 16};
   const test::Data d = test::make_data(p, Layout::BSHD, seed);
   const RopeTable table = c.table();
   Options o = with_mask(mask);
@@ -180,6 +182,79 @@ TEST(RopeOnLoad, MatchesTheReferenceForBothPairings) {
           << " pairing=" << int(c.pairing) << " q0=" << c.query_position << " sinks=" << c.sink_keys;
       EXPECT_TRUE(rope_matches(c, m, seed, true)) << "segmented, Sq=" << c.sq << " Skv=" << c.skv;
       ++seed;
+    }
+}
+
+// One query tile per head and no GQA: each key is visited once, and the loop rotates each key
+// block as it loads it.
+TEST(RopeOnLoad, KeysVisitedOnceAreRotatedPerBlock) {
+  const std::vector<RopeCase> cases = {
+      {40, 120, 32, 0, RopePairing::neox, 80, 4, 99},
+      {33, 80, 21, 12, RopePairing::interleaved, -1, 0, -1},
+      {64, 200, 48, 32, RopePairing::neox, 150, 70, 180},  // the sink cap cuts a key block
+  };
+  std::uint64_t seed = 31;
+  for (const auto& c : cases) {
+    const Problem p{1, 2, 2, c.sq, c.skv, c.dim, 16};
+    detail::KernelArgs a;
+    const RopeTable table = c.table();
+    a.p = p;
+    a.rope = &table;
+    ASSERT_FALSE(detail::rotate_keys_once(a, 1)) << "the case must take the per-block rotation";
+    for (const MaskSpec& m : {MaskSpec{FullMask{}}, MaskSpec{SlidingWindowMask{63, 0, c.sink_keys}}}) {
+      EXPECT_TRUE(rope_matches(c, m, seed, false, 2, 2)) << "Sq=" << c.sq << " Skv=" << c.skv << " D=" << c.dim;
+      EXPECT_TRUE(rope_matches(c, m, seed, true, 2, 2)) << "segmented, Sq=" << c.sq << " Skv=" << c.skv;
+      ++seed;
+    }
+  }
+}
+
+// The keys rotated once, in each layout run() can choose: all of them in the kept buffer; a
+// batch element or a KV head at a time (kept or allocated for the call); a batch element at a
+// time when the task order keeps heads innermost. Each matches the reference and is
+// bit-identical to the single-buffer run, serial and on two threads, with K in one view and
+// as segments.
+TEST(RopeOnLoad, KeysRotatedInChunksAgreeBitForBit) {
+  struct Limit {  // rotated_keys_retained for the scope
+    explicit Limit(std::size_t n) { detail::rotated_keys_retained = n; }
+    ~Limit() { detail::rotated_keys_retained = detail::kRotatedKeysRetained; }
+  };
+  const RopeCase c{70, 150, 21, 12, RopePairing::neox, 80, 4, 99};  // odd D, partial rotary, sinks
+  const Problem p{2, 4, 2, c.sq, c.skv, c.dim, 16};
+  const test::Data d = test::make_data(p, Layout::BSHD, 41);
+  const RopeTable table = c.table();
+  const std::size_t head = static_cast<std::size_t>(p.seq_kv * tile::round_up(p.dim_qk, tile::kWidth)) * sizeof(float);
+  BlockMask blocks;
+  blocks.block_size = 32;
+  ASSERT_TRUE(detail::block_heads_inner(blocks, p)) << "the block mask must run heads innermost";
+  const Segmented s = split(d, {3, 64, 100}, {Layout::BHSD, Layout::BSHD});
+
+  for (const MaskSpec& m : {MaskSpec{CausalMask{}}, MaskSpec{SlidingWindowMask{40, 0, 4}}, MaskSpec{blocks}})
+    for (const bool segmented : {false, true}) {
+      const auto run = [&](std::size_t limit, const Executor& ex, std::vector<float>& o) {
+        const Limit scope(limit);
+        Options opt = with_mask(m);
+        opt.rope = c.options(table);
+        if (segmented) return segmented_matches(d, s, opt, ex, &o);
+        test::Out out = test::make_out(p, Layout::BSHD, true);
+        opt.lse = out.lse;
+        const Status st = forward(p, d.q, d.k, d.v, out.o, opt, ex);
+        if (!st.ok()) return ::testing::AssertionFailure() << "forward failed: " << st.message();
+        o = out.obuf;
+        return test::matches_reference(d, opt, out);
+      };
+      std::vector<float> whole;
+      ASSERT_TRUE(run(detail::kRotatedKeysRetained, Executor::serial(), whole));
+      // all kept; a batch element kept; a KV head kept (a batch element allocated with heads
+      // innermost); a KV head allocated (a batch element allocated with heads innermost)
+      for (const std::size_t limit : {detail::kRotatedKeysRetained, 2 * head, head, head - 1})
+        for (const int threads : {1, 2}) {
+          std::vector<float> o;
+          const Executor ex = threads == 1 ? Executor::serial() : test::thread_executor(2);
+          EXPECT_TRUE(run(limit, ex, o)) << "limit " << limit << " threads " << threads << " segmented " << segmented;
+          EXPECT_TRUE(test::bit_identical(o, whole))
+              << "limit " << limit << " threads " << threads << " segmented " << segmented << " mask " << m.index();
+        }
     }
 }
 

@@ -26,6 +26,7 @@
 #include "sinkattn/kernel/decode.hpp"
 #include "sinkattn/kernel/permute.hpp"
 #include "sinkattn/kernel/prefill.hpp"
+#include "sinkattn/kernel/rotated_keys.hpp"
 #include "sinkattn/policy/gate.hpp"
 #include "sinkattn/policy/mask.hpp"
 #include "sinkattn/policy/mask_block.hpp"
@@ -67,6 +68,39 @@ inline KernelArgs make_args(const Problem& p, const TensorView<const float>& q, 
   return a;
 }
 
+// Runs the prefill tasks [t0, t1) of one specialisation (nqb query tiles per head).
+template <class V>
+void run_tasks(const KernelArgs& a, const typename V::Mask& mask, const Executor& ex, index_t nqb, index_t t0,
+               index_t t1) {
+  const Problem& p = a.p;
+  // Task order (b, h, query block): consecutive tasks share K/V of one head in cache. Within
+  // a head the last query blocks go first: under causal masks they are the longest, and a
+  // dynamic schedule that ends on short tasks keeps both threads busy to the end. Each task
+  // owns its output rows, so the result does not depend on the thread count.
+  // a.heads_inner (short tiles: small blocks, neighborhood tiles; heads_inner_fits in
+  // kernel/config.hpp) takes (b, query block, h) instead: in token-major layouts the heads of
+  // a token share one row of Q and of O, so the heads of a tile run back to back while the
+  // rows are in cache (their K/V blocks fit in L2 together).
+  // Each task prefetches the rows of the task its thread likely runs next: t + 1 on one
+  // thread, t + threads under a dynamic schedule handing out tasks in order (a guess: a wrong
+  // one costs some L3 traffic, never a wrong result).
+  // (A task past t1 is none: with keys rotated chunk by chunk, its rows are not there yet.)
+  const bool hi = a.heads_inner;
+  const index_t ahead = std::max(1, ex.concurrency());
+  const auto task = [&](index_t t) {
+    PrefillTask k;
+    if (t >= t1) return k;
+    k.h = hi ? t % p.heads_q : (t / nqb) % p.heads_q;
+    k.qb = nqb - 1 - (hi ? t / p.heads_q % nqb : t % nqb);
+    k.b = t / (nqb * p.heads_q);
+    return k;
+  };
+  ex.run(t1 - t0, [&](index_t i) {
+    const PrefillTask k = task(t0 + i);
+    prefill_task<V>(a, mask, k.b, k.h, k.qb, thread_workspace(), task(t0 + i + ahead));
+  });
+}
+
 // Runs one specialisation over the whole problem; arguments already validated.
 template <class V>
 void run(const KernelArgs& a, const typename V::Mask& mask, const Executor& ex) {
@@ -81,32 +115,10 @@ void run(const KernelArgs& a, const typename V::Mask& mask, const Executor& ex) 
     }
   }
   const index_t nqb = (p.seq_q + kBlockQ - 1) / kBlockQ;
-  // Task order (b, h, query block): consecutive tasks share K/V of one head in cache. Within
-  // a head the last query blocks go first: under causal masks they are the longest, and a
-  // dynamic schedule that ends on short tasks keeps both threads busy to the end. Each task
-  // owns its output rows, so the result does not depend on the thread count.
-  // a.heads_inner (short tiles: small blocks, neighborhood tiles; heads_inner_fits in
-  // kernel/config.hpp) takes (b, query block, h) instead: in token-major layouts the heads of
-  // a token share one row of Q and of O, so the heads of a tile run back to back while the
-  // rows are in cache (their K/V blocks fit in L2 together).
-  // Each task prefetches the rows of the task its thread likely runs next: t + 1 on one
-  // thread, t + threads under a dynamic schedule handing out tasks in order (a guess: a wrong
-  // one costs some L3 traffic, never a wrong result).
-  const bool hi = a.heads_inner;
-  const index_t ntasks = p.batch * p.heads_q * nqb;
-  const index_t ahead = std::max(1, ex.concurrency());
-  const auto task = [&](index_t t) {
-    PrefillTask k;
-    if (t >= ntasks) return k;
-    k.h = hi ? t % p.heads_q : (t / nqb) % p.heads_q;
-    k.qb = nqb - 1 - (hi ? t / p.heads_q % nqb : t % nqb);
-    k.b = t / (nqb * p.heads_q);
-    return k;
-  };
-  ex.run(ntasks, [&](index_t t) {
-    const PrefillTask k = task(t);
-    prefill_task<V>(a, mask, k.b, k.h, k.qb, thread_workspace(), task(t + ahead));
-  });
+  const auto tasks = [&](const KernelArgs& ak, index_t t0, index_t t1) { run_tasks<V>(ak, mask, ex, nqb, t0, t1); };
+  // RoPE on load with keys visited more than once: rotate them once (kernel/rotated_keys.hpp).
+  if (rotate_keys_once(a, nqb) && run_with_rotated_keys(a, nqb, ex, tasks)) return;
+  tasks(a, 0, p.batch * p.heads_q * nqb);
 }
 
 // Runtime options -> one specialisation per (mask, normalization). The score modifiers

@@ -294,7 +294,7 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
     const TensorView<const float>& K = *pc.k;
     const TensorView<const float>& Vw = *pc.v;
     const index_t nk = j1 - j0, r0 = j0 - pc.base;  // r0: the block's first row in its segment
-    const bool k_inplace = K.stride[3] == 1 && !a.rope;
+    const bool k_inplace = K.stride[3] == 1 && !a.rope_keys();
     index_t rowmap[kBlockKV];
     const index_t* map = block_row_map(a, j0, nk, keys, rowmap);  // null: consecutive rows
     const bool v_rows = Vw.stride[3] == 1 && dv_pad == p.dim_v;   // usable as P.V reads them
@@ -303,7 +303,7 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
     const bool v_copy = !v_inplace && !v_ptrs && Vw.stride[3] == 1;
     const float* kp = K.ptr(b, r0, g);
     index_t ld_k = K.stride[1];
-    if (a.rope) {
+    if (a.rope_keys()) {
       rope_rows(kpack, dqk_pad, kp, ld_k, K.stride[3], nk, p.dim_qk, dqk_pad, *a.rope, j0);
       kp = kpack;
       ld_k = dqk_pad;
