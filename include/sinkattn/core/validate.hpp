@@ -5,6 +5,7 @@
 #include <cmath>
 #include <string>
 
+#include "sinkattn/core/kv_segments.hpp"
 #include "sinkattn/core/options.hpp"
 #include "sinkattn/core/rope.hpp"
 #include "sinkattn/core/status.hpp"
@@ -252,6 +253,34 @@ inline Status check_options(const Problem& p, const Options& opt) {
   SINKATTN_TRY(std::visit([&](const auto& n) { return check_norm(p, opt, n); }, opt.norm));
   SINKATTN_TRY(std::visit([&](const auto& g) { return check_gate(p, g); }, opt.gate));
   return check_rope(p, opt.rope);
+}
+
+// K/V given as segments[0, count) (core/kv_segments.hpp): each segment's K as [B, n, Hkv, Dqk]
+// and, with_v, its V as [B, n, Hkv, Dv]; together p.seq_kv rows. Fills starts[0 .. count] with
+// each segment's first key (the caller sizes it). no_alias(name, view) checks one of the
+// segments' views against the call's outputs. count and segments themselves are checked first.
+template <class NoAlias>
+Status check_segments(const Problem& p, const KvSegment* segments, index_t count, bool with_v, index_t* starts,
+                      NoAlias&& no_alias) {
+  if (count < 0) return fail(Errc::negative_size, "segments: count is " + str(count));
+  if (count > 0 && segments == nullptr) return fail(Errc::null_data, "segments: null with count " + str(count));
+  starts[0] = 0;
+  for (index_t s = 0; s < count; ++s) {
+    const std::string name = "segments[" + str(s) + "]";
+    const KvSegment& sg = segments[s];
+    const index_t n = sg.k.shape[1];
+    SINKATTN_TRY(check_view((name + ".k").c_str(), sg.k, {p.batch, n, p.heads_kv, p.dim_qk}, kBSHD));
+    SINKATTN_TRY(no_alias((name + ".k").c_str(), sg.k));
+    if (with_v) {
+      SINKATTN_TRY(check_view((name + ".v").c_str(), sg.v, {p.batch, n, p.heads_kv, p.dim_v}, kBSHD));
+      SINKATTN_TRY(no_alias((name + ".v").c_str(), sg.v));
+    }
+    starts[s + 1] = starts[s] + n;
+  }
+  if (starts[count] != p.seq_kv)
+    return fail(Errc::shape_mismatch,
+                "segments: hold " + str(starts[count]) + " rows in total, problem.seq_kv is " + str(p.seq_kv));
+  return {};
 }
 
 }  // namespace detail

@@ -245,10 +245,6 @@ inline Status forward(const Problem& p, const TensorView<const float>& q, const 
 // pieces, a chunk appended to a cache, pages. p.seq_kv must equal the segments' total rows.
 inline Status forward(const Problem& p, const TensorView<const float>& q, const KvSegment* segments, index_t count,
                       const TensorView<float>& o, const Options& opt = {}, const Executor& ex = Executor::serial()) {
-  using detail::fail;
-  using detail::str;
-  if (count < 0) return fail(Errc::negative_size, "segments: count is " + str(count));
-  if (count > 0 && segments == nullptr) return fail(Errc::null_data, "segments: null with count " + str(count));
   constexpr index_t kInline = 16;  // no allocation for the usual few segments
   index_t starts_inline[kInline + 1];
   std::vector<index_t> starts_heap;
@@ -257,24 +253,11 @@ inline Status forward(const Problem& p, const TensorView<const float>& q, const 
     starts_heap.resize(static_cast<std::size_t>(count + 1));
     starts = starts_heap.data();
   }
-  starts[0] = 0;
-  for (index_t s = 0; s < count; ++s) {
-    const std::string name = "segments[" + str(s) + "]";
-    const KvSegment& sg = segments[s];
-    const index_t n = sg.k.shape[1];
-    SINKATTN_TRY(detail::check_view((name + ".k").c_str(), sg.k, {p.batch, n, p.heads_kv, p.dim_qk}, detail::kBSHD));
-    SINKATTN_TRY(detail::check_view((name + ".v").c_str(), sg.v, {p.batch, n, p.heads_kv, p.dim_v}, detail::kBSHD));
-    SINKATTN_TRY(detail::check_no_alias("o", o, (name + ".k").c_str(), sg.k));
-    SINKATTN_TRY(detail::check_no_alias("o", o, (name + ".v").c_str(), sg.v));
-    if (opt.lse.data) {
-      SINKATTN_TRY(detail::check_no_alias("lse", opt.lse, (name + ".k").c_str(), sg.k));
-      SINKATTN_TRY(detail::check_no_alias("lse", opt.lse, (name + ".v").c_str(), sg.v));
-    }
-    starts[s + 1] = starts[s] + n;
-  }
-  if (starts[count] != p.seq_kv)
-    return fail(Errc::shape_mismatch,
-                "segments: hold " + str(starts[count]) + " rows in total, problem.seq_kv is " + str(p.seq_kv));
+  SINKATTN_TRY(detail::check_segments(p, segments, count, true, starts, [&](const char* name, const auto& view) {
+    SINKATTN_TRY(detail::check_no_alias("o", o, name, view));
+    if (opt.lse.data) SINKATTN_TRY(detail::check_no_alias("lse", opt.lse, name, view));
+    return Status{};
+  }));
   // The rest of validate() on stand-in K/V views of the right shape (zero strides on one
   // float: they alias nothing), since the segments were checked above.
   static const float stand_in = 0.f;

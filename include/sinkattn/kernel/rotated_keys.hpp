@@ -28,6 +28,7 @@
 #include "sinkattn/core/rope.hpp"
 #include "sinkattn/kernel/args.hpp"
 #include "sinkattn/kernel/workspace.hpp"
+#include "sinkattn/tile/ops.hpp"
 #include "sinkattn/tile/simd.hpp"
 
 namespace sinkattn::detail {
@@ -45,13 +46,18 @@ inline bool rotate_keys_once(const KernelArgs& a, index_t query_tiles) {
   return a.rope != nullptr && !a.k_rotated && p.seq_kv > 0 && query_tiles * (p.heads_q / p.heads_kv) >= 2;
 }
 
-// Rotates keys [j0, j1) of (b, g) into dst, rows ld floats apart (columns [Dqk, ld) zero),
-// reading them through the call's segments.
-inline void rotate_keys(float* dst, index_t ld, const KernelArgs& a, index_t b, index_t g, index_t j0, index_t j1) {
+// Keys [j0, j1) of (b, g) into dst, rows ld floats apart (columns [Dqk, ld) zero), read
+// through the call's segments and rotated at their positions with RoPE on load (copied as they
+// are without it).
+inline void load_keys(float* dst, index_t ld, const KernelArgs& a, index_t b, index_t g, index_t j0, index_t j1) {
   a.for_each_piece(j0, j1, [&](index_t s0, index_t s1, const KernelArgs::KvPiece& pc) {
     const TensorView<const float>& K = *pc.k;
-    rope_rows(dst + (s0 - j0) * ld, ld, K.ptr(b, s0 - pc.base, g), K.stride[1], K.stride[3], s1 - s0, a.p.dim_qk, ld,
-              *a.rope, s0);
+    float* d = dst + (s0 - j0) * ld;
+    const float* src = K.ptr(b, s0 - pc.base, g);
+    if (a.rope)
+      rope_rows(d, ld, src, K.stride[1], K.stride[3], s1 - s0, a.p.dim_qk, ld, *a.rope, s0);
+    else
+      tile::pack_rows(d, ld, src, K.stride[1], K.stride[3], s1 - s0, a.p.dim_qk, ld);
   });
 }
 
@@ -117,7 +123,7 @@ bool run_with_rotated_keys(const KernelArgs& a, index_t query_tiles, const Execu
     const index_t ng = g1 - g0;
     ex.run((b1 - b0) * ng * pieces, [&](index_t i) {
       const index_t b = b0 + i / (ng * pieces), g = g0 + i / pieces % ng, j0 = i % pieces * kRotateRows;
-      rotate_keys(buf + b * st0 + g * st2 + j0 * ld, ld, a, b, g, j0, std::min(p.seq_kv, j0 + kRotateRows));
+      load_keys(buf + b * st0 + g * st2 + j0 * ld, ld, a, b, g, j0, std::min(p.seq_kv, j0 + kRotateRows));
     });
     run_tasks(static_cast<const KernelArgs&>(ak), t0, t1);
   };
