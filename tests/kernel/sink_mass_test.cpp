@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "harness.hpp"
+#include "segments.hpp"
 #include "sinkattn/kernel/sink_mass.hpp"
 #include "sinkattn/reference/sinks.hpp"
 #include "threads.hpp"
@@ -29,8 +30,9 @@ struct MassOut {
 
 // cache_floats: how many floats of first-sweep scores a task may keep (sink_mass's own
 // choice, none: every tile recomputes them, or a few blocks: the longer tiles recompute).
+// segs: the keys as these segments of d's K instead of d.k.
 MassOut run_mass(const Data& d, const Options& opt, const Executor& ex = Executor::serial(),
-                 index_t cache_floats = sinkattn::detail::kMassCacheFloats) {
+                 index_t cache_floats = sinkattn::detail::kMassCacheFloats, const Segmented* segs = nullptr) {
   const Problem& p = d.p;
   MassOut r;
   const auto n = static_cast<size_t>(p.batch * p.heads_q * p.seq_kv);
@@ -38,13 +40,19 @@ MassOut run_mass(const Data& d, const Options& opt, const Executor& ex = Executo
   r.alpha.assign(n, std::nan(""));
   const auto mass = TensorView<float>::lse(r.mass.data(), p.batch, p.heads_q, p.seq_kv);
   const auto alpha = TensorView<float>::lse(r.alpha.data(), p.batch, p.heads_q, p.seq_kv);
-  r.status = cache_floats == sinkattn::detail::kMassCacheFloats
-                 ? sink_mass(p, d.q, d.k, mass, alpha, opt, ex)
-                 : sinkattn::detail::sink_mass_impl(p, d.q, d.k, mass, alpha, opt, ex, cache_floats);
+  const auto nseg = segs ? static_cast<index_t>(segs->seg.size()) : 0;
+  if (cache_floats == sinkattn::detail::kMassCacheFloats)
+    r.status = segs ? sink_mass(p, d.q, segs->seg.data(), nseg, mass, alpha, opt, ex)
+                    : sink_mass(p, d.q, d.k, mass, alpha, opt, ex);
+  else
+    r.status = sinkattn::detail::sink_mass_impl(
+        p, d.q, segs ? sinkattn::detail::MassKeys{{}, true, segs->seg.data(), nseg} : sinkattn::detail::MassKeys{d.k},
+        mass, alpha, opt, ex, cache_floats);
   return r;
 }
 
-::testing::AssertionResult matches_reference(const Data& d, const Options& opt, double atol = 1e-5) {
+::testing::AssertionResult matches_reference(const Data& d, const Options& opt, double atol = 1e-5,
+                                             const Segmented* segs = nullptr) {
   const Problem& p = d.p;
   const auto n = static_cast<size_t>(p.batch * p.heads_q * p.seq_kv);
   std::vector<double> m64(n), a64(n);
@@ -65,7 +73,7 @@ MassOut run_mass(const Data& d, const Options& opt, const Executor& ex = Executo
   // Sweep 2 from the cached scores, from recomputed ones, and a mix (two blocks cached).
   const index_t two_blocks = 2 * (sinkattn::detail::kBlockKV * sinkattn::detail::kBlockQ + sinkattn::detail::kBlockQ);
   for (const index_t cache : {sinkattn::detail::kMassCacheFloats, index_t{0}, two_blocks}) {
-    const MassOut ours = run_mass(d, opt, Executor::serial(), cache);
+    const MassOut ours = run_mass(d, opt, Executor::serial(), cache, segs);
     if (!ours.status.ok()) return ::testing::AssertionFailure() << "sink_mass: " << ours.status.message();
     msg << "(cache " << cache << " floats)\n";
     detail::compare("mass", view(ours.mass), TensorView<double>::lse(m64.data(), p.batch, p.heads_q, p.seq_kv),
@@ -285,6 +293,34 @@ TEST(SinkMass, PaddingLanesAddNothingForNonFiniteKeys) {
   }
 }
 
+// K as segments (a streaming cache's pieces) in mixed layouts, one of them empty: the mass of
+// the keys concatenated, with and without RoPE on load (its capped sink position cut inside
+// a segment), with each sweep-2 cache setting.
+TEST(SinkMass, KvSegmentsEqualTheConcatenatedKeys) {
+  const Problem p{2, 4, 2, 70, 150, 21, 4};
+  const auto d = make_data(p, Layout::BSHD, 45);
+  const Segmented s = split(d, {3, 64, 64, 100}, {Layout::BHSD, Layout::BSHD});
+  std::vector<float> params;
+  const auto norms = all_norms(p, params);
+  for (const MaskSpec& m : {MaskSpec{FullMask{}}, MaskSpec{CausalMask{}}, MaskSpec{SlidingWindowMask{40, 0, 4, 0}}})
+    for (std::size_t n : {std::size_t{0}, std::size_t{1}, std::size_t{3}, std::size_t{4}, std::size_t{6}}) {
+      Options opt;
+      opt.mask = m;
+      opt.norm = norms[n];
+      EXPECT_TRUE(matches_reference(d, opt, 1e-5, &s)) << "mask " << m.index() << " norm " << n;
+    }
+  const RopeCase c{70, 150, 21, 12, RopePairing::interleaved, 80, 70, 120};
+  const RopeTable table = c.table();
+  Options rope;
+  rope.mask = CausalMask{};
+  rope.rope = c.options(table);
+  EXPECT_TRUE(matches_reference(d, rope, 1e-5, &s)) << "RoPE on load";
+  // Only K is read: segments without V.
+  Segmented k_only = s;
+  for (KvSegment& sg : k_only.seg) sg.v = {};
+  EXPECT_TRUE(matches_reference(d, rope, 1e-5, &k_only)) << "segments without V";
+}
+
 TEST(SinkMass, EmptyProblemsAndThreadCountDeterminism) {
   for (const Problem& p : {Problem{1, 2, 1, 0, 9, 8, 4}, Problem{1, 2, 1, 9, 0, 8, 4}, Problem{0, 2, 1, 9, 9, 8, 4}}) {
     const auto d = make_data(p, Layout::BSHD, 26);
@@ -331,6 +367,17 @@ TEST(SinkMass, BadArgumentsNameTheArgument) {
   expect(sink_mass(bad_heads, d.q, d.k, mv), Errc::heads_not_divisible, "heads");
   const auto short_k = TensorView<const float>::bshd(d.kbuf.data(), 1, 11, 1, 8);
   expect(sink_mass(p, d.q, short_k, mv), Errc::shape_mismatch, "k");
+  // Segments: count, null, total rows, a segment's shape, a segment under an output.
+  const Segmented s = split(d, {5}, {Layout::BSHD});
+  expect(sink_mass(p, d.q, s.seg.data(), -1, mv), Errc::negative_size, "segments");
+  expect(sink_mass(p, d.q, nullptr, 2, mv), Errc::null_data, "segments");
+  expect(sink_mass(p, d.q, s.seg.data(), 1, mv), Errc::shape_mismatch, "segments");
+  std::vector<KvSegment> wrong_dim = s.seg;
+  wrong_dim[1].k = TensorView<const float>::bshd(s.kbuf[1].data(), 1, 7, 1, 7);
+  expect(sink_mass(p, d.q, wrong_dim.data(), 2, mv), Errc::shape_mismatch, "segments[1].k");
+  std::vector<KvSegment> under_mass = s.seg;
+  under_mass[0].k = TensorView<const float>::bshd(m.data(), 1, 5, 1, 8);  // m: mv's 24 floats
+  expect(sink_mass(p, d.q, under_mass.data(), 2, mv), Errc::aliasing, "segments[0].k");
 }
 
 }  // namespace

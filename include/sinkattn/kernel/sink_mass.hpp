@@ -15,8 +15,8 @@
 // head's mass row: the result does not depend on the executor.
 // A row with a NaN anywhere in its scores adds NaN to every key it sees.
 // Supported: every mask (the flat policies), score option and normalization (a learned sink
-// takes its share of each row and gives none to a key) and RoPE on load; K is one view (no KV
-// segments).
+// takes its share of each row and gives none to a key), RoPE on load, and K as one view or as
+// KV segments (a streaming cache's pieces: each task then copies its head's keys once).
 
 #include <algorithm>
 #include <cmath>
@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "sinkattn/kernel/forward.hpp"
+#include "sinkattn/kernel/rotated_keys.hpp"
 #include "sinkattn/tile/math.hpp"
 
 namespace sinkattn {
@@ -62,15 +63,15 @@ inline index_t mass_cache_blocks(const Problem& p, index_t cache_floats) {
 
 // Floats of workspace one mass task needs (every part but the last a multiple of 64 floats:
 // aligned).
-inline index_t sink_mass_workspace_floats(const Problem& p, index_t cache_blocks, bool rope) {
+inline index_t sink_mass_workspace_floats(const Problem& p, index_t cache_blocks, bool whole_k) {
   const index_t dqk_pad = tile::round_up(std::max<index_t>(p.dim_qk, 1), tile::kWidth);
-  return 2 * p.dim_qk * kBlockQ               // Q^T, and Q^T for the sink keys (RoPE)
-         + kBlockKV * kBlockQ                 // S^T, then the weights
-         + kBlockQ                            // the lanes' factor for one block
-         + kBlockKV * dqk_pad                 // packed K (strided K only)
-         + cache_blocks * kBlockKV * kBlockQ  // the cached blocks
-         + (rope ? p.seq_kv * dqk_pad : 0)    // the head's K rotated (RoPE on load)
-         + 2 * p.seq_kv;                      // the head's mass and late mass per key
+  return 2 * p.dim_qk * kBlockQ                // Q^T, and Q^T for the sink keys (RoPE)
+         + kBlockKV * kBlockQ                  // S^T, then the weights
+         + kBlockQ                             // the lanes' factor for one block
+         + kBlockKV * dqk_pad                  // packed K (strided K only)
+         + cache_blocks * kBlockKV * kBlockQ   // the cached blocks
+         + (whole_k ? p.seq_kv * dqk_pad : 0)  // the head's K (RoPE on load, KV segments)
+         + 2 * p.seq_kv;                       // the head's mass and late mass per key
 }
 
 // Head h of batch b: the mass and (want_late) the mass from the rows at or after each key, into
@@ -94,25 +95,24 @@ void sink_mass_task(const KernelArgs& a, const Mask& mask_all, index_t b, index_
   const Problem& p = a.p;
   const index_t g = p.kv_head(h);
   const index_t dqk_pad = tile::round_up(std::max<index_t>(p.dim_qk, 1), tile::kWidth);
-  float* qt =
-      ws.floats(static_cast<std::size_t>(sink_mass_workspace_floats(p, cache_blocks, a.rope != nullptr)));  // (Dqk, BQ)
-  float* qt_sink = qt + p.dim_qk * kBlockQ;                                                                 // (Dqk, BQ)
-  float* st = qt_sink + p.dim_qk * kBlockQ;                                                                 // (BKV, BQ)
-  float* lane_f = st + kBlockKV * kBlockQ;                                                                  // (BQ)
+  // RoPE on load and KV segments load the head's K once, rotated, into krot (rotating per
+  // query tile cost 1.21x the plain call; bench/RESULTS.md, run S).
+  const bool whole_k = a.rope != nullptr || a.nseg > 0;
+  float* qt = ws.floats(static_cast<std::size_t>(sink_mass_workspace_floats(p, cache_blocks, whole_k)));  // (Dqk, BQ)
+  float* qt_sink = qt + p.dim_qk * kBlockQ;                                                               // (Dqk, BQ)
+  float* st = qt_sink + p.dim_qk * kBlockQ;                                                               // (BKV, BQ)
+  float* lane_f = st + kBlockKV * kBlockQ;                                                                // (BQ)
   float* kpack = lane_f + kBlockQ;                          // (BKV, Dqk_pad)
   float* cache = kpack + kBlockKV * dqk_pad;                // (blocks, BKV, BQ)
-  float* krot = cache + cache_blocks * kBlockKV * kBlockQ;  // (Skv, Dqk_pad), with RoPE
-  float* tot = krot + (a.rope ? p.seq_kv * dqk_pad : 0);    // (Skv)
+  float* krot = cache + cache_blocks * kBlockKV * kBlockQ;  // (Skv, Dqk_pad), whole_k
+  float* tot = krot + (whole_k ? p.seq_kv * dqk_pad : 0);   // (Skv)
   float* late = tot + p.seq_kv;                             // (Skv)
   std::fill(tot, tot + 2 * p.seq_kv, 0.f);
   *tot_out = tot;
   *late_out = late;
   const float kInf = std::numeric_limits<float>::infinity();
   const float sink2 = a.sink_logits ? a.sink_logits[h] * kLog2e : -kInf;
-  // RoPE on load rotates the head's K once, not once per query tile (1.21x the plain call
-  // that way; bench/RESULTS.md, run S).
-  if (a.rope)
-    rope_rows(krot, dqk_pad, a.k.ptr(b, 0, g), a.k.stride[1], a.k.stride[3], p.seq_kv, p.dim_qk, dqk_pad, *a.rope, 0);
+  if (whole_k) load_keys(krot, dqk_pad, a, b, g, 0, p.seq_kv);
 
   for (index_t i0 = 0; i0 < p.seq_q; i0 += kBlockQ) {
     const index_t nq = std::min(kBlockQ, p.seq_q - i0);
@@ -166,12 +166,9 @@ void sink_mass_task(const KernelArgs& a, const Mask& mask_all, index_t b, index_
       auto state = Norm::init(a, mask, b, h, i0, nq);
       const auto block = [&](const MassBlock& k, std::size_t n) {
         float* d = cached ? cache + static_cast<index_t>(n) * kBlockKV * kBlockQ : st;
-        const float* kp = a.k.ptr(b, k.j0, g);
-        index_t ld_k = a.k.stride[1];
-        if (a.rope) {
-          kp = krot + k.j0 * dqk_pad;
-          ld_k = dqk_pad;
-        } else if (a.k.stride[3] != 1) {
+        const float* kp = whole_k ? krot + k.j0 * dqk_pad : a.k.ptr(b, k.j0, g);
+        index_t ld_k = whole_k ? dqk_pad : a.k.stride[1];
+        if (!whole_k && a.k.stride[3] != 1) {
           tile::pack_rows(kpack, dqk_pad, kp, ld_k, a.k.stride[3], k.nk, p.dim_qk, dqk_pad);
           kp = kpack;
           ld_k = dqk_pad;
@@ -268,24 +265,43 @@ void sink_mass_task(const KernelArgs& a, const Mask& mask_all, index_t b, index_
   }
 }
 
+// The keys of a sink_mass call: one view k, or (segmented) segments[0, count) whose K rows
+// follow each other (their V is not read).
+struct MassKeys {
+  TensorView<const float> k;
+  bool segmented = false;
+  const KvSegment* segments = nullptr;
+  index_t count = 0;
+};
+
 // sink_mass below; cache_floats: kMassCacheFloats (tests pass 0 to take the recomputing sweep).
-inline Status sink_mass_impl(const Problem& p, const TensorView<const float>& q, const TensorView<const float>& k,
+inline Status sink_mass_impl(const Problem& p, const TensorView<const float>& q, const MassKeys& keys,
                              const TensorView<float>& mass, const TensorView<float>& alpha, const Options& opt,
                              const Executor& ex, index_t cache_floats) {
   SINKATTN_TRY(check_problem(p));
   SINKATTN_TRY(check_view("q", q, {p.batch, p.seq_q, p.heads_q, p.dim_qk}, kBSHD));
-  SINKATTN_TRY(check_view("k", k, {p.batch, p.seq_kv, p.heads_kv, p.dim_qk}, kBSHD));
   SINKATTN_TRY(check_view("mass", mass, {p.batch, p.heads_q, p.seq_kv, 1}, kBHS1));
   SINKATTN_TRY(check_writable("mass", mass));
   SINKATTN_TRY(check_no_alias("mass", mass, "q", q));
-  SINKATTN_TRY(check_no_alias("mass", mass, "k", k));
   const bool want_alpha = alpha.data != nullptr || !alpha.empty();
   if (want_alpha) {
     SINKATTN_TRY(check_view("alpha", alpha, {p.batch, p.heads_q, p.seq_kv, 1}, kBHS1));
     SINKATTN_TRY(check_writable("alpha", alpha));
     SINKATTN_TRY(check_no_alias("alpha", alpha, "q", q));
-    SINKATTN_TRY(check_no_alias("alpha", alpha, "k", k));
     SINKATTN_TRY(check_no_alias("alpha", alpha, "mass", mass));
+  }
+  const auto keys_no_alias = [&](const char* name, const TensorView<const float>& view) {
+    SINKATTN_TRY(check_no_alias("mass", mass, name, view));
+    if (want_alpha) SINKATTN_TRY(check_no_alias("alpha", alpha, name, view));
+    return Status{};
+  };
+  std::vector<index_t> starts;
+  if (keys.segmented) {
+    starts.resize(static_cast<std::size_t>(std::max<index_t>(keys.count, 0) + 1));
+    SINKATTN_TRY(check_segments(p, keys.segments, keys.count, false, starts.data(), keys_no_alias));
+  } else {
+    SINKATTN_TRY(check_view("k", keys.k, {p.batch, p.seq_kv, p.heads_kv, p.dim_qk}, kBSHD));
+    SINKATTN_TRY(keys_no_alias("k", keys.k));
   }
 
   // The options as forward() checks them; the gate and opt.lse play no part.
@@ -296,7 +312,12 @@ inline Status sink_mass_impl(const Problem& p, const TensorView<const float>& q,
   const index_t B = p.batch, Hq = p.heads_q, Sq = p.seq_q, Skv = p.seq_kv;
   if (B == 0 || Hq == 0 || Skv == 0) return {};
 
-  const KernelArgs a = make_args(p, q, k, {}, {}, checked);  // (no V, no O)
+  KernelArgs a = make_args(p, q, keys.k, {}, {}, checked);  // (no V, no O)
+  if (keys.segmented) {
+    a.seg = keys.segments;
+    a.seg_start = starts.data();
+    a.nseg = keys.count;
+  }
   const index_t cache_blocks = mass_cache_blocks(p, cache_floats);
   const auto run = [&](auto norm, const KernelArgs& pa, const auto& mask) {
     using Norm = decltype(norm);
@@ -346,7 +367,16 @@ inline Status sink_mass_impl(const Problem& p, const TensorView<const float>& q,
 inline Status sink_mass(const Problem& p, const TensorView<const float>& q, const TensorView<const float>& k,
                         const TensorView<float>& mass, const TensorView<float>& alpha = {}, const Options& opt = {},
                         const Executor& ex = Executor::serial()) {
-  return detail::sink_mass_impl(p, q, k, mass, alpha, opt, ex, detail::kMassCacheFloats);
+  return detail::sink_mass_impl(p, q, {k}, mass, alpha, opt, ex, detail::kMassCacheFloats);
+}
+
+// The same with the keys as segments read in place (core/kv_segments.hpp: a streaming cache's
+// sink, window and chunk pieces; key j runs over them concatenated, p.seq_kv keys in all). Only
+// their K is read: V may be empty.
+inline Status sink_mass(const Problem& p, const TensorView<const float>& q, const KvSegment* segments, index_t count,
+                        const TensorView<float>& mass, const TensorView<float>& alpha = {}, const Options& opt = {},
+                        const Executor& ex = Executor::serial()) {
+  return detail::sink_mass_impl(p, q, {{}, true, segments, count}, mass, alpha, opt, ex, detail::kMassCacheFloats);
 }
 
 }  // namespace sinkattn
