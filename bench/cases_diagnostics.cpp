@@ -43,6 +43,7 @@ struct MassData {
   MassNorm norm = MassNorm::softmax;
   std::unique_ptr<sinkattn::RopeTable> rope;  // non-null: RoPE on load (NeoX, theta 10^4)
   std::vector<float> key_padding;             // non-empty: a key-padding bias [B, 1, 1, Skv]
+  std::vector<index_t> cuts;                  // non-empty: K as segments cut there, read in place
   Data* data = nullptr;
   std::vector<float> mass;
   Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> s;  // Eigen's scores
@@ -106,11 +107,22 @@ void run_mass_case(benchmark::State& st, const std::shared_ptr<MassData>& md, bo
   md->mass.assign(static_cast<std::size_t>(p.heads_q * p.seq_kv), 0.f);
   if (eigen) md->s.setZero(p.seq_q, p.seq_kv);  // sized and touched outside the timed loop
   const auto mass = sinkattn::TensorView<float>::lse(md->mass.data(), 1, p.heads_q, p.seq_kv);
+  // The segments: views of d.k between the cuts (their V is not read).
+  std::vector<sinkattn::KvSegment> segs;
+  const sinkattn::TensorView<const float>& k = md->data->k;
+  for (std::size_t c = 0; c < md->cuts.size(); ++c) {
+    const index_t j0 = md->cuts[c], j1 = c + 1 < md->cuts.size() ? md->cuts[c + 1] : p.seq_kv;
+    segs.push_back(
+        {sinkattn::TensorView<const float>(k.ptr(0, j0, 0), {p.batch, j1 - j0, p.heads_kv, p.dim_qk}, k.stride), {}});
+  }
   for (auto _ : st) {
     if (eigen)
       eigen_mass(*md);
+    else if (!segs.empty())
+      sinkattn::check(sinkattn::sink_mass(p, md->data->q, segs.data(), static_cast<index_t>(segs.size()), mass, {},
+                                          mass_options(*md)));
     else
-      sinkattn::check(sinkattn::sink_mass(p, md->data->q, md->data->k, mass, {}, mass_options(*md)));
+      sinkattn::check(sinkattn::sink_mass(p, md->data->q, k, mass, {}, mass_options(*md)));
     benchmark::DoNotOptimize(md->mass.data());
     benchmark::ClobberMemory();
   }
@@ -168,8 +180,9 @@ SINKATTN_BENCH_CASES(diagnostics_cases) {
       for (const bool eigen : {true, false}) register_mass(mn, eigen);
     }
   }
-  // RoPE on load (sink_mass, forward_act) and a key-padding bias (forward_act: the last 96 keys
-  // padding), dense: their cost against the plain cases above.
+  // RoPE on load (sink_mass, forward_act), a key-padding bias (forward_act: the last 96 keys
+  // padding) and K as segments (sink_mass: a streaming cache's 4 sink keys and a ring window
+  // in two pieces), dense: their cost against the plain cases above.
   const auto variant = [](const std::string& suffix) {
     auto md = std::make_shared<MassData>();
     md->shape.problem = Problem{1, 8, 8, 4096, 4096, 64, 64};
@@ -181,7 +194,9 @@ SINKATTN_BENCH_CASES(diagnostics_cases) {
   auto pad = variant("keypad");
   pad->key_padding.assign(4096, 0.f);
   std::fill(pad->key_padding.end() - 96, pad->key_padding.end(), -std::numeric_limits<float>::infinity());
-  register_mass(rope, false);
+  auto segments = variant("segments");
+  segments->cuts = {0, 4, 1500};
+  for (const auto& md : {rope, segments}) register_mass(md, false);
   for (const auto& md : {rope, pad}) register_act(md);
 }
 
