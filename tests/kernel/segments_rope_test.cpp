@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <thread>
 #include <vector>
 
 #include "harness.hpp"
@@ -156,13 +157,13 @@ TEST(RopeOnLoad, MatchesTheReferenceForBothPairings) {
     }
 }
 
-// One query tile per head and no GQA: each key is visited once, and the loop rotates each key
-// block as it loads it.
+// One query tile per head (at most 32 rows: a tile on every ISA) and no GQA: each key is
+// visited once, and the loop rotates each key block as it loads it.
 TEST(RopeOnLoad, KeysVisitedOnceAreRotatedPerBlock) {
   const std::vector<RopeCase> cases = {
-      {40, 120, 32, 0, RopePairing::neox, 80, 4, 99},
-      {33, 80, 21, 12, RopePairing::interleaved, -1, 0, -1},
-      {64, 200, 48, 32, RopePairing::neox, 150, 70, 180},  // the sink cap cuts a key block
+      {30, 120, 32, 0, RopePairing::neox, 80, 4, 99},
+      {24, 80, 21, 12, RopePairing::interleaved, -1, 0, -1},
+      {32, 200, 48, 32, RopePairing::neox, 150, 70, 180},  // the sink cap cuts a key block
   };
   std::uint64_t seed = 31;
   for (const auto& c : cases) {
@@ -171,7 +172,7 @@ TEST(RopeOnLoad, KeysVisitedOnceAreRotatedPerBlock) {
     const RopeTable table = c.table();
     a.p = p;
     a.rope = &table;
-    ASSERT_FALSE(detail::rotate_keys_once(a, 1)) << "the case must take the per-block rotation";
+    ASSERT_FALSE(detail::keys_revisited(a, policy::FullMaskPolicy{p.seq_kv}, 1)) << "must rotate per block";
     for (const MaskSpec& m : {MaskSpec{FullMask{}}, MaskSpec{SlidingWindowMask{63, 0, c.sink_keys}}}) {
       EXPECT_TRUE(rope_matches(c, m, seed, false, 2, 2)) << "Sq=" << c.sq << " Skv=" << c.skv << " D=" << c.dim;
       EXPECT_TRUE(rope_matches(c, m, seed, true, 2, 2)) << "segmented, Sq=" << c.sq << " Skv=" << c.skv;
@@ -180,53 +181,140 @@ TEST(RopeOnLoad, KeysVisitedOnceAreRotatedPerBlock) {
   }
 }
 
-// The keys rotated once, in each layout run() can choose: all of them in the kept buffer; a
-// batch element or a KV head at a time (kept or allocated for the call); a batch element at a
-// time when the task order keeps heads innermost. Each matches the reference and is
-// bit-identical to the single-buffer run, serial and on two threads, with K in one view and
-// as segments.
+// The keys rotated once, in each layout run() can choose (detail::rotated_keys_plan, asserted
+// for each limit): all of them, a batch element or a KV head at a time, each kept in the
+// calling thread's buffer or allocated for the call, a batch element at a time when the task
+// order keeps heads innermost, and per block when a head chunk would starve the executor.
+// Each matches the reference and is bit-identical to the single-buffer run, serial and on two
+// threads, with K in one view and as segments.
 TEST(RopeOnLoad, KeysRotatedInChunksAgreeBitForBit) {
+  using Chunk = detail::RotatedKeysPlan::Chunk;
   struct Limit {  // rotated_keys_retained for the scope
     explicit Limit(std::size_t n) { detail::rotated_keys_retained = n; }
     ~Limit() { detail::rotated_keys_retained = detail::kRotatedKeysRetained; }
   };
   const RopeCase c{70, 150, 21, 12, RopePairing::neox, 80, 4, 99};  // odd D, partial rotary, sinks
-  const Problem p{2, 4, 2, c.sq, c.skv, c.dim, 16};
-  const test::Data d = test::make_data(p, Layout::BSHD, 41);
   const RopeTable table = c.table();
-  const std::size_t head = static_cast<std::size_t>(p.seq_kv * tile::round_up(p.dim_qk, tile::kWidth)) * sizeof(float);
-  BlockMask blocks;
-  blocks.block_size = 32;
-  ASSERT_TRUE(detail::block_heads_inner(blocks, p)) << "the block mask must run heads innermost";
-  const Segmented s = split(d, {3, 64, 100}, {Layout::BHSD, Layout::BSHD});
+  for (const index_t batch : {2, 1}) {
+    const Problem p{batch, 4, 2, c.sq, c.skv, c.dim, 16};
+    const index_t tiles = (p.seq_q + detail::kBlockQ - 1) / detail::kBlockQ;
+    const test::Data d = test::make_data(p, Layout::BSHD, 41);
+    const std::size_t head =
+        static_cast<std::size_t>(p.seq_kv * tile::round_up(p.dim_qk, tile::kWidth)) * sizeof(float);
+    BlockMask blocks;
+    blocks.block_size = 32;
+    ASSERT_TRUE(detail::block_heads_inner(blocks, p)) << "the block mask must run heads innermost";
+    const Segmented s = split(d, {3, 64, 100}, {Layout::BHSD, Layout::BSHD});
 
-  for (const MaskSpec& m : {MaskSpec{CausalMask{}}, MaskSpec{SlidingWindowMask{40, 0, 4}}, MaskSpec{blocks}})
-    for (const bool segmented : {false, true}) {
-      const auto run = [&](std::size_t limit, const Executor& ex, std::vector<float>& o) {
-        const Limit scope(limit);
-        Options opt = with_mask(m);
-        opt.rope = c.options(table);
-        if (segmented) return segmented_matches(d, s, opt, ex, &o);
-        test::Out out = test::make_out(p, Layout::BSHD, true);
-        opt.lse = out.lse;
-        const Status st = forward(p, d.q, d.k, d.v, out.o, opt, ex);
-        if (!st.ok()) return ::testing::AssertionFailure() << "forward failed: " << st.message();
-        o = out.obuf;
-        return test::matches_reference(d, opt, out);
-      };
-      std::vector<float> whole;
-      ASSERT_TRUE(run(detail::kRotatedKeysRetained, Executor::serial(), whole));
-      // all kept; a batch element kept; a KV head kept (a batch element allocated with heads
-      // innermost); a KV head allocated (a batch element allocated with heads innermost)
-      for (const std::size_t limit : {detail::kRotatedKeysRetained, 2 * head, head, head - 1})
-        for (const int threads : {1, 2}) {
+    for (const MaskSpec& m : {MaskSpec{CausalMask{}}, MaskSpec{SlidingWindowMask{40, 0, 4}}, MaskSpec{blocks}})
+      for (const bool segmented : {false, true}) {
+        const bool hi = std::holds_alternative<BlockMask>(m);
+        const auto run = [&](std::size_t limit, const Executor& ex, std::vector<float>& o) {
+          const Limit scope(limit);
+          Options opt = with_mask(m);
+          opt.rope = c.options(table);
+          if (segmented) return segmented_matches(d, s, opt, ex, &o);
+          test::Out out = test::make_out(p, Layout::BSHD, true);
+          opt.lse = out.lse;
+          const Status st = forward(p, d.q, d.k, d.v, out.o, opt, ex);
+          if (!st.ok()) return ::testing::AssertionFailure() << "forward failed: " << st.message();
+          o = out.obuf;
+          return test::matches_reference(d, opt, out);
+        };
+        std::vector<float> whole;
+        ASSERT_TRUE(run(detail::kRotatedKeysRetained, Executor::serial(), whole));
+        struct Want {
+          std::size_t limit;
+          int threads;
+          Chunk chunk;
+          bool kept;
+        };
+        const Chunk per_head = hi ? (batch > 1 ? Chunk::batch : Chunk::all) : Chunk::head;
+        const std::vector<Want> wants = {
+            {detail::kRotatedKeysRetained, 1, Chunk::all, true},
+            {detail::kRotatedKeysRetained, 2, Chunk::all, true},
+            {2 * head, 1, batch > 1 ? Chunk::batch : Chunk::all, true},
+            {head, 1, per_head, per_head == Chunk::head},
+            {head, 2, per_head, per_head == Chunk::head},
+            {head - 1, 2, per_head, false},
+            {head, 8, hi ? per_head : Chunk::none, false},  // 8 threads: 4 tasks per head too few
+        };
+        for (const Want& w : wants) {
+          detail::KernelArgs a = detail::make_args(p, d.q, d.k, d.v, {}, Options{});
+          a.heads_inner = hi;
+          {
+            const Limit scope(w.limit);
+            const auto plan = detail::rotated_keys_plan(a, tiles, w.threads);
+            ASSERT_EQ(plan.chunk, w.chunk) << "limit " << w.limit << " threads " << w.threads << " B " << batch;
+            if (plan.chunk != Chunk::none) {
+              ASSERT_EQ(plan.kept, w.kept) << "limit " << w.limit << " B " << batch;
+            }
+          }
           std::vector<float> o;
-          const Executor ex = threads == 1 ? Executor::serial() : test::thread_executor(2);
-          EXPECT_TRUE(run(limit, ex, o)) << "limit " << limit << " threads " << threads << " segmented " << segmented;
-          EXPECT_TRUE(test::bit_identical(o, whole))
-              << "limit " << limit << " threads " << threads << " segmented " << segmented << " mask " << m.index();
+          const Executor ex = w.threads == 1 ? Executor::serial() : test::thread_executor(w.threads);
+          const std::string what = "limit " + std::to_string(w.limit) + " threads " + std::to_string(w.threads) +
+                                   " B " + std::to_string(batch) + " segmented " + std::to_string(segmented) +
+                                   " mask " + std::to_string(m.index());
+          EXPECT_TRUE(run(w.limit, ex, o)) << what;
+          EXPECT_TRUE(test::bit_identical(o, whole)) << what;
         }
+      }
+  }
+}
+
+// A call made on a thread whose kept buffer is in use (an executor that runs another attention
+// call on the waiting caller's thread) takes its own buffer: both results stay exact.
+// run() takes the plan: a fresh thread's kept buffer grows to the rotated keys when they are
+// visited twice (GQA), and stays empty when each is visited once (the per-block rotation).
+TEST(RopeOnLoad, RunRotatesUpFrontOnlyWhenKeysAreRevisited) {
+  const RopeCase c{30, 150, 32, 0, RopePairing::neox, -1, 0, -1};
+  const RopeTable table = c.table();
+  for (const index_t hkv : {2, 4}) {
+    const Problem p{1, 4, hkv, c.sq, c.skv, c.dim, 16};
+    const test::Data d = test::make_data(p, Layout::BSHD, 61);
+    Options opt = with_mask(CausalMask{});
+    opt.rope = c.options(table);
+    std::size_t kept = 0;
+    std::thread([&] {
+      test::Out out = test::make_out(p, Layout::BSHD, false);
+      EXPECT_TRUE(forward(p, d.q, d.k, d.v, out.o, opt).ok());
+      kept = detail::kept_keys().ws.capacity();
+    }).join();
+    const std::size_t rotated = static_cast<std::size_t>(hkv * p.seq_kv * tile::round_up(p.dim_qk, tile::kWidth));
+    if (hkv == 2)
+      EXPECT_GE(kept, rotated) << "GQA 2: keys visited twice, rotated up front";
+    else
+      EXPECT_EQ(kept, 0u) << "no GQA, one tile: rotated per block";
+  }
+}
+
+TEST(RopeOnLoad, ReentrantCallsDoNotShareTheKeptBuffer) {
+  const RopeCase c{70, 150, 32, 0, RopePairing::interleaved, -1, 0, -1};
+  const RopeTable table = c.table();
+  const Problem p{1, 4, 2, c.sq, c.skv, c.dim, 16};
+  const test::Data outer = test::make_data(p, Layout::BSHD, 51), inner = test::make_data(p, Layout::BSHD, 52);
+  Options opt = with_mask(CausalMask{});
+  opt.rope = c.options(table);
+  test::Out inner_out = test::make_out(p, Layout::BSHD, false);
+  int loops = 0;
+  bool nested = false;
+  Status inner_status;
+  // The outer call's first parallel loop rotates its keys; at the start of the second (its
+  // tasks) the inner call runs on the calling thread. Had it taken the kept buffer, it would
+  // have overwritten the outer call's rotated keys before its tasks read them.
+  const Executor ex = Executor::custom(2, [&](index_t n, const std::function<void(index_t)>& fn) {
+    if (++loops == 2) {
+      nested = true;
+      inner_status = forward(p, inner.q, inner.k, inner.v, inner_out.o, opt);
     }
+    for (index_t i = 0; i < n; ++i) fn(i);
+  });
+  test::Out out = test::make_out(p, Layout::BSHD, false);
+  ASSERT_TRUE(forward(p, outer.q, outer.k, outer.v, out.o, opt, ex).ok());
+  ASSERT_TRUE(nested);
+  ASSERT_TRUE(inner_status.ok()) << inner_status.message();
+  EXPECT_TRUE(test::matches_reference(outer, opt, out)) << "outer call";
+  EXPECT_TRUE(test::matches_reference(inner, opt, inner_out)) << "inner call";
 }
 
 TEST(RopeOnLoad, ZeroPositionIsTheIdentity) {

@@ -319,6 +319,12 @@ TEST(SinkMass, KvSegmentsEqualTheConcatenatedKeys) {
   Segmented k_only = s;
   for (KvSegment& sg : k_only.seg) sg.v = {};
   EXPECT_TRUE(matches_reference(d, rope, 1e-5, &k_only)) << "segments without V";
+  // Any thread count gives the same bits.
+  const auto one = run_mass(d, rope, Executor::serial(), sinkattn::detail::kMassCacheFloats, &s);
+  const auto three = run_mass(d, rope, thread_executor(3), sinkattn::detail::kMassCacheFloats, &s);
+  ASSERT_TRUE(one.status.ok() && three.status.ok());
+  EXPECT_TRUE(bit_identical(one.mass, three.mass));
+  EXPECT_TRUE(bit_identical(one.alpha, three.alpha));
 }
 
 TEST(SinkMass, EmptyProblemsAndThreadCountDeterminism) {
@@ -375,9 +381,11 @@ TEST(SinkMass, BadArgumentsNameTheArgument) {
   std::vector<KvSegment> wrong_dim = s.seg;
   wrong_dim[1].k = TensorView<const float>::bshd(s.kbuf[1].data(), 1, 7, 1, 7);
   expect(sink_mass(p, d.q, wrong_dim.data(), 2, mv), Errc::shape_mismatch, "segments[1].k");
+  std::vector<float> shared(40);  // a segment's 5 x 8 K floats, the first 24 also the mass
   std::vector<KvSegment> under_mass = s.seg;
-  under_mass[0].k = TensorView<const float>::bshd(m.data(), 1, 5, 1, 8);  // m: mv's 24 floats
-  expect(sink_mass(p, d.q, under_mass.data(), 2, mv), Errc::aliasing, "segments[0].k");
+  under_mass[0].k = TensorView<const float>::bshd(shared.data(), 1, 5, 1, 8);
+  expect(sink_mass(p, d.q, under_mass.data(), 2, TensorView<float>::lse(shared.data(), 1, 2, 12)), Errc::aliasing,
+         "segments[0].k");
 }
 
 }  // namespace

@@ -116,8 +116,10 @@ void run(const KernelArgs& a, const typename V::Mask& mask, const Executor& ex) 
   }
   const index_t nqb = (p.seq_q + kBlockQ - 1) / kBlockQ;
   const auto tasks = [&](const KernelArgs& ak, index_t t0, index_t t1) { run_tasks<V>(ak, mask, ex, nqb, t0, t1); };
-  // RoPE on load with keys visited more than once: rotate them once (kernel/rotated_keys.hpp).
-  if (rotate_keys_once(a, nqb) && run_with_rotated_keys(a, nqb, ex, tasks)) return;
+  // RoPE on load with keys visited twice on average: rotate them once (kernel/rotated_keys.hpp).
+  if (keys_revisited(a, mask, nqb) &&
+      run_with_rotated_keys(a, nqb, rotated_keys_plan(a, nqb, ex.concurrency()), ex, tasks))
+    return;
   tasks(a, 0, p.batch * p.heads_q * nqb);
 }
 

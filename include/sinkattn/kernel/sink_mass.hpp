@@ -57,7 +57,7 @@ SINKATTN_NOINLINE void mass_kqt(float* st, const float* k, index_t ld_k, index_t
 // The blocks a query tile may cache: a tile that visits more recomputes its scores.
 inline index_t mass_cache_blocks(const Problem& p, index_t cache_floats) {
   const index_t per_block = kBlockKV * kBlockQ;                   // the block's weights
-  const index_t want = (p.seq_kv + kBlockKV - 1) / kBlockKV + 2;  // (a segment may split one)
+  const index_t want = (p.seq_kv + kBlockKV - 1) / kBlockKV + 2;  // (the RoPE sink cut may split one)
   return std::min(want, std::max<index_t>(cache_floats, 0) / per_block);
 }
 

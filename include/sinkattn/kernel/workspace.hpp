@@ -22,6 +22,18 @@ class Workspace {
     }
     return buf_.get();
   }
+  std::size_t capacity() const { return capacity_; }  // floats
+  // The same, or null (the buffer unchanged) when the memory cannot be had.
+  float* try_floats(std::size_t n) {
+    if (n > capacity_) {
+      const std::size_t bytes = (n * sizeof(float) + tile::kAlign - 1) / tile::kAlign * tile::kAlign;
+      float* p = static_cast<float*>(::operator new(bytes, std::align_val_t(tile::kAlign), std::nothrow));
+      if (p == nullptr) return nullptr;
+      buf_.reset(p);
+      capacity_ = bytes / sizeof(float);
+    }
+    return buf_.get();
+  }
 
  private:
   struct Free {
