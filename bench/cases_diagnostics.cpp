@@ -101,20 +101,29 @@ void eigen_mass(MassData& md) {
   }
 }
 
+// K/V of md's data as segments between md.cuts, views read in place (none without cuts).
+std::vector<sinkattn::KvSegment> segments_of(const MassData& md) {
+  const Problem& p = md.shape.problem;
+  const Data& d = *md.data;
+  std::vector<sinkattn::KvSegment> segs;
+  for (std::size_t c = 0; c < md.cuts.size(); ++c) {
+    const index_t j0 = md.cuts[c], j1 = c + 1 < md.cuts.size() ? md.cuts[c + 1] : p.seq_kv;
+    const auto piece = [&](const sinkattn::TensorView<const float>& x, index_t dim) {
+      return sinkattn::TensorView<const float>(x.ptr(0, j0, 0), {p.batch, j1 - j0, p.heads_kv, dim}, x.stride);
+    };
+    segs.push_back({piece(d.k, p.dim_qk), piece(d.v, p.dim_v)});
+  }
+  return segs;
+}
+
 void run_mass_case(benchmark::State& st, const std::shared_ptr<MassData>& md, bool eigen) {
   const Problem& p = md->shape.problem;
   if (md->data == nullptr) md->data = &data_for(md->shape);
   md->mass.assign(static_cast<std::size_t>(p.heads_q * p.seq_kv), 0.f);
   if (eigen) md->s.setZero(p.seq_q, p.seq_kv);  // sized and touched outside the timed loop
   const auto mass = sinkattn::TensorView<float>::lse(md->mass.data(), 1, p.heads_q, p.seq_kv);
-  // The segments: views of d.k between the cuts (their V is not read).
-  std::vector<sinkattn::KvSegment> segs;
+  const std::vector<sinkattn::KvSegment> segs = segments_of(*md);
   const sinkattn::TensorView<const float>& k = md->data->k;
-  for (std::size_t c = 0; c < md->cuts.size(); ++c) {
-    const index_t j0 = md->cuts[c], j1 = c + 1 < md->cuts.size() ? md->cuts[c + 1] : p.seq_kv;
-    segs.push_back(
-        {sinkattn::TensorView<const float>(k.ptr(0, j0, 0), {p.batch, j1 - j0, p.heads_kv, p.dim_qk}, k.stride), {}});
-  }
   for (auto _ : st) {
     if (eigen)
       eigen_mass(*md);
@@ -137,8 +146,13 @@ void run_act_case(benchmark::State& st, const std::shared_ptr<MassData>& md) {
   if (md->data == nullptr) md->data = &data_for(md->shape);
   Data& d = *md->data;
   static const sinkattn::index_t keys[] = {1, 2, 3, 4};
+  const std::vector<sinkattn::KvSegment> segs = segments_of(*md);
   for (auto _ : st) {
-    sinkattn::check(sinkattn::forward_act(p, d.q, d.k, d.v, d.o, mass_options(*md), {keys, 4, 0.5}));
+    if (!segs.empty())
+      sinkattn::check(sinkattn::forward_act(p, d.q, segs.data(), static_cast<index_t>(segs.size()), d.o,
+                                            mass_options(*md), {keys, 4, 0.5}));
+    else
+      sinkattn::check(sinkattn::forward_act(p, d.q, d.k, d.v, d.o, mass_options(*md), {keys, 4, 0.5}));
     benchmark::DoNotOptimize(d.o.data);
     benchmark::ClobberMemory();
   }
@@ -181,8 +195,8 @@ SINKATTN_BENCH_CASES(diagnostics_cases) {
     }
   }
   // RoPE on load (sink_mass, forward_act), a key-padding bias (forward_act: the last 96 keys
-  // padding) and K as segments (sink_mass: a streaming cache's 4 sink keys and a ring window
-  // in two pieces), dense: their cost against the plain cases above.
+  // padding) and K/V as segments (a streaming cache's 4 sink keys and a ring window in two
+  // pieces), dense: their cost against the plain cases above.
   const auto variant = [](const std::string& suffix) {
     auto md = std::make_shared<MassData>();
     md->shape.problem = Problem{1, 8, 8, 4096, 4096, 64, 64};
@@ -197,7 +211,7 @@ SINKATTN_BENCH_CASES(diagnostics_cases) {
   auto segments = variant("segments");
   segments->cuts = {0, 4, 1500};
   for (const auto& md : {rope, segments}) register_mass(md, false);
-  for (const auto& md : {rope, pad}) register_act(md);
+  for (const auto& md : {rope, pad, segments}) register_act(md);
 }
 
 }  // namespace sinkattn_bench

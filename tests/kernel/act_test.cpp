@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "harness.hpp"
+#include "segments.hpp"
 #include "sinkattn/kernel/act.hpp"
 #include "sinkattn/reference/sinks.hpp"
 #include "threads.hpp"
@@ -22,20 +23,22 @@ namespace sinkattn {
 namespace test {
 namespace {
 
+// segs: K/V as these segments of d's instead of d.k, d.v.
 std::vector<float> run_act(const Data& d, const Options& opt, const ActCalibration& act, Status* st,
-                           const Executor& ex = Executor::serial()) {
+                           const Executor& ex = Executor::serial(), const Segmented* segs = nullptr) {
   const Problem& p = d.p;
   std::vector<float> o(static_cast<size_t>(p.batch * p.seq_q * p.heads_q * p.dim_v), std::nanf(""));
-  *st = forward_act(p, d.q, d.k, d.v, TensorView<float>::bshd(o.data(), p.batch, p.seq_q, p.heads_q, p.dim_v), opt, act,
-                    ex);
+  const auto ov = TensorView<float>::bshd(o.data(), p.batch, p.seq_q, p.heads_q, p.dim_v);
+  *st = segs ? forward_act(p, d.q, segs->seg.data(), static_cast<index_t>(segs->seg.size()), ov, opt, act, ex)
+             : forward_act(p, d.q, d.k, d.v, ov, opt, act, ex);
   return o;
 }
 
 ::testing::AssertionResult matches_reference(const Data& d, const Options& opt, const ActCalibration& act,
-                                             double atol = 1e-5) {
+                                             double atol = 1e-5, const Segmented* segs = nullptr) {
   const Problem& p = d.p;
   Status st;
-  const auto ours = run_act(d, opt, act, &st);
+  const auto ours = run_act(d, opt, act, &st, Executor::serial(), segs);
   if (!st.ok()) return ::testing::AssertionFailure() << "forward_act: " << st.message();
   const auto n = static_cast<size_t>(p.batch * p.seq_q * p.heads_q * p.dim_v);
   std::vector<double> r64(n);
@@ -210,6 +213,48 @@ TEST(ForwardAct, WithTheCallersScoreBias) {
         EXPECT_TRUE(matches_reference(d, opt, ActCalibration{keys.data(), 3, 0.25}))
             << "bias " << which << " mask " << m.index() << " norm " << n;
       }
+}
+
+// K/V as segments (a streaming cache's pieces) in mixed layouts, one empty, with sink keys in
+// several of them: the result on the keys concatenated, with and without RoPE on load (its
+// capped sink position cut inside a segment), across thread counts; and the segment checks.
+TEST(ForwardAct, KvSegments) {
+  const Problem p{2, 4, 2, 70, 150, 21, 8};
+  const auto d = make_data(p, Layout::BSHD, 71, 2.f);
+  const Segmented s = split(d, {3, 64, 64, 100}, {Layout::BHSD, Layout::BSHD});
+  const std::vector<index_t> keys = {1, 3, 70, 120};  // in segments 0, 1, 3 and 4
+  const ActCalibration act{keys.data(), 4, 0.3};
+  const std::vector<float> sinks = {0.5f, -1.f, 3.f, 0.f};
+  const RopeCase c{70, 150, 21, 12, RopePairing::interleaved, 80, 70, 120};
+  const RopeTable table = c.table();
+  for (const MaskSpec& m : {MaskSpec{CausalMask{}}, MaskSpec{SlidingWindowMask{40, 0, 4, 0}}})
+    for (int n = 0; n < 3; ++n) {
+      Options opt;
+      opt.mask = m;
+      if (n == 1) opt.norm = SinkSoftmax{sinks.data()};
+      if (n == 2) opt.rope = c.options(table);
+      EXPECT_TRUE(matches_reference(d, opt, act, 1e-5, &s)) << "mask " << m.index() << " variant " << n;
+    }
+  Options opt;
+  opt.mask = CausalMask{};
+  Status st1, st3;
+  const auto one = run_act(d, opt, act, &st1, Executor::serial(), &s);
+  const auto three = run_act(d, opt, act, &st3, thread_executor(3), &s);
+  ASSERT_TRUE(st1.ok() && st3.ok());
+  EXPECT_TRUE(bit_identical(one, three));
+
+  std::vector<float> o(static_cast<size_t>(p.batch * p.seq_q * p.heads_q * p.dim_v));
+  const auto ov = TensorView<float>::bshd(o.data(), p.batch, p.seq_q, p.heads_q, p.dim_v);
+  const auto expect = [](const Status& st, Errc code, const std::string& word) {
+    EXPECT_EQ(st.code(), code) << st.message();
+    EXPECT_NE(st.message().find(word), std::string::npos) << st.message();
+  };
+  expect(forward_act(p, d.q, s.seg.data(), -1, ov, opt, act), Errc::negative_size, "segments");
+  expect(forward_act(p, d.q, nullptr, 0, ov, opt, act), Errc::shape_mismatch, "segments");
+  expect(forward_act(p, d.q, s.seg.data(), 2, ov, opt, act), Errc::shape_mismatch, "segments");
+  const std::vector<index_t> past_end = {150};
+  expect(forward_act(p, d.q, s.seg.data(), static_cast<index_t>(s.seg.size()), ov, opt, {past_end.data(), 1, 0.3}),
+         Errc::out_of_range, "act");
 }
 
 TEST(ForwardAct, EmptyProblemsAndThreadCountDeterminism) {

@@ -17,9 +17,9 @@
 //      T - P_S = R; then the gate.
 // The extra work is O(Sq |S| (Dqk + Dv)) per head, against the call's O(Sq Skv (Dqk + Dv)).
 // Supported: Softmax and SinkSoftmax, every mask, softcap, ALiBi and RoPE on load (step 2
-// rotates the rows as the fused loop does) and an additive score bias (step 1 adds the hidden
-// keys' -inf to a copy of it); other normalizations and a requested LSE are Errc::unsupported
-// (reference::attention_act has them).
+// rotates the rows as the fused loop does), an additive score bias (step 1 adds the hidden
+// keys' -inf to a copy of it) and K/V as segments; other normalizations and a requested LSE
+// are Errc::unsupported (reference::attention_act has them).
 
 #include <algorithm>
 #include <cmath>
@@ -65,7 +65,8 @@ void act_row(const KernelArgs& a, const Mask& mask, const ActCalibration& act, i
         const float* kr = rope.keys + s * p.dim_qk;
         for (index_t d = 0; d < p.dim_qk; ++d) x += double(qr[d]) * double(kr[d]);
       } else {
-        for (index_t d = 0; d < p.dim_qk; ++d) x += double(a.q(b, i, h, d)) * double(a.k(b, j, g, d));
+        const KernelArgs::KvPiece pc = a.piece(j);
+        for (index_t d = 0; d < p.dim_qk; ++d) x += double(a.q(b, i, h, d)) * double((*pc.k)(b, j - pc.base, g, d));
       }
       x *= a.scale;
       if (a.softcap > 0.f) x = a.softcap * std::tanh(x / a.softcap);
@@ -85,7 +86,8 @@ void act_row(const KernelArgs& a, const Mask& mask, const ActCalibration& act, i
     if (xs[s] == ninf) continue;
     const double w = std::exp(xs[s] - lse);
     ps += w;
-    for (index_t d = 0; d < dv; ++d) os[d] += w * double(a.v(b, act.keys[s], g, d));
+    const KernelArgs::KvPiece pc = a.piece(act.keys[s]);
+    for (index_t d = 0; d < dv; ++d) os[d] += w * double((*pc.v)(b, act.keys[s] - pc.base, g, d));
   }
   const double others = std::exp(lse_hat - lse) + (1.0 - act.beta) * ps;
   for (index_t d = 0; d < dv; ++d) {
@@ -96,12 +98,21 @@ void act_row(const KernelArgs& a, const Mask& mask, const ActCalibration& act, i
 
 }  // namespace detail
 
-// o (logical [B, Sq, Hq, Dv]) = attention under `opt` with ACT calibration `act`. Validates
-// everything forward() does, and act (detail::check_act).
-inline Status forward_act(const Problem& p, const TensorView<const float>& q, const TensorView<const float>& k,
-                          const TensorView<const float>& v, const TensorView<float>& o, const Options& opt,
-                          const ActCalibration& act, const Executor& ex = Executor::serial()) {
-  using namespace detail;
+namespace detail {
+
+// forward_act below, K/V as one view each or (segmented; k and v then stand-ins of the right
+// shape) as segments[0, count).
+inline Status forward_act_impl(const Problem& p, const TensorView<const float>& q, const TensorView<const float>& k,
+                               const TensorView<const float>& v, bool segmented, const KvSegment* segments,
+                               index_t count, const TensorView<float>& o, const Options& opt, const ActCalibration& act,
+                               const Executor& ex) {
+  std::vector<index_t> starts;
+  if (segmented) {
+    starts.resize(static_cast<std::size_t>(std::max<index_t>(count, 0) + 1));
+    SINKATTN_TRY(check_segments(p, segments, count, true, starts.data(), [&](const char* name, const auto& view) {
+      return check_no_alias("o", o, name, view);
+    }));
+  }
   SINKATTN_TRY(validate(p, q, k, v, o, opt));
   SINKATTN_TRY(check_act(p, act));
   if (!std::holds_alternative<Softmax>(opt.norm) && !std::holds_alternative<SinkSoftmax>(opt.norm))
@@ -139,10 +150,15 @@ inline Status forward_act(const Problem& p, const TensorView<const float>& q, co
   hidden.score.bias =
       TensorView<const float>(step1_bias.data(), {B, Hq, Sq, Skv},
                               {stride_of(0, ext[1] * ext[2] * Skv), stride_of(1, ext[2] * Skv), stride_of(2, Skv), 1});
-  SINKATTN_TRY(forward(p, q, k, v, o, hidden, ex));
+  SINKATTN_TRY(segmented ? forward(p, q, segments, count, o, hidden, ex) : forward(p, q, k, v, o, hidden, ex));
   if (B == 0 || Hq == 0 || Sq == 0) return {};
 
-  const KernelArgs a = make_args(p, q, k, v, o, opt);
+  KernelArgs a = make_args(p, q, k, v, o, opt);
+  if (count > 0) {
+    a.seg = segments;
+    a.seg_start = starts.data();
+    a.nseg = count;
+  }
   const auto* gate = std::get_if<SigmoidGate>(&opt.gate);
   return with_mask_policy(a, opt, [&](const KernelArgs&, const auto& mask_all) -> Status {
     ex.run(B * Hq, [&](index_t task) {
@@ -156,9 +172,11 @@ inline Status forward_act(const Problem& p, const TensorView<const float>& q, co
       ActRope rope;
       if (a.rope) {
         const index_t g = p.kv_head(h);
-        for (index_t s = 0; s < act.count; ++s)
-          rope_row(rot.data() + s * p.dim_qk, a.k.ptr(b, act.keys[s], g), a.k.stride[3], p.dim_qk, a.rope->config(),
-                   a.rope->row(act.keys[s]));
+        for (index_t s = 0; s < act.count; ++s) {
+          const KernelArgs::KvPiece pc = a.piece(act.keys[s]);
+          rope_row(rot.data() + s * p.dim_qk, pc.k->ptr(b, act.keys[s] - pc.base, g), pc.k->stride[3], p.dim_qk,
+                   a.rope->config(), a.rope->row(act.keys[s]));
+        }
         rope = {rot.data(), q_rot, q_sink};
       }
       for (index_t i = 0; i < Sq; ++i) {
@@ -181,6 +199,29 @@ inline Status forward_act(const Problem& p, const TensorView<const float>& q, co
     });
     return {};
   });
+}
+
+}  // namespace detail
+
+// o (logical [B, Sq, Hq, Dv]) = attention under `opt` with ACT calibration `act`. Validates
+// everything forward() does, and act (detail::check_act).
+inline Status forward_act(const Problem& p, const TensorView<const float>& q, const TensorView<const float>& k,
+                          const TensorView<const float>& v, const TensorView<float>& o, const Options& opt,
+                          const ActCalibration& act, const Executor& ex = Executor::serial()) {
+  return detail::forward_act_impl(p, q, k, v, false, nullptr, 0, o, opt, act, ex);
+}
+
+// The same with K/V as segments read in place (core/kv_segments.hpp: a streaming cache's
+// pieces), p.seq_kv keys in all; act.keys index the keys concatenated.
+inline Status forward_act(const Problem& p, const TensorView<const float>& q, const KvSegment* segments, index_t count,
+                          const TensorView<float>& o, const Options& opt, const ActCalibration& act,
+                          const Executor& ex = Executor::serial()) {
+  // Stand-in K/V views of the right shape for validate() (zero strides on one float: they
+  // alias nothing), as forward() does; the segments themselves are checked first.
+  static const float stand_in = 0.f;
+  const TensorView<const float> k_all(&stand_in, {p.batch, p.seq_kv, p.heads_kv, p.dim_qk}, {0, 0, 0, 0});
+  const TensorView<const float> v_all(&stand_in, {p.batch, p.seq_kv, p.heads_kv, p.dim_v}, {0, 0, 0, 0});
+  return detail::forward_act_impl(p, q, k_all, v_all, true, segments, count, o, opt, act, ex);
 }
 
 }  // namespace sinkattn
