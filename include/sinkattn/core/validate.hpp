@@ -259,6 +259,14 @@ inline Status check_options(const Problem& p, const Options& opt) {
 // and, with_v, its V as [B, n, Hkv, Dv]; together p.seq_kv rows. Fills starts[0 .. count] with
 // each segment's first key (the caller sizes it). no_alias(name, view) checks one of the
 // segments' views against the call's outputs. count and segments themselves are checked first.
+// A view of the shape [B, Skv, Hkv, dim] over one float with zero strides: it aliases nothing.
+// The segment entry points hand it to validate() and make_args() in place of K or V, whose
+// segments check_segments has checked.
+inline TensorView<const float> stand_in_keys(const Problem& p, index_t dim) {
+  static const float one_float = 0.f;
+  return TensorView<const float>(&one_float, {p.batch, p.seq_kv, p.heads_kv, dim}, {0, 0, 0, 0});
+}
+
 template <class NoAlias>
 Status check_segments(const Problem& p, const KvSegment* segments, index_t count, bool with_v, index_t* starts,
                       NoAlias&& no_alias) {

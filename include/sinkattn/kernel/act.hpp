@@ -216,12 +216,8 @@ inline Status forward_act(const Problem& p, const TensorView<const float>& q, co
 inline Status forward_act(const Problem& p, const TensorView<const float>& q, const KvSegment* segments, index_t count,
                           const TensorView<float>& o, const Options& opt, const ActCalibration& act,
                           const Executor& ex = Executor::serial()) {
-  // Stand-in K/V views of the right shape for validate() (zero strides on one float: they
-  // alias nothing), as forward() does; the segments themselves are checked first.
-  static const float stand_in = 0.f;
-  const TensorView<const float> k_all(&stand_in, {p.batch, p.seq_kv, p.heads_kv, p.dim_qk}, {0, 0, 0, 0});
-  const TensorView<const float> v_all(&stand_in, {p.batch, p.seq_kv, p.heads_kv, p.dim_v}, {0, 0, 0, 0});
-  return detail::forward_act_impl(p, q, k_all, v_all, true, segments, count, o, opt, act, ex);
+  return detail::forward_act_impl(p, q, detail::stand_in_keys(p, p.dim_qk), detail::stand_in_keys(p, p.dim_v), true,
+                                  segments, count, o, opt, act, ex);
 }
 
 }  // namespace sinkattn

@@ -260,11 +260,8 @@ inline Status forward(const Problem& p, const TensorView<const float>& q, const 
     if (opt.lse.data) SINKATTN_TRY(detail::check_no_alias("lse", opt.lse, name, view));
     return Status{};
   }));
-  // The rest of validate() on stand-in K/V views of the right shape (zero strides on one
-  // float: they alias nothing), since the segments were checked above.
-  static const float stand_in = 0.f;
-  const TensorView<const float> k_all(&stand_in, {p.batch, p.seq_kv, p.heads_kv, p.dim_qk}, {0, 0, 0, 0});
-  const TensorView<const float> v_all(&stand_in, {p.batch, p.seq_kv, p.heads_kv, p.dim_v}, {0, 0, 0, 0});
+  // The rest of validate() on stand-in K/V views, since the segments were checked above.
+  const auto k_all = detail::stand_in_keys(p, p.dim_qk), v_all = detail::stand_in_keys(p, p.dim_v);
   SINKATTN_TRY(validate(p, q, k_all, v_all, o, opt));
   detail::KernelArgs a = detail::make_args(p, q, k_all, v_all, o, opt);
   if (count == 0) {
