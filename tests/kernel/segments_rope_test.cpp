@@ -112,7 +112,7 @@ TEST(Segments, BadArgumentsNameTheSegment) {
 // ---- RoPE on load ----------------------------------------------------------------------
 
 // Hq 4 over Hkv 2 by default: every prefill case visits each key from two query heads, so
-// the loop rotates the keys once up front (kernel/rotated_keys.hpp).
+// the loop rotates the keys once up front (kernel/packed_kv.hpp).
 ::testing::AssertionResult rope_matches(const RopeCase& c, const MaskSpec& mask, std::uint64_t seed,
                                         bool segmented = false, index_t hq = 4, index_t hkv = 2) {
   const Problem p{1, hq, hkv, c.sq, c.skv, c.dim, 16};
@@ -172,7 +172,8 @@ TEST(RopeOnLoad, KeysVisitedOnceAreRotatedPerBlock) {
     const RopeTable table = c.table();
     a.p = p;
     a.rope = &table;
-    ASSERT_FALSE(detail::keys_revisited(a, policy::FullMaskPolicy{p.seq_kv}, 1)) << "must rotate per block";
+    ASSERT_FALSE(detail::kv_visits(a, policy::FullMaskPolicy{p.seq_kv}, 1, detail::wide_tile_keys(a)).revisited)
+        << "must rotate per block";
     for (const MaskSpec& m : {MaskSpec{FullMask{}}, MaskSpec{SlidingWindowMask{63, 0, c.sink_keys}}}) {
       EXPECT_TRUE(rope_matches(c, m, seed, false, 2, 2)) << "Sq=" << c.sq << " Skv=" << c.skv << " D=" << c.dim;
       EXPECT_TRUE(rope_matches(c, m, seed, true, 2, 2)) << "segmented, Sq=" << c.sq << " Skv=" << c.skv;
@@ -181,17 +182,17 @@ TEST(RopeOnLoad, KeysVisitedOnceAreRotatedPerBlock) {
   }
 }
 
-// The keys rotated once, in each layout run() can choose (detail::rotated_keys_plan, asserted
+// The keys rotated once, in each layout run() can choose (detail::packed_kv_plan, asserted
 // for each limit): all of them, a batch element or a KV head at a time, each kept in the
 // calling thread's buffer or allocated for the call, a batch element at a time when the task
 // order keeps heads innermost, and per block when a head chunk would starve the executor.
 // Each matches the reference and is bit-identical to the single-buffer run, serial and on two
 // threads, with K in one view and as segments.
 TEST(RopeOnLoad, KeysRotatedInChunksAgreeBitForBit) {
-  using Chunk = detail::RotatedKeysPlan::Chunk;
-  struct Limit {  // rotated_keys_retained for the scope
-    explicit Limit(std::size_t n) { detail::rotated_keys_retained = n; }
-    ~Limit() { detail::rotated_keys_retained = detail::kRotatedKeysRetained; }
+  using Chunk = detail::PackedKvPlan::Chunk;
+  struct Limit {  // packed_kv_retained for the scope
+    explicit Limit(std::size_t n) { detail::packed_kv_retained = n; }
+    ~Limit() { detail::packed_kv_retained = detail::kPackedKvRetained; }
   };
   const RopeCase c{70, 150, 21, 12, RopePairing::neox, 80, 4, 99};  // odd D, partial rotary, sinks
   const RopeTable table = c.table();
@@ -199,6 +200,12 @@ TEST(RopeOnLoad, KeysRotatedInChunksAgreeBitForBit) {
     const Problem p{batch, 4, 2, c.sq, c.skv, c.dim, 16};
     const index_t tiles = (p.seq_q + detail::kBlockQ - 1) / detail::kBlockQ;
     const test::Data d = test::make_data(p, Layout::BSHD, 41);
+    // Bytes packed per (b, g): the rotated keys only (150 keys per tile stay in L2, so strided
+    // rows are read in place, kernel/packed_kv.hpp).
+    Options with_rope;
+    with_rope.rope = c.options(table);
+    const detail::KernelArgs a0 = detail::make_args(p, d.q, d.k, d.v, {}, with_rope);
+    ASSERT_FALSE(detail::kv_visits(a0, policy::FullMaskPolicy{p.seq_kv}, tiles, detail::wide_tile_keys(a0)).wide);
     const std::size_t head =
         static_cast<std::size_t>(p.seq_kv * tile::round_up(p.dim_qk, tile::kWidth)) * sizeof(float);
     BlockMask blocks;
@@ -222,7 +229,7 @@ TEST(RopeOnLoad, KeysRotatedInChunksAgreeBitForBit) {
           return test::matches_reference(d, opt, out);
         };
         std::vector<float> whole;
-        ASSERT_TRUE(run(detail::kRotatedKeysRetained, Executor::serial(), whole));
+        ASSERT_TRUE(run(detail::kPackedKvRetained, Executor::serial(), whole));
         struct Want {
           std::size_t limit;
           int threads;
@@ -231,8 +238,8 @@ TEST(RopeOnLoad, KeysRotatedInChunksAgreeBitForBit) {
         };
         const Chunk per_head = hi ? (batch > 1 ? Chunk::batch : Chunk::all) : Chunk::head;
         const std::vector<Want> wants = {
-            {detail::kRotatedKeysRetained, 1, Chunk::all, true},
-            {detail::kRotatedKeysRetained, 2, Chunk::all, true},
+            {detail::kPackedKvRetained, 1, Chunk::all, true},
+            {detail::kPackedKvRetained, 2, Chunk::all, true},
             {2 * head, 1, batch > 1 ? Chunk::batch : Chunk::all, true},
             {head, 1, per_head, per_head == Chunk::head},
             {head, 2, per_head, per_head == Chunk::head},
@@ -240,11 +247,11 @@ TEST(RopeOnLoad, KeysRotatedInChunksAgreeBitForBit) {
             {head, 8, hi ? per_head : Chunk::none, false},  // 8 threads: 4 tasks per head too few
         };
         for (const Want& w : wants) {
-          detail::KernelArgs a = detail::make_args(p, d.q, d.k, d.v, {}, Options{});
+          detail::KernelArgs a = detail::make_args(p, d.q, d.k, d.v, {}, with_rope);
           a.heads_inner = hi;
           {
             const Limit scope(w.limit);
-            const auto plan = detail::rotated_keys_plan(a, tiles, w.threads);
+            const auto plan = detail::packed_kv_plan(a, detail::pack_what(a, false), tiles, w.threads);
             ASSERT_EQ(plan.chunk, w.chunk) << "limit " << w.limit << " threads " << w.threads << " B " << batch;
             if (plan.chunk != Chunk::none) {
               ASSERT_EQ(plan.kept, w.kept) << "limit " << w.limit << " B " << batch;
@@ -278,7 +285,7 @@ TEST(RopeOnLoad, RunRotatesUpFrontOnlyWhenKeysAreRevisited) {
     std::thread([&] {
       test::Out out = test::make_out(p, Layout::BSHD, false);
       EXPECT_TRUE(forward(p, d.q, d.k, d.v, out.o, opt).ok());
-      kept = detail::kept_keys().ws.capacity();
+      kept = detail::kept_kv().ws.capacity();
     }).join();
     const std::size_t rotated = static_cast<std::size_t>(hkv * p.seq_kv * tile::round_up(p.dim_qk, tile::kWidth));
     if (hkv == 2)

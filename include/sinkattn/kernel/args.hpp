@@ -42,9 +42,12 @@ struct KernelArgs {
   index_t rope_q0 = 0;         // position of query row 0
   index_t rope_sink_keys = 0;  // keys j < this see the query at min(position, rope_sink_qmax)
   index_t rope_sink_qmax = 0;
-  // K (or the segments' K) holds the keys already rotated (kernel/rotated_keys.hpp): RoPE on
-  // load then applies to the queries only.
-  bool k_rotated = false;
+  // K (or the segments' K) holds the keys packed once per call (kernel/packed_kv.hpp): rows
+  // contiguous and already rotated, so RoPE on load applies to the queries only. v_packed: V
+  // (or the segments' V) holds contiguous rows of whole vectors (zero past Dv) that P.V reads
+  // in place.
+  bool k_packed = false;
+  bool v_packed = false;
 
   // The K/V rows of the segment holding key j: keys [base, end) are rows [0, end - base) of k, v.
   struct KvPiece {
@@ -61,7 +64,7 @@ struct KernelArgs {
   // Blocks must not straddle the end of the sink keys when the query rotates differently there.
   bool rope_two_queries() const { return rope != nullptr && rope_sink_keys > 0; }
   // Whether the loop rotates each key block as it loads it.
-  bool rope_keys() const { return rope != nullptr && !k_rotated; }
+  bool rope_keys() const { return rope != nullptr && !k_packed; }
   // Calls f(j0, j1, piece) for the parts of keys [j0, j1) that lie in one segment (and on one
   // side of rope_sink_keys).
   template <class F>

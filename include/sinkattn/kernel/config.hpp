@@ -40,6 +40,15 @@ inline constexpr index_t kBlockKV = 64;
 // in place at a 4 KiB stride and through row pointers: there the copy stays.
 inline constexpr bool kVRowsInPlace = tile::kRegisters >= 32;
 
+// Whether run() packs K and V rows that are not contiguous (token-major layouts) into
+// head-major buffers once per call when keys are revisited (kernel/packed_kv.hpp). On the
+// 16-register ISAs both strided products pay: K rows 2 KiB apart (B1 H8 D64 BSHD) share a
+// quarter of the L1's sets and each register-tile pass re-reads them, and V is copied into a
+// panel per block; head-major K alone took 0.84x the time, V alone 0.73x, both 0.68x (dense
+// S4096, Zen 2; bench/RESULTS.md, run U). With AVX-512, V is read in place and a contiguous K
+// gained 1-3% (Zen 4, run T): too little to be sure of paying for the copy on short calls.
+inline constexpr bool kPackStridedKv = !kVRowsInPlace;
+
 // The L2 size of this core in bytes, as the C library reports it (glibc: CPUID); 1 MiB
 // when it does not (a common size: Zen 4, Ice Lake server).
 inline std::size_t l2_cache_bytes() {

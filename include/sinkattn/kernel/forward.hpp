@@ -24,9 +24,9 @@
 #include "sinkattn/kernel/args.hpp"
 #include "sinkattn/kernel/config.hpp"
 #include "sinkattn/kernel/decode.hpp"
+#include "sinkattn/kernel/packed_kv.hpp"
 #include "sinkattn/kernel/permute.hpp"
 #include "sinkattn/kernel/prefill.hpp"
-#include "sinkattn/kernel/rotated_keys.hpp"
 #include "sinkattn/policy/gate.hpp"
 #include "sinkattn/policy/mask.hpp"
 #include "sinkattn/policy/mask_block.hpp"
@@ -84,7 +84,7 @@ void run_tasks(const KernelArgs& a, const typename V::Mask& mask, const Executor
   // Each task prefetches the rows of the task its thread likely runs next: t + 1 on one
   // thread, t + threads under a dynamic schedule handing out tasks in order (a guess: a wrong
   // one costs some L3 traffic, never a wrong result).
-  // (A task past t1 is none: with keys rotated chunk by chunk, its rows are not there yet.)
+  // (A task past t1 is none: with K/V packed chunk by chunk, its rows are not there yet.)
   const bool hi = a.heads_inner;
   const index_t ahead = std::max(1, ex.concurrency());
   const auto task = [&](index_t t) {
@@ -116,10 +116,16 @@ void run(const KernelArgs& a, const typename V::Mask& mask, const Executor& ex) 
   }
   const index_t nqb = (p.seq_q + kBlockQ - 1) / kBlockQ;
   const auto tasks = [&](const KernelArgs& ak, index_t t0, index_t t1) { run_tasks<V>(ak, mask, ex, nqb, t0, t1); };
-  // RoPE on load with keys visited twice on average: rotate them once (kernel/rotated_keys.hpp).
-  if (keys_revisited(a, mask, nqb) &&
-      run_with_rotated_keys(a, nqb, rotated_keys_plan(a, nqb, ex.concurrency()), ex, tasks))
-    return;
+  // Keys visited twice on average: rotate them (RoPE on load) once, not per visit, and where
+  // a tile's keys stream from beyond L2, copy strided rows contiguous (kernel/packed_kv.hpp).
+  const index_t wide = wide_tile_keys(a);
+  if (pack_what(a, pack_strided_kv && p.seq_kv > wide).any()) {
+    const KvVisits vis = kv_visits(a, mask, nqb, wide);
+    const PackWhat what = pack_what(a, pack_strided_kv && vis.wide);
+    if (vis.revisited && what.any() &&
+        run_with_packed_kv(a, nqb, packed_kv_plan(a, what, nqb, ex.concurrency()), ex, tasks))
+      return;
+  }
   tasks(a, 0, p.batch * p.heads_q * nqb);
 }
 

@@ -245,7 +245,8 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
   // K is read in place when its head dim is contiguous (its rows are only broadcast from),
   // through a pointer per row when a key slot map permutes them (KernelArgs::kv_rows) or a
   // list block names them. V is read in place, or through row pointers, when its rows have
-  // a unit stride and a whole number of vectors, and either are contiguous or the ISA's P.V
+  // a unit stride and a whole number of vectors (or were packed so: KernelArgs::v_packed),
+  // and either are contiguous or the ISA's P.V
   // tile keeps pace with strided rows (kVRowsInPlace, kernel/config.hpp); otherwise each key
   // block is copied into a contiguous panel, by plain row copies issued during S^T when the
   // rows have a unit stride. The padding columns of the panel are zeroed once here.
@@ -297,8 +298,10 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
     const bool k_inplace = K.stride[3] == 1 && !a.rope_keys();
     index_t rowmap[kBlockKV];
     const index_t* map = block_row_map(a, j0, nk, keys, rowmap);  // null: consecutive rows
-    const bool v_rows = Vw.stride[3] == 1 && dv_pad == p.dim_v;   // usable as P.V reads them
-    const bool v_inplace = v_rows && !map && (Vw.stride[1] == p.dim_v || kVRowsInPlace);
+    // (packed V rows are contiguous and padded to whole vectors: kernel/packed_kv.hpp)
+    const bool v_rows = Vw.stride[3] == 1 && (dv_pad == p.dim_v || a.v_packed);  // usable as P.V reads them
+    const bool v_contiguous = Vw.stride[1] == p.dim_v || a.v_packed;
+    const bool v_inplace = v_rows && !map && (v_contiguous || kVRowsInPlace);
     const bool v_ptrs = v_rows && map && kVRowsInPlace && !V::Norm::kSumsV;  // (vsums reads vp)
     const bool v_copy = !v_inplace && !v_ptrs && Vw.stride[3] == 1;
     const float* kp = K.ptr(b, r0, g);
@@ -322,7 +325,7 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
     const index_t v_bytes = p.dim_v * static_cast<index_t>(sizeof(float));
     tile::RowStream pf[tile::kMaxRowStreams];
     int npf = 0;
-    if (a.kv_rows || keys || v_copy || Vw.stride[1] != p.dim_v) {
+    if (a.kv_rows || keys || v_copy || !v_contiguous) {
       tile::RowStream& s = pf[npf++];
       s = {Vw.ptr(b, map ? 0 : r0, g), Vw.stride[1], nk, v_bytes};
       if (v_copy) {
@@ -342,7 +345,7 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
     if (nn > 0 && a.kv_rows) {
       pf[npf++] = {K.ptr(b, 0, g), K.stride[1], nn, k_bytes};
       pf[npf - 1].map = a.kv_rows + j1;
-    } else if (nn > 0 && K.stride[1] != p.dim_qk) {
+    } else if (nn > 0 && K.stride[1] != p.dim_qk && !a.k_packed) {
       pf[npf++] = {K.ptr(b, r0 + nk, g), K.stride[1], nn, k_bytes};
     }
     if (last)

@@ -25,7 +25,7 @@
 #include <vector>
 
 #include "sinkattn/kernel/forward.hpp"
-#include "sinkattn/kernel/rotated_keys.hpp"
+#include "sinkattn/kernel/packed_kv.hpp"
 #include "sinkattn/tile/math.hpp"
 
 namespace sinkattn {
