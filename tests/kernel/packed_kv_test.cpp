@@ -162,34 +162,45 @@ TEST(PackedKv, EveryMaskAndNormalizationEqualsInPlace) {
     }
 }
 
-// Neighborhood attention: the tiled calls read K/V through key slot maps (rows of the packed
-// buffer through pointers), with and without extra keys, and a causal dimension.
-TEST(PackedKv, NeighborhoodEqualsInPlace) {
+// Neighborhood attention on query slots (kernel/permute.hpp) keeps the K/V rows it chose
+// (gathered, or in place through a key slot map): nothing is packed, even forced. The flat
+// path (here: K/V as segments) packs like any other mask.
+TEST(PackedKv, NeighborhoodTilesKeepTheirRowsTheFlatPathPacks) {
   for (const index_t extra : {0, 4}) {
     NeighborhoodMask m;
     m.rank = 2;
-    m.extent = {10, 13, 1};
+    m.extent = {16, 16, 1};
     m.kernel = {5, 3, 1};
     m.dilation = {1, 2, 1};
     m.causal = {true, false, false};
     m.extra_keys = extra;
-    const Problem p{1, 4, 2, 130, 130 + extra, 24, 13};
+    const Problem p{1, 4, 2, 256, 256 + extra, 24, 13};
     const test::Data d = test::make_data(p, Layout::BSHD, 29);
-    EXPECT_TRUE(packed_equals_in_place(d, with(m))) << "extra keys " << extra;
-    m.stride = {5, 3, 1};  // blocked
-    m.causal = {false, false, false};
-    EXPECT_TRUE(packed_equals_in_place(d, with(m))) << "blocked, extra keys " << extra;
-    // 8x8 blocks of a 16x16 grid: each key serves one tile, so every ISA reads K/V through the
-    // key slot map (detail::na_keys_in_place), here into the packed rows.
-    NeighborhoodMask b;
-    b.rank = 2;
-    b.extent = {16, 16, 1};
-    b.kernel = {8, 8, 1};
-    b.stride = {8, 8, 1};
-    b.extra_keys = extra;
-    const Problem pb{1, 4, 2, 256, 256 + extra, 24, 13};
-    const test::Data db = test::make_data(pb, Layout::BSHD, 31);
-    EXPECT_TRUE(packed_equals_in_place(db, with(b))) << "8x8 blocks, extra keys " << extra;
+    const test::Segmented s = test::split(d, {extra + 100}, {Layout::BSHD});
+    for (const bool blocked : {false, true}) {
+      if (blocked) {  // 8x8 blocks: each key serves one tile, read through the key slot map
+        m.kernel = m.stride = {8, 8, 1};
+        m.dilation = {1, 1, 1};
+        m.causal = {false, false, false};
+      }
+      const std::string what =
+          std::string(blocked ? "8x8 blocks" : "5x3 dilated") + ", extra keys " + std::to_string(extra);
+      for (const bool segmented : {false, true}) {
+        std::size_t kept = 1;
+        std::vector<float> o;
+        std::thread([&] {
+          const Force f;
+          EXPECT_TRUE(run(d, with(m), Executor::serial(), o, segmented ? &s : nullptr)) << what;
+          kept = detail::kept_kv().ws.capacity();
+        }).join();
+        if (segmented) {
+          EXPECT_GT(kept, 0u) << what;
+          EXPECT_TRUE(packed_equals_in_place(d, with(m), &s)) << what;
+        } else {
+          EXPECT_EQ(kept, 0u) << what;
+        }
+      }
+    }
   }
 }
 

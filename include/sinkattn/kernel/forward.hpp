@@ -118,8 +118,10 @@ void run(const KernelArgs& a, const typename V::Mask& mask, const Executor& ex) 
   const auto tasks = [&](const KernelArgs& ak, index_t t0, index_t t1) { run_tasks<V>(ak, mask, ex, nqb, t0, t1); };
   // Keys visited twice on average: rotate them (RoPE on load) once, not per visit, and where
   // a tile's keys stream from beyond L2, copy strided rows contiguous (kernel/packed_kv.hpp).
+  // Neighborhood calls on query slots (kernel/permute.hpp) have chosen their K/V rows already:
+  // gathered where tiles share keys, in place where each key serves one tile.
   const index_t wide = wide_tile_keys(a);
-  if (pack_what(a, pack_strided_kv && p.seq_kv > wide).any()) {
+  if (pack_what(a, pack_strided_kv && p.seq_kv > wide && a.q_rows == nullptr).any()) {
     const KvVisits vis = kv_visits(a, mask, nqb, wide);
     const PackWhat what = pack_what(a, pack_strided_kv && vis.wide);
     if (vis.revisited && what.any() &&
