@@ -49,6 +49,25 @@ TEST(TileMath, Exp2EdgeValues) {
   EXPECT_TRUE(std::isnan(tile::exp2(vf(std::nanf(""))).get(0)));
 }
 
+// The softmax's exp2: exp2's bits on [-126, 127], exactly 0 for -inf and far below, NaN
+// through; between -127 and -126 at most 2^-126 (a denormal, 0 under flush-to-zero).
+TEST(TileMath, Exp2NonpositiveIsExp2WhereTheSoftmaxCallsIt) {
+  for (float x = -126.f; x <= 127.f; x += 0.00731f) {
+    const float a = tile::exp2_nonpositive(vf(x)).get(0), b = tile::exp2(vf(x)).get(0);
+    ASSERT_EQ(std::memcmp(&a, &b, sizeof a), 0) << x;
+  }
+  for (float x : {-126.f, -0.5f, -1e-30f, 0.f, -0.f, 1.f})
+    EXPECT_EQ(tile::exp2_nonpositive(vf(x)).get(0), tile::exp2(vf(x)).get(0)) << x;
+  EXPECT_EQ(tile::exp2_nonpositive(vf(-kInf)).get(0), 0.f);
+  for (float x : {-127.f, -150.f, -1000.f, -3e38f}) EXPECT_EQ(tile::exp2_nonpositive(vf(x)).get(0), 0.f) << x;
+  for (float x = -127.f; x < -126.f; x += 0.01f) {
+    const float r = tile::exp2_nonpositive(vf(x)).get(0);
+    EXPECT_TRUE(r >= 0.f && r <= std::ldexp(1.f, -126)) << x << " -> " << r;
+  }
+  EXPECT_TRUE(std::isnan(tile::exp2_nonpositive(vf(std::nanf(""))).get(0)));
+  EXPECT_TRUE(std::isnan(tile::exp2_nonpositive(vf(-std::nanf(""))).get(0)));
+}
+
 TEST(TileMath, SigmoidTanhAndReductions) {
   for (float x : {-30.f, -3.f, -0.5f, 0.f, 0.25f, 2.f, 30.f}) {
     EXPECT_NEAR(tile::sigmoid(vf(x)).get(0), 1.0 / (1.0 + std::exp(-double(x))), 2e-7) << x;

@@ -100,7 +100,7 @@ struct OnlineSoftmax {
     const vf ms(m_safe);
     vf sum(0.f);
     for (int c = 0; c < nvec; ++c) {
-      const vf e = tile::exp2(vf::load_aligned(row + c * tile::kWidth) - ms);
+      const vf e = tile::exp2_nonpositive(vf::load_aligned(row + c * tile::kWidth) - ms);
       e.store_aligned(row + c * tile::kWidth);
       sum += e;
     }

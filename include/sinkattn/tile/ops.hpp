@@ -167,7 +167,7 @@ inline void exp2_sub_colsum(float* st, index_t ld, index_t nk, int c0, int c1, c
     const vf mc = m.v[c];
     for (index_t j = 0; j < nk; ++j) {
       float* p = st + j * ld + c * kWidth;
-      const vf e = exp2(vf::load_aligned(p) - mc);
+      const vf e = exp2_nonpositive(vf::load_aligned(p) - mc);  // (mc: the column's max)
       e.store_aligned(p);
       acc += e;
     }
