@@ -94,6 +94,8 @@ TEST(PackedKv, PacksStridedRowsOnlyWhereTheyAreRevisitedAndWide) {
     EXPECT_TRUE(detail::kv_visits(a, full, tiles, 149).revisited);
     EXPECT_TRUE(detail::kv_visits(a, full, tiles, 149).wide);
     EXPECT_FALSE(detail::kv_visits(a, full, tiles, 150).wide);
+    EXPECT_FALSE(detail::kv_visits(a, full, tiles, -1).wide) << "width not asked (RoPE only)";
+    EXPECT_TRUE(detail::kv_visits(a, full, tiles, -1).revisited);
     EXPECT_TRUE(detail::kv_visits(a, full, 1, 0).revisited) << "one tile, two query heads per KV head";
     const Problem p1{1, 2, 2, 70, 150, 21, 16};
     EXPECT_FALSE(detail::kv_visits(detail::make_args(p1, d.q, d.k, d.v, {}, Options{}), full, 1, 0).revisited)

@@ -121,9 +121,11 @@ void run(const KernelArgs& a, const typename V::Mask& mask, const Executor& ex) 
   // Neighborhood calls on query slots (kernel/permute.hpp) have chosen their K/V rows already:
   // gathered where tiles share keys, in place where each key serves one tile.
   const index_t wide = wide_tile_keys(a);
-  if (pack_what(a, pack_strided_kv && p.seq_kv > wide && a.q_rows == nullptr).any()) {
-    const KvVisits vis = kv_visits(a, mask, nqb, wide);
-    const PackWhat what = pack_what(a, pack_strided_kv && vis.wide);
+  const PackWhat rotate = pack_what(a, false), all = pack_what(a, pack_strided_kv && p.seq_kv > wide && !a.q_rows);
+  if (all.any()) {
+    const bool strided = all.k != rotate.k || all.v != rotate.v;  // whether the tiles' width matters
+    const KvVisits vis = kv_visits(a, mask, nqb, strided ? wide : -1);
+    const PackWhat what = vis.wide ? all : rotate;
     if (vis.revisited && what.any() &&
         run_with_packed_kv(a, nqb, packed_kv_plan(a, what, nqb, ex.concurrency()), ex, tasks))
       return;

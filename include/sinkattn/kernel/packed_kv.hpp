@@ -83,7 +83,8 @@ inline PackWhat pack_what(const KernelArgs& a, bool strided) {
 // How often the query tiles visit the keys, counted over the mask's key blocks for batch 0,
 // head 0: revisited when the visits, times the query heads sharing a KV head, reach twice Skv
 // (dense attention over two query tiles; not a decode-sized block-sparse call that picks a few
-// blocks, nor one query tile without GQA); wide when some tile visits more than `wide_keys`.
+// blocks, nor one query tile without GQA); wide when some tile visits more than `wide_keys`
+// (< 0: not asked; the count stops once the keys are revisited).
 struct KvVisits {
   bool revisited = false, wide = false;
 };
@@ -95,14 +96,14 @@ KvVisits kv_visits(const KernelArgs& a, const Mask& mask_all, index_t query_tile
   decltype(auto) mask = policy::bind(mask_all, 0, 0);
   const index_t rep = p.heads_q / p.heads_kv;
   index_t visits = 0;
-  for (index_t t = 0; t < query_tiles && !(r.revisited && r.wide); ++t) {
+  for (index_t t = 0; t < query_tiles && !(r.revisited && (r.wide || wide_keys < 0)); ++t) {
     const index_t i0 = t * kBlockQ;
     index_t keys = 0;
     policy::for_each_kv_block(mask, i0, std::min(p.seq_q, i0 + kBlockQ), kBlockKV,
                               [&](index_t j0, index_t j1, policy::BlockKind) { keys += j1 - j0; });
     visits += keys;
     r.revisited = r.revisited || rep * visits >= 2 * p.seq_kv;
-    r.wide = r.wide || keys > wide_keys;
+    r.wide = r.wide || (wide_keys >= 0 && keys > wide_keys);
   }
   return r;
 }
