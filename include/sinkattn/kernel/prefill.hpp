@@ -246,10 +246,10 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
   // through a pointer per row when a key slot map permutes them (KernelArgs::kv_rows) or a
   // list block names them. V is read in place, or through row pointers, when its rows have
   // a unit stride and a whole number of vectors (or were packed so: KernelArgs::v_packed),
-  // and either are contiguous or the ISA's P.V
-  // tile keeps pace with strided rows (kVRowsInPlace, kernel/config.hpp); otherwise each key
-  // block is copied into a contiguous panel, by plain row copies issued during S^T when the
-  // rows have a unit stride. The padding columns of the panel are zeroed once here.
+  // and either are contiguous or the ISA's P.V tile keeps pace with strided rows
+  // (kVRowsInPlace, kernel/config.hpp); otherwise each key block is copied into a contiguous
+  // panel, by plain row copies issued during S^T when the rows have a unit stride. The
+  // padding columns of the panel are zeroed once here.
   if (dv_pad > p.dim_v)
     for (index_t r = 0; r < kBlockKV; ++r) std::fill(vpack + r * dv_pad + p.dim_v, vpack + (r + 1) * dv_pad, 0.f);
 
