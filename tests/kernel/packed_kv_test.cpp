@@ -61,15 +61,22 @@ bool has_lse(const Options& o) {
   return test::matches_reference(d, opt, out);
 }
 
-// Packed (forced) and in place: both match the reference and agree bit for bit.
+// Packed (forced) and in place: both match the reference and agree bit for bit. The packed
+// call runs on a fresh thread, whose kept buffer then shows that it packed.
 ::testing::AssertionResult packed_equals_in_place(const test::Data& d, const Options& opt,
                                                   const test::Segmented* segs = nullptr,
                                                   const Executor& ex = Executor::serial()) {
   std::vector<float> packed, in_place;
   {
-    const Force f;
-    ::testing::AssertionResult r = run(d, opt, ex, packed, segs);
+    ::testing::AssertionResult r = ::testing::AssertionSuccess();
+    std::size_t kept = 0;
+    std::thread([&] {
+      const Force f;
+      r = run(d, opt, ex, packed, segs);
+      kept = detail::kept_kv().ws.capacity();
+    }).join();
     if (!r) return r << " (packed)";
+    if (kept == 0) return ::testing::AssertionFailure() << "nothing was packed";
   }
   {
     const Force f(false);
@@ -140,27 +147,43 @@ TEST(PackedKv, PacksStridedRowsOnlyWhereTheyAreRevisitedAndWide) {
 TEST(PackedKv, EveryMaskAndNormalizationEqualsInPlace) {
   for (const index_t dv : {16, 13})
     for (const index_t batch : {1, 2}) {
-      const Problem p{batch, 4, 2, 70, 150, 21, dv};
+      // Sq = Skv: every mask below visits each key at least twice over the two query heads
+      // of a KV head (packed_equals_in_place checks that the call packed).
+      const Problem p{batch, 4, 2, 150, 150, 21, dv};
       const test::Data d = test::make_data(p, Layout::BSHD, 17 + dv);
       const test::Tensor alpha = test::make_tensor({p.batch, p.seq_q, p.heads_q, 1}, 21, 0.2f, 1.2f);
-      const std::vector<float> sinks = {0.5f, -1.f, 2.f, 0.f};
+      const test::Tensor gate = test::make_tensor({p.batch, p.seq_q, p.heads_q, p.dim_v}, 23, -2.f, 2.f);
+      const std::vector<float> sinks = {0.5f, -1.f, 2.f, 0.f}, ssmax = {0.3f, 0.5f, 0.7f, 0.9f};
       BlockMask blocks;
       blocks.block_size = 32;
       blocks.global_keys = 3;
+      const index_t nb = (p.seq_q + 31) / 32;
       const test::BlockLists lists =
-          test::block_lists(p.batch * p.heads_q * 3, 5, [](index_t r, index_t kb) { return (r + kb) % 3 != 1; });
+          test::block_lists(p.batch * p.heads_q * nb, nb, [](index_t r, index_t kb) { return (r + kb) % 3 != 1; });
       BlockSparseMask sparse;
       sparse.q_block = 32;
       sparse.kv_block = 32;
       sparse.offsets = lists.offsets.data();
       sparse.indices = lists.indices.data();
       const std::vector<MaskSpec> masks = {FullMask{}, CausalMask{}, SlidingWindowMask{40, 0, 4}, blocks, sparse};
-      const std::vector<NormSpec> norms = {Softmax{}, SinkSoftmax{sinks.data()}, Sigmoid{-2.f},
-                                           AffineScaled{alpha.cview(), {}, 1.f, false}, Softpick{}};
+      const std::vector<NormSpec> norms = {Softmax{},     SinkSoftmax{sinks.data()},
+                                           Sigmoid{-2.f}, AffineScaled{alpha.cview(), {}, 1.f, false},
+                                           Softpick{},    ScalableSoftmax{ssmax.data()}};
       for (const MaskSpec& m : masks)
         for (const NormSpec& n : norms)
           EXPECT_TRUE(packed_equals_in_place(d, with(m, n)))
               << "Dv " << dv << " B " << batch << " mask " << m.index() << " norm " << n.index();
+      // The output gate (its epilogue stores Dv columns of the padded accumulator), and RoPE
+      // on load: the rotated keys and the copied values in one buffer.
+      Options gated = with(CausalMask{});
+      gated.gate = SigmoidGate{gate.cview()};
+      EXPECT_TRUE(packed_equals_in_place(d, gated)) << "gate, Dv " << dv << " B " << batch;
+      const RopeTable table(Rope{500.f, p.dim_qk, 12, RopePairing::neox}, p.seq_kv + 8);
+      for (const MaskSpec& m : {MaskSpec{FullMask{}}, MaskSpec{SlidingWindowMask{40, 0, 4}}}) {
+        Options rope = with(m);
+        rope.rope = RopeOnLoad{&table, -1, 4, 100};
+        EXPECT_TRUE(packed_equals_in_place(d, rope)) << "RoPE, Dv " << dv << " B " << batch << " mask " << m.index();
+      }
     }
 }
 
