@@ -9,6 +9,20 @@
 
 namespace sinkattn::tile {
 
+namespace detail {
+// 2^f for |f| <= 1/2: the Taylor terms of e^(f ln 2) to degree 6 (truncation error
+// (ln2/2)^7/7! ~ 1.2e-7, about 1 ulp), shared by exp2 and exp2_nonpositive.
+inline vf exp2_fraction(const vf& f) {
+  vf p(1.5403530393381609e-4f);                      // ln2^6 / 6!
+  p = xsimd::fma(p, f, vf(1.3333558146428443e-3f));  // ln2^5 / 5!
+  p = xsimd::fma(p, f, vf(9.6181291076284772e-3f));  // ln2^4 / 4!
+  p = xsimd::fma(p, f, vf(5.5504108664821580e-2f));  // ln2^3 / 3!
+  p = xsimd::fma(p, f, vf(2.4022650695910071e-1f));  // ln2^2 / 2!
+  p = xsimd::fma(p, f, vf(6.9314718055994531e-1f));  // ln2
+  return xsimd::fma(p, f, vf(1.f));
+}
+}  // namespace detail
+
 // 2^x for any float x, with -inf -> exactly 0 and everything below -126 flushed to 0 or
 // a denormal (masked keys must contribute exactly nothing), +inf/large -> +inf, NaN -> NaN.
 //
@@ -28,13 +42,7 @@ inline vf exp2(const vf& x) {
   const vf n = xsimd::nearbyint(xc);
   const vf f = xc - n;
 #endif
-  vf p(1.5403530393381609e-4f);                      // ln2^6 / 6!
-  p = xsimd::fma(p, f, vf(1.3333558146428443e-3f));  // ln2^5 / 5!
-  p = xsimd::fma(p, f, vf(9.6181291076284772e-3f));  // ln2^4 / 4!
-  p = xsimd::fma(p, f, vf(5.5504108664821580e-2f));  // ln2^3 / 3!
-  p = xsimd::fma(p, f, vf(2.4022650695910071e-1f));  // ln2^2 / 2!
-  p = xsimd::fma(p, f, vf(6.9314718055994531e-1f));  // ln2
-  p = xsimd::fma(p, f, vf(1.f));
+  const vf p = detail::exp2_fraction(f);
 #if defined(__AVX512F__)
   return vf(_mm512_scalef_ps(p, n));  // p * 2^n: 2^-160 underflows to exactly 0, 2^128 to inf
 #else
@@ -59,13 +67,7 @@ inline vf exp2_nonpositive(const vf& x) {
   const vf xc = xsimd::max(vf(-127.f), x);      // (max returns its second operand for a NaN)
   const vf n = xsimd::nearbyint(xc);
   const vf f = xc - n;
-  vf p(1.5403530393381609e-4f);  // the same polynomial as exp2
-  p = xsimd::fma(p, f, vf(1.3333558146428443e-3f));
-  p = xsimd::fma(p, f, vf(9.6181291076284772e-3f));
-  p = xsimd::fma(p, f, vf(5.5504108664821580e-2f));
-  p = xsimd::fma(p, f, vf(2.4022650695910071e-1f));
-  p = xsimd::fma(p, f, vf(6.9314718055994531e-1f));
-  p = xsimd::fma(p, f, vf(1.f));
+  const vf p = detail::exp2_fraction(f);
   const vi bits = (xsimd::batch_cast<std::int32_t>(n) + vi(127)) << 23;  // n = -127: 0.0f
   return p * xsimd::bitwise_cast<vf>(bits);
 #endif
