@@ -242,9 +242,9 @@ TEST(TileOps, PackingZeroesThePaddingAndHonoursStrides) {
 }
 
 TEST(TileOps, PackTransposedContiguousRowsAllTails) {
-  // Contiguous head dims take the 16x16 block transpose (AVX-512: 128-bit inserts, in-lane
-  // shuffles) for whole blocks and the scalar loop for the row and column tails: every split
-  // against the definition, up to a full tile of kQRows rows (32 with AVX2).
+  // Contiguous head dims take the block transpose (AVX-512: 16x16 blocks, AVX: 8 rows x 4
+  // columns; 128-bit inserts, in-lane shuffles) for whole blocks and the scalar loop for the
+  // row and column tails: every split against the definition, up to a full tile of kQRows rows.
   Buf bt;
   float* qt = bt.get(80 * kQRows);
   for (index_t rows : {1, 7, 8, 9, 15, 16, 17, 31, 32, 40, 64})

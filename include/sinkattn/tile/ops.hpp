@@ -11,7 +11,7 @@
 #include <cstdint>
 #include <limits>
 
-#if defined(__AVX512F__)
+#if defined(__AVX__)
 #include <immintrin.h>
 #endif
 
@@ -71,10 +71,32 @@ SINKATTN_ALWAYS_INLINE void transpose16_cols(float* qt, index_t r, const float* 
 }  // namespace detail
 #endif
 
+#if defined(__AVX__)
+namespace detail {
+// The AVX form of transpose16_cols: columns [x, x + 4) of the 8 rows src[0..7], each 128-bit
+// lane L of a register loaded with four columns of row 4L + m, so that the 4x4 blocks inside
+// the lanes are all that is left to shuffle (8 shuffles per 8 x 4 block).
+SINKATTN_ALWAYS_INLINE void transpose8_cols(float* qt, index_t r, const float* const* src, index_t x, __m256 sv) {
+  __m256 a[4];  // lane L of a[m]: row 4L + m
+  for (int m = 0; m < 4; ++m)
+    a[m] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(src[m] + x)), _mm_loadu_ps(src[4 + m] + x), 1);
+  const __m256d t0 = _mm256_castps_pd(_mm256_unpacklo_ps(a[0], a[1]));  // r0c0 r1c0 r0c1 r1c1
+  const __m256d t1 = _mm256_castps_pd(_mm256_unpackhi_ps(a[0], a[1]));  // r0c2 r1c2 r0c3 r1c3
+  const __m256d t2 = _mm256_castps_pd(_mm256_unpacklo_ps(a[2], a[3]));  // r2c0 r3c0 r2c1 r3c1
+  const __m256d t3 = _mm256_castps_pd(_mm256_unpackhi_ps(a[2], a[3]));  // r2c2 r3c2 r2c3 r3c3
+  float* o = qt + x * kQRows + r;
+  _mm256_storeu_ps(o, _mm256_mul_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(t0, t2)), sv));
+  _mm256_storeu_ps(o + kQRows, _mm256_mul_ps(_mm256_castpd_ps(_mm256_unpackhi_pd(t0, t2)), sv));
+  _mm256_storeu_ps(o + 2 * kQRows, _mm256_mul_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(t1, t3)), sv));
+  _mm256_storeu_ps(o + 3 * kQRows, _mm256_mul_ps(_mm256_castpd_ps(_mm256_unpackhi_pd(t1, t3)), sv));
+}
+}  // namespace detail
+#endif
+
 // qt (d, kQRows) = scale * transpose of nrows rows, row r at row_at(r) (unit stride), lanes
 // >= nrows zero so that padded lanes stay finite. The softmax scale rides along here, once
 // per query tile, instead of once per score. With AVX-512, 16x16 blocks are transposed in
-// registers; a scalar strided loop here cost ~5 us per 64x64 tile, half a key block's work,
+// registers, with AVX 8x4 blocks; a scalar strided loop here cost ~5 us per 64x64 tile, half a key block's work,
 // which weighs on masks whose query tiles visit only a few key blocks (blocked, block-sparse).
 // Rows through an accessor: a query slot map (permuted neighborhood tiles) reads its
 // scattered rows straight into Q^T, without a gathered copy first.
@@ -90,6 +112,18 @@ inline void pack_transposed_rows(float* qt, RowAt&& row_at, index_t nrows, index
       const float* src[16];
       for (int i = 0; i < 16; ++i) src[i] = row_at(r + i);
       for (index_t x = 0; x < xv; x += 16) detail::transpose16_cols(qt, r, src, x, sv);
+    }
+  }
+#endif
+#if defined(__AVX__)
+  if (kWidth == 8) {
+    rv = nrows / 8 * 8;
+    xv = d / 4 * 4;
+    const __m256 sv = _mm256_set1_ps(scale);
+    for (index_t r = 0; r < rv; r += 8) {
+      const float* src[8];
+      for (int i = 0; i < 8; ++i) src[i] = row_at(r + i);
+      for (index_t x = 0; x < xv; x += 4) detail::transpose8_cols(qt, r, src, x, sv);
     }
   }
 #endif
