@@ -287,5 +287,52 @@ TEST(PackedKv, ChunksAgreeBitForBit) {
   }
 }
 
+// Where K and V together find no room (a KV-head chunk would leave 8 threads too few tasks),
+// run() packs K alone: a RoPE call with strided V then still rotates each key once. The
+// fallback call, on a fresh thread, packs (its kept buffer grows), holds only K (the buffer is
+// smaller than K and V of one batch element) and agrees bit for bit with the call that packed
+// both.
+TEST(PackedKv, KAloneWhenKAndVFindNoRoom) {
+  using Chunk = detail::PackedKvPlan::Chunk;
+  const Problem p{2, 4, 2, 70, 150, 20, 13};
+  const index_t tiles = (p.seq_q + detail::kBlockQ - 1) / detail::kBlockQ;
+  const test::Data d = test::make_data(p, Layout::BSHD, 47);
+  const RopeTable table(Rope{500.f, p.dim_qk, 12, RopePairing::neox}, p.seq_kv + 8);
+  Options opt = with(CausalMask{});
+  opt.rope = RopeOnLoad{&table, -1, 4, 100};
+  const auto floats = [&](index_t dim) { return p.seq_kv * tile::round_up(dim, tile::kWidth); };
+  const std::size_t k_batch = static_cast<std::size_t>(p.heads_kv * floats(p.dim_qk)) * sizeof(float);
+  const std::size_t kv_batch = k_batch + static_cast<std::size_t>(p.heads_kv * floats(p.dim_v)) * sizeof(float);
+  const std::size_t limit = (k_batch + kv_batch) / 2;  // one batch element's K fits, its K and V do not
+  const Executor ex = test::thread_executor(8);
+  {
+    const Force f(true, 0, limit);
+    const detail::KernelArgs a = detail::make_args(p, d.q, d.k, d.v, {}, opt);
+    const detail::PackWhat both = detail::pack_what(a, true);
+    ASSERT_TRUE(both.k && both.v);
+    EXPECT_EQ(detail::packed_kv_plan(a, both, tiles, ex.concurrency()).chunk, Chunk::none);
+    const detail::PackedKvPlan k_alone =
+        detail::packed_kv_plan(a, detail::PackWhat{true, false}, tiles, ex.concurrency());
+    EXPECT_EQ(k_alone.chunk, Chunk::batch);
+    EXPECT_TRUE(k_alone.kept);
+  }
+  std::vector<float> both, fallback;
+  {
+    const Force f;
+    ASSERT_TRUE(run(d, opt, ex, both));
+  }
+  std::size_t kept = 0;
+  ::testing::AssertionResult r = ::testing::AssertionSuccess();
+  std::thread([&] {
+    const Force f(true, 0, limit);
+    r = run(d, opt, ex, fallback);
+    kept = detail::kept_kv().ws.capacity() * sizeof(float);
+  }).join();
+  ASSERT_TRUE(r);
+  EXPECT_GT(kept, 0u) << "nothing was packed";
+  EXPECT_LT(kept, kv_batch) << "K and V were packed";
+  EXPECT_TRUE(test::bit_identical(fallback, both));
+}
+
 }  // namespace
 }  // namespace sinkattn

@@ -126,9 +126,15 @@ void run(const KernelArgs& a, const typename V::Mask& mask, const Executor& ex) 
     const bool strided = all.k != rotate.k || all.v != rotate.v;  // whether the tiles' width matters
     const KvVisits vis = kv_visits(a, mask, nqb, strided ? wide : -1);
     const PackWhat what = vis.wide ? all : rotate;
-    if (vis.revisited && what.any() &&
-        run_with_packed_kv(a, nqb, packed_kv_plan(a, what, nqb, ex.concurrency()), ex, tasks))
-      return;
+    if (vis.revisited && what.any()) {
+      if (run_with_packed_kv(a, nqb, packed_kv_plan(a, what, nqb, ex.concurrency()), ex, tasks)) return;
+      // No room for K and V (a KV-head chunk would starve the executor, or no memory): K
+      // alone needs about half of it and still rotates each key once (RoPE on load) or reads
+      // it contiguous; V is then read in place.
+      if (what.k && what.v &&
+          run_with_packed_kv(a, nqb, packed_kv_plan(a, PackWhat{true, false}, nqb, ex.concurrency()), ex, tasks))
+        return;
+    }
   }
   tasks(a, 0, p.batch * p.heads_q * nqb);
 }

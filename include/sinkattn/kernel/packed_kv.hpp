@@ -23,9 +23,9 @@
 // order (b, h, tile) only: a chunk must be a range of tasks), each chunk packed just before
 // its tasks run; a chunk larger than the kept buffer is allocated for the call. A call made
 // while the thread's buffer is in use (an executor that runs other work, and another attention
-// call, on the waiting caller's thread) allocates its own. Where a chunk would give the
-// executor too few tasks, or memory cannot be had, the call reads K/V where they are, as
-// before (rotating per block).
+// call, on the waiting caller's thread) allocates its own. Where a chunk of K and V would give
+// the executor too few tasks, or memory cannot be had, run() packs K alone (about half the
+// room); failing that too, the call reads K/V where they are (rotating per block).
 
 #include <algorithm>
 #include <cstddef>
