@@ -272,6 +272,9 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
   const bool next_kv = !(kVRowsInPlace && next.b == b && next.qb == qb && a.k.stride[1] > a.k.stride[2] &&
                          a.v.stride[1] > a.v.stride[2]);
   const int nahead = next_task_streams<kLists>(ahead, ahead_rows, a, mask_all, next, next_kv);
+  tile::RowStream ahead_pv[2];  // the streams P.V issues in the last block: Q (and V) of the next task
+  int nahead_pv = 0;
+  bool v_next_in_pv = false;
   index_t blocks_left = 0;
   // The last key block writes its lanes' finished rows straight into the caller's O when the
   // epilogue is only O = acc * out_scale (no gate, no affine combine) and a register tile's
@@ -339,7 +342,11 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
     // buffers of one product: the prefetches stalled). This task's own O rows, which its P.V
     // writes at the end, go with the S^T: asked for a whole task earlier, in the previous
     // task's P.V, they cost a 13x13 neighborhood call 2-3% and a blocked 8x8 one 1%
-    // (bench/RESULTS.md, run P).
+    // (bench/RESULTS.md, run P). Where S^T also copies the block's V rows into the panel
+    // (!kVRowsInPlace), a task of one block (blocked 8x8 neighborhoods) asks for the next
+    // task's V rows during P.V instead: its S^T already carries that copy, its own O rows and
+    // the next K rows (0.95x the time of k = s = 8 on a Zen 2; tasks of several blocks, whose
+    // last P.V writes O, lost 2-3% so; run V).
     const bool last = --blocks_left == 0;
     const index_t nn = keys || (last && nahead > 0) ? 0 : std::min(kBlockKV, pc.end - j1);
     if (nn > 0 && a.kv_rows) {
@@ -349,7 +356,7 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
       pf[npf++] = {K.ptr(b, r0 + nk, g), K.stride[1], nn, k_bytes};
     }
     if (last)
-      for (int x = 1; x < nahead; ++x) pf[npf++] = ahead[x];
+      for (int x = 1; x < nahead - (v_next_in_pv ? 1 : 0); ++x) pf[npf++] = ahead[x];
     if (last && !o_asked) pf[npf++] = task_o_stream(a, PrefillTask{b, h, qb});
     const float* q_blk = a.rope_two_queries() && j0 < a.rope_sink_keys ? qt_sink : qt;
     const int v0 = static_cast<int>(rows.lo / tile::kWidth);
@@ -411,14 +418,19 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
       const float* vrow[kBlockKV];
       for (index_t r = 0; r < nk; ++r) vrow[r] = Vw.ptr(b, map[r], g);
       tile::mma_pv_rows(acc + l0 * dv_pad, dv_pad, nql, st + l0, kBlockQ, 1, tile::RowPointers{vrow}, nk, dv_vecs, io,
-                        ahead, last ? std::min(nahead, 1) : 0);
+                        ahead_pv, last ? nahead_pv : 0);
     } else {
-      tile::mma_pv(acc + l0 * dv_pad, dv_pad, nql, st + l0, kBlockQ, 1, vp, ld_v, nk, dv_vecs, io, ahead,
-                   last ? std::min(nahead, 1) : 0);
+      tile::mma_pv(acc + l0 * dv_pad, dv_pad, nql, st + l0, kBlockQ, 1, vp, ld_v, nk, dv_vecs, io, ahead_pv,
+                   last ? nahead_pv : 0);
     }
     if constexpr (V::Norm::kSumsV) vsums.add(mask, kind, i0, nq, j0, nk, vp, ld_v);
   };
   if (nahead > 0 || direct) for_each_task_block<kLists>(a, mask, i0, nq, [&](auto&&...) { ++blocks_left; });
+  if (nahead > 0) ahead_pv[nahead_pv++] = ahead[0];
+  if (!kVRowsInPlace && nahead > 2 && blocks_left == 1) {
+    v_next_in_pv = true;
+    ahead_pv[nahead_pv++] = ahead[2];
+  }
   for_each_task_block<kLists>(a, mask, i0, nq, block);
 
   if (!finalized) V::Norm::finalize(state, V::Sink::logit2(a, h), fin);
