@@ -272,9 +272,10 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
   const bool next_kv = !(kVRowsInPlace && next.b == b && next.qb == qb && a.k.stride[1] > a.k.stride[2] &&
                          a.v.stride[1] > a.v.stride[2]);
   const int nahead = next_task_streams<kLists>(ahead, ahead_rows, a, mask_all, next, next_kv);
-  tile::RowStream ahead_pv[2];  // the streams P.V issues in the last block: Q (and V) of the next task
-  int nahead_pv = 0;
-  bool v_next_in_pv = false;
+  // The last block's share of them: S^T issues ahead[1 .. nahead_st) (K, V), P.V ahead_pv (Q,
+  // and V when it moves there below).
+  tile::RowStream ahead_pv[2];
+  int nahead_pv = 0, nahead_st = nahead;
   index_t blocks_left = 0;
   // The last key block writes its lanes' finished rows straight into the caller's O when the
   // epilogue is only O = acc * out_scale (no gate, no affine combine) and a register tile's
@@ -356,7 +357,7 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
       pf[npf++] = {K.ptr(b, r0 + nk, g), K.stride[1], nn, k_bytes};
     }
     if (last)
-      for (int x = 1; x < nahead - (v_next_in_pv ? 1 : 0); ++x) pf[npf++] = ahead[x];
+      for (int x = 1; x < nahead_st; ++x) pf[npf++] = ahead[x];
     if (last && !o_asked) pf[npf++] = task_o_stream(a, PrefillTask{b, h, qb});
     const float* q_blk = a.rope_two_queries() && j0 < a.rope_sink_keys ? qt_sink : qt;
     const int v0 = static_cast<int>(rows.lo / tile::kWidth);
@@ -428,8 +429,8 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
   if (nahead > 0 || direct) for_each_task_block<kLists>(a, mask, i0, nq, [&](auto&&...) { ++blocks_left; });
   if (nahead > 0) ahead_pv[nahead_pv++] = ahead[0];
   if (!kVRowsInPlace && nahead > 2 && blocks_left == 1) {
-    v_next_in_pv = true;
     ahead_pv[nahead_pv++] = ahead[2];
+    nahead_st = 2;
   }
   for_each_task_block<kLists>(a, mask, i0, nq, block);
 
