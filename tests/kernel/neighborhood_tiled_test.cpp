@@ -279,12 +279,12 @@ TEST(NeighborhoodTiledKernel, OneAndTwoThreadsBitIdentical) {
 }
 
 // Both task orders (kernel/permute.hpp: heads innermost when one tile's keys over all KV
-// heads fit in half of this core's L2): a 16x16 grid whose tiles' unions are all 256 keys
-// (128 KiB of K/V per KV head at D 64), with 2 KV heads (256 KiB: heads inner) and as many
-// as take the whole L2 (heads outer), each on 1 and 2 threads.
+// heads fit in this core's L2): a 16x16 grid whose tiles' unions are all 256 keys (128 KiB of
+// K/V per KV head at D 64), with 2 KV heads (256 KiB: heads inner) and one more than the L2
+// takes (heads outer), each on 1 and 2 threads.
 TEST(NeighborhoodTiledKernel, BothTaskOrdersAgreeWithTheReference) {
   const auto m = na(2, {16, 16, 1}, {15, 13, 1});
-  const auto outer = static_cast<index_t>(std::max<std::size_t>(detail::l2_cache_bytes() / (128 * 1024), 8));
+  const auto outer = static_cast<index_t>(std::max<std::size_t>(detail::l2_cache_bytes() / (128 * 1024) + 1, 8));
   for (const index_t hkv : {index_t{2}, outer}) {
     const Problem p{1, 2 * hkv, hkv, 256, 256, 64, 64};  // GQA, 2 query heads per KV head
     const auto data = test::make_data(p, Layout::BSHD, 31);
@@ -294,7 +294,7 @@ TEST(NeighborhoodTiledKernel, BothTaskOrdersAgreeWithTheReference) {
     detail::na_build_plan(plan, m, detail::kBlockQ, detail::kBlockKV);
     const detail::KernelArgs a = detail::make_args(p, data.q, data.k, data.v, {}, opt);
     const bool inner = detail::na_permuted_args(a, plan, nullptr).heads_inner;
-    const bool fits = static_cast<std::size_t>(hkv) * 128 * 1024 * 2 <= detail::l2_cache_bytes();
+    const bool fits = static_cast<std::size_t>(hkv) * 128 * 1024 <= detail::l2_cache_bytes();
     EXPECT_EQ(inner, fits) << "Hkv=" << hkv << ": union " << plan.union_keys << " keys";
     if (hkv == outer) {
       EXPECT_FALSE(inner) << "the outer case must not fit";

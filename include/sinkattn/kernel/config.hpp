@@ -70,10 +70,11 @@ inline std::size_t l2_cache_bytes() {
 // neighborhood 13x13 (342 keys, 4 KV heads, D64) 0.95-0.97x with a 2 MiB L2. Past it the
 // (b, h, tile) order, reusing one head's K/V across neighbouring tiles, is faster: 3-D 7^3
 // (614 keys, 1.2 MiB) measured 1.05x heads-inner with a 2 MiB L2, 1.09x with 1 MiB.
-inline bool heads_inner_fits(double keys_per_tile, const Problem& p) {
+// l2_fraction: the share of the L2 those keys may take (kernel/permute.hpp passes all of it).
+inline bool heads_inner_fits(double keys_per_tile, const Problem& p, double l2_fraction = 0.5) {
   const double bytes =
       keys_per_tile * static_cast<double>(p.dim_qk + p.dim_v) * sizeof(float) * static_cast<double>(p.heads_kv);
-  return bytes <= 0.5 * static_cast<double>(l2_cache_bytes());
+  return bytes <= l2_fraction * static_cast<double>(l2_cache_bytes());
 }
 
 }  // namespace sinkattn::detail

@@ -165,8 +165,13 @@ inline KernelArgs na_permuted_args(const KernelArgs& a, const NaPlan& pl, const 
   pa.p.seq_q = nq;
   pa.p.seq_kv = nk;
   pa.q_rows = pl.q.token.data();
-  // Heads innermost when a tile's window union over all KV heads fits (kernel/config.hpp).
-  pa.heads_inner = heads_inner_fits(pl.union_keys + static_cast<double>(pl.extra), p);
+  // Heads innermost when a tile's window union over all KV heads fits (kernel/config.hpp) in
+  // the whole L2, not half as for flat tiles: a box tile's Q and O rows are scattered, one
+  // short run per grid row, so having every head of a token row use it back to back saves
+  // more than for a flat tile's one contiguous run. 16x16 blocked 2-D tiles (256 keys, 4 KV
+  // heads, D64: 512 KiB, all of a Zen 2's L2) took 0.96x the time heads-inner; flat 1-D tiles
+  // over 256-key blocks, the same bytes, 1.06x (bench/RESULTS.md, run W).
+  pa.heads_inner = heads_inner_fits(pl.union_keys + static_cast<double>(pl.extra), p, 1.0);
   if (buf == nullptr) {
     pa.kv_rows = pl.k_rows.data();
   } else {
