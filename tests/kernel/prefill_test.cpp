@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -297,6 +298,88 @@ TEST(Prefill, LookAheadNamesTheNextTasksRows) {
                    1, {p.seq_kv - shift, 1, 1}, {20, 1, 1}, {3, 1, 1}, {4, 1, 1}, {false, false, false}, shift}));
       }
     }
+}
+
+// O written past the caches (Options::output_stores, tile::stream_store) holds the same bits
+// as O written through them: where the rows are vector-aligned (streamed) and where they are
+// not (written as usual), on one thread and two, over shapes that straddle the tiles, value
+// dims that are and are not whole vectors, both layouts, and tasks of one key block (blocked
+// 2-D neighborhoods) and of many (causal, dense).
+TEST(Prefill, StreamedOutputIsBitIdenticalToCachedStores) {
+  NeighborhoodMask blocked;
+  blocked.rank = 2;
+  blocked.extent = {16, 16, 1};
+  blocked.kernel = {8, 8, 1};
+  blocked.stride = {8, 8, 1};
+  struct Case {
+    Problem p;
+    Options opt;
+  };
+  Options na;
+  na.mask = blocked;
+  const std::vector<Case> cases = {
+      {problem(1, 2, 2, 1, 1, 64, 64), Options{}},       {problem(2, 4, 2, 65, 130, 32, 32), causal()},
+      {problem(1, 3, 3, 200, 200, 64, 64), causal()},    {problem(1, 2, 1, 150, 300, 24, 40), Options{}},
+      {problem(1, 2, 2, 70, 70, 128, 128), causal(-20)}, {problem(1, 4, 4, 256, 256, 64, 64), na},
+      {problem(1, 2, 2, 256, 256, 24, 48), na},
+  };
+  for (const Case& c : cases)
+    for (const Layout layout : {Layout::BSHD, Layout::BHSD})
+      for (const index_t misalign : {index_t{0}, index_t{1}}) {
+        const Problem& p = c.p;
+        SCOPED_TRACE(::testing::Message() << to_string(layout) << " Sq " << p.seq_q << " Skv " << p.seq_kv << " Dv "
+                                          << p.dim_v << " misaligned by " << misalign << " floats");
+        const auto d = test::make_data(p, layout, 17);
+        const auto n = static_cast<std::size_t>(p.batch * p.seq_q * p.heads_q * p.dim_v);
+        // Two vector-aligned buffers (+ misalign floats), NaN-filled, in the input's layout.
+        std::vector<float> store(2 * n + 64, std::numeric_limits<float>::quiet_NaN());
+        const std::size_t off = reinterpret_cast<std::uintptr_t>(store.data()) % 64 / sizeof(float);
+        float* base = store.data() + (16 - off) % 16;
+        float* one = base + misalign;
+        float* two = one + n + 16;
+        const auto view = [&](float* x) {
+          return test::make_view<float>(x, layout, p.batch, p.seq_q, p.heads_q, p.dim_v);
+        };
+        const bool whole_vectors = p.dim_v % tile::kWidth == 0;
+        const bool streams = tile::kStreamStores && misalign == 0 && whole_vectors;
+        EXPECT_EQ(detail::output_streams(p, view(one), OutputStores::streamed), streams);
+
+        Options cached = c.opt, streamed = c.opt;
+        cached.output_stores = OutputStores::cached;
+        streamed.output_stores = OutputStores::streamed;
+        EXPECT_EQ(detail::make_args(p, d.q, d.k, d.v, view(one), streamed).stream_o, streams);
+        EXPECT_FALSE(detail::make_args(p, d.q, d.k, d.v, view(one), cached).stream_o);
+        test::Out ref = test::make_out(p, layout);
+        ASSERT_TRUE(forward(p, d.q, d.k, d.v, ref.o, cached).ok());
+        ASSERT_TRUE(forward(p, d.q, d.k, d.v, view(one), streamed).ok());
+        ASSERT_TRUE(forward(p, d.q, d.k, d.v, view(two), streamed, test::thread_executor(2)).ok());
+        EXPECT_EQ(std::memcmp(one, ref.obuf.data(), n * sizeof(float)), 0) << "one thread";
+        EXPECT_EQ(std::memcmp(two, ref.obuf.data(), n * sizeof(float)), 0) << "two threads";
+        EXPECT_TRUE(test::matches_reference(p, d.q, d.k, d.v, c.opt, view(one)));
+      }
+}
+
+// `automatic` streams O only where it would not stay cached for the next operation: the call's
+// tensors fill the last-level cache and O is larger than an L2 (kernel/config.hpp).
+TEST(Prefill, AutomaticOutputStoresStreamOnlyOutputsThatLeaveTheCache) {
+  const Problem p = problem(1, 4, 4, 4096, 4096, 64, 64);  // Q, K, V, O: 4 MiB each
+  alignas(64) static float row[64];                        // (output_streams reads the view's address and strides only)
+  const auto o = TensorView<float>::bshd(row, 1, p.seq_q, p.heads_q, p.dim_v);
+  constexpr std::size_t MiB = std::size_t{1} << 20;
+  const auto streams = [&](const TensorView<float>& v, OutputStores how, std::size_t llc, std::size_t l2) {
+    return detail::output_streams(p, v, how, llc, l2);
+  };
+  EXPECT_EQ(streams(o, OutputStores::automatic, 16 * MiB, MiB / 2), tile::kStreamStores);  // fills the LLC
+  EXPECT_FALSE(streams(o, OutputStores::automatic, 16 * MiB + 64, MiB / 2));               // fits in it
+  EXPECT_FALSE(streams(o, OutputStores::automatic, 16 * MiB, 4 * MiB));                    // O fits in an L2
+  EXPECT_EQ(streams(o, OutputStores::automatic, 16 * MiB, 4 * MiB - 64), tile::kStreamStores);
+  EXPECT_FALSE(streams(o, OutputStores::cached, 1, 1));
+  EXPECT_EQ(streams(o, OutputStores::streamed, 1024 * MiB, 1024 * MiB), tile::kStreamStores);
+  EXPECT_FALSE(streams(TensorView<float>::bshd(row + 1, 1, p.seq_q, p.heads_q, p.dim_v), OutputStores::streamed, 1, 1));
+  const Problem odd = problem(1, 4, 4, 4096, 4096, 64, 33);  // rows not whole vectors
+  EXPECT_FALSE(detail::output_streams(odd, TensorView<float>::bshd(row, 1, odd.seq_q, odd.heads_q, odd.dim_v),
+                                      OutputStores::streamed));
+  EXPECT_FALSE(streams({}, OutputStores::streamed, 1, 1));
 }
 
 TEST(Prefill, CompileTimeVariant) {

@@ -163,6 +163,17 @@ struct RopeOnLoad {
   index_t sink_query_max = -1;  // -1: no cap
 };
 
+// ---- How the output is written ------------------------------------------------------------
+// The output rows can be written past the caches (non-temporal stores): the call then does not
+// read every O line from memory before overwriting it (read for ownership), which for short
+// tasks (block and neighborhood tiles of one to a few key blocks) is a large share of their
+// memory traffic, but the next operation reads O from memory. `automatic` streams when O
+// would not stay cached for it anyway: the call's Q, K, V and O together fill the last-level
+// cache, and O is larger than an L2 (kernel/config.hpp, output_streams). Streamed stores need
+// vector-aligned output rows (address and strides); other outputs are written as usual, as
+// are gated and affine-scaled outputs (they are finished outside the P.V product).
+enum class OutputStores { automatic, cached, streamed };
+
 // ---- The whole variant -------------------------------------------------------------------
 struct Options {
   ScoreOptions score;
@@ -174,6 +185,7 @@ struct Options {
   // ScalableSoftmax of its scaled logits); requesting it with Sigmoid or Softpick is an error.
   TensorView<float> lse;
   RopeOnLoad rope;  // Q and K given before RoPE: rotate them while loading (off by default)
+  OutputStores output_stores = OutputStores::automatic;
 };
 
 }  // namespace sinkattn

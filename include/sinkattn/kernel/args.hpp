@@ -90,6 +90,9 @@ struct KernelArgs {
   // Task order with the heads innermost, (b, query block, h): set for slot-mapped calls whose
   // K/V blocks of one query tile, over all KV heads, fit in L2 (kernel/permute.hpp).
   bool heads_inner = false;
+  // O written with non-temporal stores where the prefill loop writes it from P.V
+  // (output_streams in kernel/config.hpp): rows vector-aligned.
+  bool stream_o = false;
 
   // The caller's row of query slot i (< 0: padding).
   index_t q_row(index_t i) const { return q_rows ? q_rows[i] : i; }

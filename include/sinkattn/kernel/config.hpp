@@ -13,6 +13,9 @@
 //                     for all of them and splits the keys across threads instead.
 
 #include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 
 #if defined(__has_include)
 #if __has_include(<unistd.h>)
@@ -20,6 +23,8 @@
 #endif
 #endif
 
+#include "sinkattn/core/options.hpp"
+#include "sinkattn/core/tensor_view.hpp"
 #include "sinkattn/core/types.hpp"
 #include "sinkattn/tile/gemm.hpp"
 
@@ -60,6 +65,73 @@ inline std::size_t l2_cache_bytes() {
     return n > 0 ? static_cast<std::size_t>(n) : std::size_t{1} << 20;
   }();
   return bytes;
+}
+
+// The size of cpu0's level-`level` cache as Linux reports it (sysfs, "16384K"); 0 when it
+// does not.
+inline std::size_t sysfs_cache_bytes(int level) {
+#if defined(__linux__)
+  const auto read = [](int index, const char* file, char* buf, int n) {
+    char path[80];
+    std::snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/%s", index, file);
+    std::FILE* f = std::fopen(path, "r");
+    if (f == nullptr) return false;
+    const bool ok = std::fgets(buf, n, f) != nullptr;
+    std::fclose(f);
+    return ok;
+  };
+  char buf[32];
+  for (int i = 0; i < 8; ++i) {
+    if (!read(i, "level", buf, sizeof buf) || std::atoi(buf) != level) continue;
+    if (!read(i, "size", buf, sizeof buf)) return 0;
+    char* end = nullptr;
+    const unsigned long n = std::strtoul(buf, &end, 10);
+    const int shift = *end == 'K' ? 10 : *end == 'M' ? 20 : 0;
+    return static_cast<std::size_t>(n) << shift;
+  }
+#else
+  (void)level;
+#endif
+  return 0;
+}
+
+// The last-level cache (L3) one core shares, in bytes: Linux's figure first (glibc reports
+// the whole package's L3 on some AMD parts: 256 MiB on an EPYC whose core complex, the
+// cache a core can use, has 16 MiB), then the C library's, else 32 MiB.
+inline std::size_t l3_cache_bytes() {
+  static const std::size_t bytes = [] {
+    if (const std::size_t n = sysfs_cache_bytes(3)) return n;
+    long n = 0;
+#if defined(_SC_LEVEL3_CACHE_SIZE)
+    n = sysconf(_SC_LEVEL3_CACHE_SIZE);
+#endif
+    return n > 0 ? static_cast<std::size_t>(n) : std::size_t{32} << 20;
+  }();
+  return bytes;
+}
+
+// Whether the fused loop writes O with non-temporal stores (Options::output_stores,
+// KernelArgs::stream_o): only where they can be (vector-aligned rows: address and every
+// stride), and under `automatic` when O would not stay cached for the next operation anyway
+// (Q, K, V and O together at least the last-level cache: its first rows are evicted before
+// the call ends) and is larger than an L2 (then its read-for-ownership traffic, one read of
+// every O line before it is overwritten, is worth saving). On short tasks that read is a large
+// share of the memory traffic: streaming took 0.86x the time of a blocked 8x8 neighborhood
+// call, 0.96x for 13x13 and for 1-D 256-key blocks, 1.00x for dense (B1 H4 S4096 D64 BSHD:
+// 16 MiB of tensors, a 16 MiB L3; Zen 2, bench/RESULTS.md run W).
+inline bool output_streams(const Problem& p, const TensorView<float>& o, OutputStores how,
+                           std::size_t llc_bytes = l3_cache_bytes(), std::size_t l2_bytes = l2_cache_bytes()) {
+  if (!tile::kStreamStores || how == OutputStores::cached || o.data == nullptr) return false;
+  const auto vec = static_cast<std::uintptr_t>(sizeof(float) * tile::kWidth);
+  if (reinterpret_cast<std::uintptr_t>(o.data) % vec != 0 || o.stride[3] != 1) return false;
+  for (int d = 0; d < 3; ++d)
+    if (o.stride[d] % tile::kWidth != 0) return false;
+  if (how == OutputStores::streamed) return true;
+  const double f = sizeof(float);
+  const double o_bytes = f * static_cast<double>(p.batch * p.seq_q * p.heads_q * p.dim_v);
+  const double all = o_bytes + f * static_cast<double>(p.batch * p.seq_q * p.heads_q * p.dim_qk) +
+                     f * static_cast<double>(p.batch * p.seq_kv * p.heads_kv * (p.dim_qk + p.dim_v));
+  return all >= static_cast<double>(llc_bytes) && o_bytes > static_cast<double>(l2_bytes);
 }
 
 // Task order (KernelArgs::heads_inner): true when the keys one query tile visits, over all

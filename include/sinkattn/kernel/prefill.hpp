@@ -181,6 +181,15 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
   float* vpack = acc + kBlockQ * dv_pad;                                         // (BKV, Dv_pad)
   float* kpack = vpack + kBlockKV * dv_pad;                                      // (BKV, Dqk_pad)
 
+  // The last key block writes its lanes' finished rows straight into the caller's O when the
+  // epilogue is only O = acc * out_scale (no gate, no affine combine) and a register tile's
+  // row fits the caller's row exactly (unit stride, Dv a whole number of vectors); `stored`
+  // marks those lane vectors. The normalization is finalized just before that block's P.V:
+  // every block's scores are in its state by then. With KernelArgs::stream_o those stores
+  // bypass the caches, and nothing asks for the O rows beforehand.
+  const bool direct = !V::Norm::kSumsV && V::Gate::scale_only(a) && a.o.stride[3] == 1 && dv_pad == p.dim_v;
+  const bool stream_o = direct && a.stream_o;
+
   // Q^T carries scale * log2(e): S^T comes out of the micro-kernel in log2 units.
   const bool q_inplace = !a.rope && a.q.stride[3] == 1;
   const bool o_asked = a.q_rows && !q_inplace;  // the loop below asks for the O rows
@@ -196,7 +205,7 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
       const index_t row = a.q_row(i0 + r);
       if (row < 0) continue;
       tile::prefetch_lines<0, 3>(a.q.ptr(b, row, h), p.dim_qk * static_cast<index_t>(sizeof(float)));
-      tile::prefetch_lines<1, 3>(a.o.ptr(b, row, h), p.dim_v * static_cast<index_t>(sizeof(float)));
+      if (!stream_o) tile::prefetch_lines<1, 3>(a.o.ptr(b, row, h), p.dim_v * static_cast<index_t>(sizeof(float)));
     }
   }
   if (a.q_rows && q_inplace) {
@@ -277,12 +286,6 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
   tile::RowStream ahead_pv[2];
   int nahead_pv = 0, nahead_st = nahead;
   index_t blocks_left = 0;
-  // The last key block writes its lanes' finished rows straight into the caller's O when the
-  // epilogue is only O = acc * out_scale (no gate, no affine combine) and a register tile's
-  // row fits the caller's row exactly (unit stride, Dv a whole number of vectors); `stored`
-  // marks those lane vectors. The normalization is finalized just before that block's P.V:
-  // every block's scores are in its state by then.
-  const bool direct = !V::Norm::kSumsV && V::Gate::scale_only(a) && a.o.stride[3] == 1 && dv_pad == p.dim_v;
   unsigned stored = 0;
   bool finalized = false;
   policy::RowFinal fin;
@@ -358,7 +361,7 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
     }
     if (last)
       for (int x = 1; x < nahead_st; ++x) pf[npf++] = ahead[x];
-    if (last && !o_asked) pf[npf++] = task_o_stream(a, PrefillTask{b, h, qb});
+    if (last && !o_asked && !stream_o) pf[npf++] = task_o_stream(a, PrefillTask{b, h, qb});
     const float* q_blk = a.rope_two_queries() && j0 < a.rope_sink_keys ? qt_sink : qt;
     const int v0 = static_cast<int>(rows.lo / tile::kWidth);
     const int v1 = std::min(vecs, static_cast<int>((rows.hi + tile::kWidth - 1) / tile::kWidth));
@@ -413,6 +416,7 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
       }
       io.out = out_rows;
       io.out_scale = fin.out_scale + l0;
+      io.stream = stream_o;
       stored = bits;
     }
     if (v_ptrs) {
@@ -444,6 +448,7 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
     if ((stored >> (r / tile::kWidth) & 1u) == 0) V::Gate::store(a, b, row, h, acc + r * dv_pad, fin.out_scale[r]);
     if (a.want_lse()) a.lse(b, h, row, 0) = fin.lse[r];
   }
+  if (stream_o && stored != 0) tile::stream_fence();
 }
 
 }  // namespace detail

@@ -101,6 +101,8 @@ struct PvIo {
   float* const* out = nullptr;       // non-null: row r's result goes to out[r] (unit stride,
   const float* out_scale = nullptr;  //   all dv_vecs * kWidth floats) times out_scale[r], not
                                      //   back to O; null entries are dropped
+  bool stream = false;               // out rows written past the caches (stream_store;
+                                     //   vector-aligned rows; the caller fences)
   PvIo rows_from(index_t i) const {  // the same for the rows from i on
     PvIo s = *this;
     if (row_scale != nullptr) s.row_scale += i;
@@ -225,7 +227,10 @@ inline void pv_block(float* o, index_t ld_o, const PvIo& io, index_t col, const 
     for (int r = 0; r < R; ++r) {
       if (io.out[r] == nullptr) continue;
       const vf f(io.out_scale[r]);
-      for (int c = 0; c < C; ++c) (acc[r][c] * f).store_unaligned(io.out[r] + col + c * kWidth);
+      if (io.stream)
+        for (int c = 0; c < C; ++c) stream_store(io.out[r] + col + c * kWidth, acc[r][c] * f);
+      else
+        for (int c = 0; c < C; ++c) (acc[r][c] * f).store_unaligned(io.out[r] + col + c * kWidth);
     }
   } else {
     for (int r = 0; r < R; ++r)

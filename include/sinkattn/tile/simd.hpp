@@ -73,4 +73,34 @@ inline constexpr std::size_t kAlign = sizeof(float) * kWidth > 64 ? sizeof(float
 
 inline index_t round_up(index_t n, index_t m) { return (n + m - 1) / m * m; }
 
+// Non-temporal stores: a vector written to memory past the caches, without first reading its
+// line (read for ownership). p must be aligned to a vector. Where the ISA has none (NEON),
+// kStreamStores is false and stream_store is a plain aligned store.
+#if defined(__AVX512F__) || defined(__AVX__) || defined(__SSE2__)
+inline constexpr bool kStreamStores = true;
+#else
+inline constexpr bool kStreamStores = false;
+#endif
+inline void stream_store(float* p, const vf& x) {
+#if defined(__AVX512F__)
+  static_assert(kWidth == 16, "AVX-512 builds: 16-lane vectors");
+  _mm512_stream_ps(p, x);
+#elif defined(__AVX__)
+  static_assert(kWidth == 8, "AVX builds: 8-lane vectors");
+  _mm256_stream_ps(p, x);
+#elif defined(__SSE2__)
+  static_assert(kWidth == 4, "SSE builds: 4-lane vectors");
+  _mm_stream_ps(p, x);
+#else
+  x.store_aligned(p);
+#endif
+}
+// Orders the streamed stores before every later store (sfence): they bypass the cache
+// coherence order, so a task ends with one before another thread may read its rows.
+inline void stream_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
+
 }  // namespace sinkattn::tile
