@@ -324,6 +324,14 @@ TEST(TileGemm, RowStreamsCopyEveryRowOnceDuringEitherProduct) {
       for (index_t x = 0; x < d; ++x) want += 0.25 * k[j * d + x];
       ASSERT_NEAR(st[j * kQRows], want, 1e-5) << "n=" << n << " j=" << j;
     }
+    // The same spread over every register tile (per_tile), for every lane-vector count: the
+    // last pass of a group may be partial (vecs not a multiple of tile::kColsQK).
+    for (int vecs = 1; vecs <= tile::kQVecs; ++vecs) {
+      std::fill(c0, c0 + n * d, kInf);
+      std::fill(c1, c1 + n * d, kInf);
+      tile::mma_kqt_rows(st, kQRows, tile::StridedRows{k, d}, n, qt, d, vecs, pf, 2, /*per_tile=*/true);
+      check(vecs == tile::kQVecs ? "S^T per tile, all vectors" : "S^T per tile, some vectors");
+    }
     std::fill(c0, c0 + n * d, kInf);
     std::fill(c1, c1 + n * d, kInf);
     float* o = bo.get(n * d);

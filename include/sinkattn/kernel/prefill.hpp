@@ -285,7 +285,7 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
   // and V when it moves there below).
   tile::RowStream ahead_pv[2];
   int nahead_pv = 0, nahead_st = nahead;
-  index_t blocks_left = 0;
+  index_t blocks_left = 0, blocks = 0;
   unsigned stored = 0;
   bool finalized = false;
   policy::RowFinal fin;
@@ -352,6 +352,12 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
     // the next K rows (0.95x the time of k = s = 8 on a Zen 2; tasks of several blocks, whose
     // last P.V writes O, lost 2-3% so; run V).
     const bool last = --blocks_left == 0;
+    // A task of one block (blocked 8x8 neighborhoods) streams during its S^T a whole task's
+    // rows from memory (its V panel copy, the next task's K rows): spread over every register
+    // tile, not per row group, whose bursts of ~50 lines stalled on the fill buffers (77% of
+    // the stream calls' samples on the prefetch instructions; 0.83-0.92x the time on a Zen 2).
+    // Longer tasks, whose streams mostly hit L2/L3, gain nothing from it (0.99-1.00x).
+    const bool one_block = last && blocks == 1;
     const index_t nn = keys || (last && nahead > 0) ? 0 : std::min(kBlockKV, pc.end - j1);
     if (nn > 0 && a.kv_rows) {
       pf[npf++] = {K.ptr(b, 0, g), K.stride[1], nn, k_bytes};
@@ -370,9 +376,11 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
     if (map) {
       const float* krow[kBlockKV];
       for (index_t r = 0; r < nk; ++r) krow[r] = K.ptr(b, map[r], g);
-      tile::mma_kqt_rows(st + l0, kBlockQ, tile::RowPointers{krow}, nk, q_blk + l0, p.dim_qk, v1 - v0, pf, npf);
+      tile::mma_kqt_rows(st + l0, kBlockQ, tile::RowPointers{krow}, nk, q_blk + l0, p.dim_qk, v1 - v0, pf, npf,
+                         one_block);
     } else {
-      tile::mma_kqt(st + l0, kBlockQ, kp, ld_k, nk, q_blk + l0, p.dim_qk, v1 - v0, pf, npf);
+      tile::mma_kqt_rows(st + l0, kBlockQ, tile::StridedRows{kp, ld_k}, nk, q_blk + l0, p.dim_qk, v1 - v0, pf, npf,
+                         one_block);
     }
 
     const policy::ScoreTile t{st + l0, kBlockQ, nk, v1 - v0, b, h, i0 + l0, nql, j0, nk, 1, kBlockQ, keys};
@@ -431,6 +439,7 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
     if constexpr (V::Norm::kSumsV) vsums.add(mask, kind, i0, nq, j0, nk, vp, ld_v);
   };
   if (nahead > 0 || direct) for_each_task_block<kLists>(a, mask, i0, nq, [&](auto&&...) { ++blocks_left; });
+  blocks = blocks_left;
   if (nahead > 0) ahead_pv[nahead_pv++] = ahead[0];
   if (!kVRowsInPlace && nahead > 2 && blocks_left == 1) {
     ahead_pv[nahead_pv++] = ahead[2];

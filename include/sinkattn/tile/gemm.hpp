@@ -246,12 +246,17 @@ inline void pv_block(float* o, index_t ld_o, const PvIo& io, index_t col, const 
 //                     row), unit stride along d (read in place)
 //   qt  (d, kQRows)   packed Q^T, aligned; only the first `vecs` vectors of lanes are used
 // vecs = ceil(query rows / kWidth) in [1, kQVecs]: a short query tile costs proportionally less.
-// pf[0 .. npf), npf <= kMaxRowStreams: rows to prefetch meanwhile, spread over the row groups.
+// pf[0 .. npf), npf <= kMaxRowStreams: rows to prefetch meanwhile, spread over the row groups,
+// or with per_tile over every register tile (with 16 registers, four per row group): streams
+// that come from memory, whose share per row group, issued in one burst, outlasts the fill
+// buffers and stalls on the prefetch instructions themselves.
 template <class Rows>
 inline void mma_kqt_rows(float* st, index_t ld_st, Rows k, index_t nk, const float* qt, index_t d, int vecs,
-                         const RowStream* pf = nullptr, int npf = 0) {
+                         const RowStream* pf = nullptr, int npf = 0, bool per_tile = false) {
   const index_t groups = (nk + kRowsQK - 1) / kRowsQK;
-  const detail::StreamShares prefetch_share(pf, npf, groups);
+  const index_t passes = per_tile ? (vecs + kColsQK - 1) / kColsQK : 1;
+  const detail::StreamShares prefetch_share(pf, npf, groups * passes);
+  index_t step = 0;
   // One row group of R rows of K, against the `vecs` vectors of lanes in register tiles of
   // kColsQK vectors (all of them with 32 registers; pairs with 16, the K rows read from L1
   // after the first pair). A run-time loop over the pairs keeps the instantiations few.
@@ -260,22 +265,20 @@ inline void mma_kqt_rows(float* st, index_t ld_st, Rows k, index_t nk, const flo
     float* s = st + j * ld_st;
     const Rows kj = k.from(j);
     int c = 0;
-    for (; c + kColsQK <= vecs; c += kColsQK)
+    for (; c + kColsQK <= vecs; c += kColsQK) {
+      if (c == 0 || per_tile) prefetch_share(step++);
       detail::kqt_block<R, kColsQK>(s + c * kWidth, ld_st, kj, qt + c * kWidth, d);
-    if (c < vecs)
+    }
+    if (c < vecs) {
+      if (c == 0 || per_tile) prefetch_share(step++);
       detail::dispatch_upto<kColsQK - 1>(vecs - c, [&](auto cc) {
         detail::kqt_block<R, decltype(cc)::value>(s + c * kWidth, ld_st, kj, qt + c * kWidth, d);
       });
+    }
   };
   index_t j = 0;
-  for (; j + kRowsQK <= nk; j += kRowsQK) {
-    prefetch_share(j / kRowsQK);
-    group(j, std::integral_constant<int, kRowsQK>{});
-  }
-  if (j < nk) {
-    prefetch_share(j / kRowsQK);
-    detail::dispatch_upto<kRowsQK - 1>(static_cast<int>(nk - j), [&](auto rr) { group(j, rr); });
-  }
+  for (; j + kRowsQK <= nk; j += kRowsQK) group(j, std::integral_constant<int, kRowsQK>{});
+  if (j < nk) detail::dispatch_upto<kRowsQK - 1>(static_cast<int>(nk - j), [&](auto rr) { group(j, rr); });
 }
 
 // The same over evenly strided K rows (row j at k + j * ld_k).
