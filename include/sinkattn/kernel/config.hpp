@@ -54,22 +54,11 @@ inline constexpr bool kVRowsInPlace = tile::kRegisters >= 32;
 // gained 1-3% (Zen 4, run T): too little to be sure of paying for the copy on short calls.
 inline constexpr bool kPackStridedKv = !kVRowsInPlace;
 
-// The L2 size of this core in bytes, as the C library reports it (glibc: CPUID); 1 MiB
-// when it does not (a common size: Zen 4, Ice Lake server).
-inline std::size_t l2_cache_bytes() {
-  static const std::size_t bytes = [] {
-    long n = 0;
-#if defined(_SC_LEVEL2_CACHE_SIZE)
-    n = sysconf(_SC_LEVEL2_CACHE_SIZE);
-#endif
-    return n > 0 ? static_cast<std::size_t>(n) : std::size_t{1} << 20;
-  }();
-  return bytes;
-}
-
-// The size of cpu0's level-`level` cache as Linux reports it (sysfs, "16384K"); 0 when it
-// does not.
-inline std::size_t sysfs_cache_bytes(int level) {
+// The size of cpu0's level-`level` (2, 3) cache in bytes: Linux's figure (sysfs, "16384K")
+// first, then the C library's, 0 when neither says. glibc reports the whole package's L3 on
+// some AMD parts (256 MiB on an EPYC whose core complex, the L3 a core can use, has 16 MiB).
+inline std::size_t cache_bytes(int level) {
+  (void)level;  // (read by neither source on some platforms)
 #if defined(__linux__)
   const auto read = [](int index, const char* file, char* buf, int n) {
     char path[80];
@@ -83,29 +72,36 @@ inline std::size_t sysfs_cache_bytes(int level) {
   char buf[32];
   for (int i = 0; i < 8; ++i) {
     if (!read(i, "level", buf, sizeof buf) || std::atoi(buf) != level) continue;
-    if (!read(i, "size", buf, sizeof buf)) return 0;
+    if (!read(i, "size", buf, sizeof buf)) break;
     char* end = nullptr;
     const unsigned long n = std::strtoul(buf, &end, 10);
     const int shift = *end == 'K' ? 10 : *end == 'M' ? 20 : 0;
-    return static_cast<std::size_t>(n) << shift;
+    if (n > 0) return static_cast<std::size_t>(n) << shift;
+    break;
   }
-#else
-  (void)level;
 #endif
-  return 0;
+  long n = 0;
+#if defined(_SC_LEVEL2_CACHE_SIZE) && defined(_SC_LEVEL3_CACHE_SIZE)
+  n = sysconf(level == 2 ? _SC_LEVEL2_CACHE_SIZE : _SC_LEVEL3_CACHE_SIZE);
+#endif
+  return n > 0 ? static_cast<std::size_t>(n) : 0;
 }
 
-// The last-level cache (L3) one core shares, in bytes: Linux's figure first (glibc reports
-// the whole package's L3 on some AMD parts: 256 MiB on an EPYC whose core complex, the
-// cache a core can use, has 16 MiB), then the C library's, else 32 MiB.
+// The L2 size of this core in bytes; 1 MiB when nothing says (a common size: Zen 4, Ice Lake
+// server).
+inline std::size_t l2_cache_bytes() {
+  static const std::size_t bytes = [] {
+    const std::size_t n = cache_bytes(2);
+    return n > 0 ? n : std::size_t{1} << 20;
+  }();
+  return bytes;
+}
+
+// The last-level cache (L3) one core shares, in bytes; 32 MiB when nothing says.
 inline std::size_t l3_cache_bytes() {
   static const std::size_t bytes = [] {
-    if (const std::size_t n = sysfs_cache_bytes(3)) return n;
-    long n = 0;
-#if defined(_SC_LEVEL3_CACHE_SIZE)
-    n = sysconf(_SC_LEVEL3_CACHE_SIZE);
-#endif
-    return n > 0 ? static_cast<std::size_t>(n) : std::size_t{32} << 20;
+    const std::size_t n = cache_bytes(3);
+    return n > 0 ? n : std::size_t{32} << 20;
   }();
   return bytes;
 }
