@@ -279,9 +279,10 @@ TEST(NeighborhoodTiledKernel, OneAndTwoThreadsBitIdentical) {
 }
 
 // Both task orders (kernel/permute.hpp: heads innermost when one tile's keys over all KV
-// heads fit in this core's L2): a 16x16 grid whose tiles' unions are all 256 keys (128 KiB of
-// K/V per KV head at D 64), with 2 KV heads (256 KiB: heads inner) and one more than the L2
-// takes (heads outer), each on 1 and 2 threads.
+// heads fit in this core's L2 when gathered, in half of it when read in place): a 16x16 grid
+// whose tiles' unions are all 256 keys (128 KiB of K/V per KV head at D 64), with 2 KV heads
+// (256 KiB: heads inner either way) and one more than the L2 takes (heads outer), each on 1 and
+// 2 threads.
 TEST(NeighborhoodTiledKernel, BothTaskOrdersAgreeWithTheReference) {
   const auto m = na(2, {16, 16, 1}, {15, 13, 1});
   const auto outer = static_cast<index_t>(std::max<std::size_t>(detail::l2_cache_bytes() / (128 * 1024) + 1, 8));
@@ -293,11 +294,15 @@ TEST(NeighborhoodTiledKernel, BothTaskOrdersAgreeWithTheReference) {
     detail::NaPlan plan;
     detail::na_build_plan(plan, m, detail::kBlockQ, detail::kBlockKV);
     const detail::KernelArgs a = detail::make_args(p, data.q, data.k, data.v, {}, opt);
-    const bool inner = detail::na_permuted_args(a, plan, nullptr).heads_inner;
-    const bool fits = static_cast<std::size_t>(hkv) * 128 * 1024 <= detail::l2_cache_bytes();
-    EXPECT_EQ(inner, fits) << "Hkv=" << hkv << ": union " << plan.union_keys << " keys";
+    const std::size_t bytes = static_cast<std::size_t>(hkv) * 128 * 1024;
+    float dummy = 0;  // (na_permuted_args only points the views at the buffers)
+    const detail::NaBuffers gathered{&dummy, &dummy};
+    EXPECT_EQ(detail::na_permuted_args(a, plan, nullptr).heads_inner, 2 * bytes <= detail::l2_cache_bytes())
+        << "in place, Hkv=" << hkv << ": union " << plan.union_keys << " keys";
+    EXPECT_EQ(detail::na_permuted_args(a, plan, &gathered).heads_inner, bytes <= detail::l2_cache_bytes())
+        << "gathered, Hkv=" << hkv << ": union " << plan.union_keys << " keys";
     if (hkv == outer) {
-      EXPECT_FALSE(inner) << "the outer case must not fit";
+      EXPECT_FALSE(detail::na_permuted_args(a, plan, &gathered).heads_inner) << "the outer case must not fit";
     }
     EXPECT_TRUE(test::threads_agree(data, opt)) << "Hkv=" << hkv;
   }

@@ -165,13 +165,16 @@ inline KernelArgs na_permuted_args(const KernelArgs& a, const NaPlan& pl, const 
   pa.p.seq_q = nq;
   pa.p.seq_kv = nk;
   pa.q_rows = pl.q.token.data();
-  // Heads innermost when a tile's window union over all KV heads fits (kernel/config.hpp) in
-  // the whole L2, not half as for flat tiles: a box tile's Q and O rows are scattered, one
-  // short run per grid row, so having every head of a token row use it back to back saves
-  // more than for a flat tile's one contiguous run. 16x16 blocked 2-D tiles (256 keys, 4 KV
-  // heads, D64: 512 KiB, all of a Zen 2's L2) took 0.96x the time heads-inner; flat 1-D tiles
-  // over 256-key blocks, the same bytes, 1.06x (bench/RESULTS.md, run W).
-  pa.heads_inner = heads_inner_fits(pl.union_keys + static_cast<double>(pl.extra), p, 1.0);
+  // Heads innermost when a tile's window union over all KV heads fits (kernel/config.hpp): in
+  // the whole L2 when K/V are gathered, not half as for keys read in place. A box tile's Q and
+  // O rows are scattered, one short run per grid row, so every head of a token row using it
+  // back to back saves much; gathered K/V rows are contiguous per head, and what the L2 cannot
+  // keep streams back through the hardware prefetchers. 16x16 blocked 2-D tiles (256 keys, 4
+  // KV heads, D64: 512 KiB, all of a Zen 2's L2, gathered) took 0.96x the time heads-inner
+  // (bench/RESULTS.md, run W). Keys read in place at strided rows keep half: 3-D 7^3 (1.2 MiB)
+  // took 1.05x heads-inner with a 2 MiB L2 (Zen 4, where keys are always read in place).
+  const double l2_share = buf != nullptr ? 1.0 : 0.5;
+  pa.heads_inner = heads_inner_fits(pl.union_keys + static_cast<double>(pl.extra), p, l2_share);
   if (buf == nullptr) {
     pa.kv_rows = pl.k_rows.data();
   } else {
