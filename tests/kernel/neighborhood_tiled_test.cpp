@@ -152,6 +152,49 @@ TEST(NeighborhoodTiledPolicy, KeyListsCoverEveryVisiblePairOnce) {
   }
 }
 
+// Large kernels over small slabs: each vector of lanes a sub-box of the query box (4x2 of
+// 8 lanes for 13x13) computes fewer lane pairs than a line of the box; the lists stay exact.
+const std::vector<NeighborhoodMask> kSlabCases = {
+    na(2, {64, 64, 1}, {13, 13, 1}),
+    na(3, {16, 16, 16}, {7, 7, 7}),
+    na(2, {24, 24, 1}, {9, 9, 1}),
+    na(3, {12, 12, 12}, {5, 5, 5}),
+    na(2, {20, 18, 1}, {7, 5, 1}, {2, 1, 1}, {1, 1, 1}, {true, false, false}),
+};
+
+double lane_pairs_per_visible_pair(const detail::NaPlan& pl) {
+  const policy::NeighborhoodTiledMaskPolicy pol{&pl};
+  double lanes = 0, visible = 0;
+  for (const auto& b : pl.list_blocks) lanes += static_cast<double>((b.end - b.begin) * (b.rows.hi - b.rows.lo));
+  for (index_t i = 0; i < pl.q.size(); ++i) visible += static_cast<double>(pol.count_visible(i));
+  return lanes / visible;
+}
+
+TEST(NeighborhoodTiledPolicy, SlabsComputeFewerLanePairsForLargeKernels) {
+  for (const auto& m : kSlabCases)
+    for (const index_t group : {index_t{4}, index_t{8}, index_t{16}}) {
+      SCOPED_TRACE(describe(m) + " group " + std::to_string(group));
+      detail::NaPlan slab, line;
+      detail::na_build_plan(slab, m, 64, 64);
+      detail::na_build_plan(line, m, 64, 64);
+      detail::na_build_lists(slab, 64, 64, group);
+      detail::na_build_lists(line, 64, 64, group, false);
+      ASSERT_GT(slab.q.slab[0], 0) << "a slab order is chosen";
+      EXPECT_EQ(slab.q.slab[0] * slab.q.slab[1] * slab.q.slab[2], group);
+      EXPECT_EQ(line.q.slab[0], 0);
+      const double s = lane_pairs_per_visible_pair(slab), l = lane_pairs_per_visible_pair(line);
+      // (The planner weighs blocks too; the benchmark shapes at 8 or 16 lanes gain most.)
+      const bool bench = m.extent[0] == 64 || m.extent[0] == 16;
+      EXPECT_LT(s, (bench && group >= 8 ? 0.95 : 1.0) * l)
+          << "lane pairs per visible pair: slabs " << s << ", lines " << l;
+      if (m.extent == std::array<index_t, 3>{64, 64, 1} && group == 8) {
+        EXPECT_EQ(slab.q.slab, (std::array<index_t, 3>{4, 2, 1}));
+        EXPECT_LT(s, 1.30);
+      }
+      check_lists(m, 64, 64, group);  // (builds the same plan again: covered once, exact)
+    }
+}
+
 TEST(NeighborhoodTiledPolicy, QueryBoxesAreCubesAndSkipMaskedKeys) {
   // 64 slots: 8x8 in 2-D, 4x4x4 in 3-D (equal kernels), and a 13x13 kernel on a 64x64 grid
   // visits far fewer keys per query tile than the flat 64-row tiles would.
@@ -198,6 +241,30 @@ TEST(NeighborhoodTiledKernel, SoftmaxAndLseAgainstTheReference) {
     ASSERT_TRUE(tiled(data, opt)) << describe(m);
     EXPECT_TRUE(run_and_compare(data, opt)) << describe(m);
   }
+}
+
+TEST(NeighborhoodTiledKernel, SlabOrderedTilesAgreeWithTheReference) {
+  int slabbed = 0;  // calls whose plan took slabs (the planner's choice, per ISA's tile sizes)
+  for (std::size_t c = 2; c < kSlabCases.size(); ++c) {
+    const NeighborhoodMask& m = kSlabCases[c];
+    SCOPED_TRACE(describe(m));
+    const index_t n = tokens(m);
+    const auto data = test::make_data(Problem{1, 4, 2, n, n, 24, 40}, Layout::BSHD, static_cast<std::uint64_t>(c));
+    Options opt;
+    opt.mask = m;
+    ASSERT_TRUE(tiled(data, opt));
+    slabbed += detail::na_plan_for(m).q.slab[0] > 0;
+    EXPECT_TRUE(run_and_compare(data, opt)) << "softmax, LSE";
+    std::vector<float> sinks = {0.5f, -1.f, 2.f, 0.f};
+    auto gate = test::make_tensor({1, n, 4, 40}, 3, -2.f, 2.f);
+    opt.norm = SinkSoftmax{sinks.data()};
+    opt.gate = SigmoidGate{gate.cview()};
+    EXPECT_TRUE(run_and_compare(data, opt)) << "sinks + gate";
+    opt.gate = NoGate{};
+    opt.norm = Sigmoid{-2.f};
+    EXPECT_TRUE(run_and_compare(data, opt, Executor::serial(), false)) << "sigmoid";
+  }
+  EXPECT_GE(slabbed, 2) << "calls over slab-ordered plans";
 }
 
 TEST(NeighborhoodTiledKernel, HeadMajorLayoutOddHeadDimsAndMqa) {

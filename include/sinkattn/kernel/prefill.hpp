@@ -293,8 +293,9 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
 
   // One key block [j0, j1) inside one segment (KernelArgs::for_each_piece), computed for the
   // lane vectors [v0, v1) that hold the query rows `rows` only: the mask guarantees that the
-  // other rows see none of its keys (a neighborhood tile's slabs, policy/mask.hpp), so their
-  // state is exactly what a fully masked block would leave, and they cost nothing.
+  // other rows see none of its keys, or see them in another visit of the same keys for their
+  // own rows (a neighborhood tile's slabs, policy/mask.hpp), so that here their state is
+  // exactly what a fully masked block would leave, and they cost nothing.
   // keys non-null: a list block (policy::NeighborhoodTiledMaskPolicy::for_each_block_list),
   // rows r < j1 = nk are keys keys[r] (K and V through row pointers, or V copied); j0 = 0.
   const auto block = [&](index_t j0, index_t j1, policy::BlockKind kind, policy::RowSpan rows,

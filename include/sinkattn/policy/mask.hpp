@@ -24,8 +24,10 @@ namespace sinkattn::policy {
 
 enum class BlockKind { empty, partial, full };
 
-// Query rows [lo, hi) of a tile, relative to its first row: the rows that may see a key of
-// a block (for_each_kv_block_rows); the others see none of it.
+// Query rows [lo, hi) of a tile, relative to its first row: the rows that compute a block
+// (for_each_kv_block_rows). Each visible pair of the tile lies in exactly one block's rows: a
+// block may come again right after itself for a later span of rows, when the rows between the
+// two spans need none of its keys (neighborhood slabs, policy/mask_neighborhood_tiled.hpp).
 struct RowSpan {
   index_t lo = 0, hi = 0;
 };

@@ -13,8 +13,11 @@
 //   query order  boxes of c' coordinates (8x8 in 2-D, 4x4x4 in 3-D, 64 in 1-D: the shape with
 //                kBlockQ tokens whose neighborhood union is smallest for the kernel), boxes
 //                row-major, each box padded to exactly kBlockQ slots: one query tile = one box;
-//                inside a box dimension 1 goes slowest, so each SIMD vector of query lanes is
-//                one slab of the box (2 x 8 of an 8x8 box, 1 x 4 x 4 of a 4x4x4 one);
+//                inside a box each SIMD vector of query lanes is one slab of the box: by
+//                default a line of dimension 0 (dimension 1 slowest: 2 x 8 of an 8x8 box, 1 x
+//                4 x 4 of a 4x4x4 one), or, where the lists below cost less so, the sub-box
+//                whose union of windows is smallest (GridOrder::slab, na_build_lists: 4x2 for
+//                8 lanes of 13x13, 2x2x2 for 8 lanes of 7^3);
 //   key order    boxes too, unpadded, of a shape chosen per problem (plan below): "pencils"
 //                (whole extent of dimension 0 x w1 x w2) so that the keys of a query box's
 //                union that lie in one pencil are ONE contiguous run of slots.
@@ -64,7 +67,8 @@ struct NaAxis {
 // padding) when slots > 0, exactly its size when slots == 0.
 struct GridOrder {
   std::array<index_t, 3> ext{1, 1, 1}, box{1, 1, 1}, nbox{1, 1, 1};
-  std::array<int, 3> order{0, 1, 2};  // dimensions inside a box, slowest first (fill)
+  std::array<int, 3> order{0, 1, 2};     // dimensions inside a box, slowest first (fill)
+  std::array<index_t, 3> slab{0, 0, 0};  // sub-boxes of a whole box laid out one after another (0: none)
   index_t slots = 0;
   std::vector<index_t> start;  // per box id: first slot; nboxes + 1 entries
   std::vector<index_t> token;  // slot -> row-major token index of the caller's grid, -1: padding
@@ -109,16 +113,22 @@ struct GridOrder {
           auto s = static_cast<std::size_t>(start[static_cast<std::size_t>(box_id(b0, b1, b2))]);
           const std::array<index_t, 3> first{b0 * box[0], b1 * box[1], b2 * box[2]},
               w{width(0, b0), width(1, b1), width(2, b2)};
+          // Slabs only in whole boxes (a box cut by the grid's edge keeps the plain order).
+          const bool whole = slab[0] > 0 && w == box;
+          const std::array<index_t, 3> sl = whole ? slab : w;
           std::array<index_t, 3> c{};
-          for (index_t x = 0; x < w[o0]; ++x)
-            for (index_t y = 0; y < w[o1]; ++y)
-              for (index_t z = 0; z < w[o2]; ++z, ++s) {
-                c[o0] = first[o0] + x;
-                c[o1] = first[o1] + y;
-                c[o2] = first[o2] + z;
-                token[s] = (ax[0].to_raw[c[0]] * ext[1] + ax[1].to_raw[c[1]]) * ext[2] + ax[2].to_raw[c[2]];
-                for (int d = 0; d < 3; ++d) coord[3 * s + d] = static_cast<int32_t>(c[d]);
-              }
+          for (index_t x0 = 0; x0 < w[o0]; x0 += sl[o0])
+            for (index_t y0 = 0; y0 < w[o1]; y0 += sl[o1])
+              for (index_t z0 = 0; z0 < w[o2]; z0 += sl[o2])
+                for (index_t x = x0; x < x0 + sl[o0]; ++x)
+                  for (index_t y = y0; y < y0 + sl[o1]; ++y)
+                    for (index_t z = z0; z < z0 + sl[o2]; ++z, ++s) {
+                      c[o0] = first[o0] + x;
+                      c[o1] = first[o1] + y;
+                      c[o2] = first[o2] + z;
+                      token[s] = (ax[0].to_raw[c[0]] * ext[1] + ax[1].to_raw[c[1]]) * ext[2] + ax[2].to_raw[c[2]];
+                      for (int d = 0; d < 3; ++d) coord[3 * s + d] = static_cast<int32_t>(c[d]);
+                    }
         }
   }
 
@@ -262,7 +272,8 @@ inline policy::BlockKind na_classify(const NaPlan& pl, const NaQuerySpan& q, ind
 // Calls f(j0, j1, kind, rows) for the non-empty blocks (<= bkv keys) query slots [i0, i1)
 // visit. rows: the slots (relative to i0, in steps of `group`) whose windows may meet the
 // block; group <= 0, or more than kMaxGroups groups: all of them. A Partial block whose
-// groups all miss it (each dimension met by some query, but no query in all) is skipped.
+// groups all miss it (each dimension met by some query, but no query in all) is skipped; one
+// met by groups apart (slabs stacked in a box: policy::RowSpan) comes once per run of them.
 template <class F>
 inline void na_for_each_block(const NaPlan& pl, index_t i0, index_t i1, index_t bkv, index_t group, F&& f) {
   constexpr int kMaxGroups = 16;
@@ -273,25 +284,65 @@ inline void na_for_each_block(const NaPlan& pl, index_t i0, index_t i1, index_t 
   if (group > 0 && (i1 - i0 + group - 1) / group <= kMaxGroups)
     for (index_t g0 = i0; g0 < i1; g0 += group)
       gs[static_cast<std::size_t>(ng++)] = na_query_span(pl, g0, std::min(i1, g0 + group));
-  pl.k.runs(q.ulo, q.uhi, [&](index_t a, index_t e) {
-    for (index_t j0 = a; j0 < e; j0 += bkv) {
-      const index_t j1 = std::min(e, j0 + bkv);
-      const NaKeyBox kb = na_key_box(pl, j0, j1);
-      const policy::BlockKind kind = na_classify(q, kb);
-      if (kind == policy::BlockKind::empty) continue;
-      policy::RowSpan rows{0, i1 - i0};
-      if (ng > 0 && kind == policy::BlockKind::partial) {
-        int lo = ng, hi = -1;
-        for (int g = 0; g < ng; ++g)
-          if (na_meets(gs[static_cast<std::size_t>(g)], kb.lo, kb.hi)) {
-            lo = std::min(lo, g);
-            hi = g;
-          }
-        if (hi < lo) continue;
-        rows = {lo * group, std::min(i1 - i0, (hi + 1) * group)};
-      }
-      f(j0, j1, kind, rows);
+  // Where the groups' unions start or end in dimension 0 (the slowest inside a key box): a
+  // run is cut there too, so that each piece is computed only for the groups that need it
+  // (slabs stacked in dimension 0 need different rows of the same pencil).
+  // (Only the cuts inside the tile's union: its runs start and end at its bounds anyway.)
+  std::array<int32_t, 2 * kMaxGroups> cuts{};
+  int ncut = 0;
+  const auto cut_at = [&](int32_t c) {
+    if (c <= q.ulo[0] || c > q.uhi[0]) return;
+    for (int x = 0; x < ncut; ++x)
+      if (cuts[static_cast<std::size_t>(x)] == c) return;
+    cuts[static_cast<std::size_t>(ncut++)] = c;
+  };
+  for (int g = 0; g < ng; ++g)
+    if (gs[static_cast<std::size_t>(g)].any) {
+      cut_at(gs[static_cast<std::size_t>(g)].ulo[0]);
+      cut_at(gs[static_cast<std::size_t>(g)].uhi[0] + 1);
     }
+  const auto band = [&](index_t j) {
+    const int32_t c0 = pl.k.coord[static_cast<std::size_t>(3 * j)];
+    int n = 0;
+    for (int x = 0; x < ncut; ++x) n += cuts[static_cast<std::size_t>(x)] <= c0;
+    return n;
+  };
+  const auto pieces = [&](index_t a, index_t e, auto&& g) {
+    if (ncut == 0) return g(a, e);
+    index_t p0 = a;
+    for (int b0 = band(a); p0 < e;) {
+      index_t p1 = p0 + 1;
+      int b1 = b0;
+      while (p1 < e && (b1 = band(p1)) == b0) ++p1;
+      g(p0, p1);
+      p0 = p1;
+      b0 = b1;
+    }
+  };
+  pl.k.runs(q.ulo, q.uhi, [&](index_t ra, index_t re) {
+    pieces(ra, re, [&](index_t a, index_t e) {
+      for (index_t j0 = a; j0 < e; j0 += bkv) {
+        const index_t j1 = std::min(e, j0 + bkv);
+        const NaKeyBox kb = na_key_box(pl, j0, j1);
+        const policy::BlockKind kind = na_classify(q, kb);
+        if (kind == policy::BlockKind::empty) continue;
+        if (ng > 0 && kind == policy::BlockKind::partial) {
+          // One block per run of consecutive groups that meet it: a group between two that
+          // need the keys but that needs none of them itself computes nothing for them.
+          for (int g = 0; g < ng;) {
+            if (!na_meets(gs[static_cast<std::size_t>(g)], kb.lo, kb.hi)) {
+              ++g;
+              continue;
+            }
+            const int lo = g;
+            while (g < ng && na_meets(gs[static_cast<std::size_t>(g)], kb.lo, kb.hi)) ++g;
+            f(j0, j1, kind, policy::RowSpan{lo * group, std::min(i1 - i0, g * group)});
+          }
+          continue;
+        }
+        f(j0, j1, kind, policy::RowSpan{0, i1 - i0});
+      }
+    });
   });
 }
 
@@ -322,6 +373,20 @@ inline std::array<index_t, 3> na_query_box(const NaPlan& pl, const std::array<in
     if (best < 0) return b;
     b[best] = std::min(2 * b[best], pl.ax[best].ext);
   }
+}
+
+// The query slot tables of pl.q's order and their window bounds (NaPlan::qwin).
+inline void na_fill_queries(NaPlan& pl) {
+  pl.q.fill(pl.ax);
+  const auto nq = static_cast<std::size_t>(pl.q.size());
+  pl.qwin.assign(6 * nq, 0.f);
+  for (std::size_t i = 0; i < nq; ++i)
+    for (std::size_t d = 0; d < 3; ++d) {
+      const int32_t c = pl.q.coord[3 * i + d];
+      const bool pad = pl.q.coord[3 * i] < 0;
+      pl.qwin[2 * d * nq + i] = pad ? 1.f : static_cast<float>(pl.ax[d].wlo[static_cast<std::size_t>(c)]);
+      pl.qwin[(2 * d + 1) * nq + i] = pad ? 0.f : static_cast<float>(pl.ax[d].whi[static_cast<std::size_t>(c)]);
+    }
 }
 
 // Key order `box` (GridOrder::layout) and the key slot map.
@@ -394,16 +459,7 @@ inline void na_build_plan(NaPlan& pl, const NeighborhoodMask& m, index_t slots, 
   // and the key pencils below cut dimension 1 (and 2), so a slab's windows miss the pencils
   // far from it and its lanes skip their blocks (for_each_block_rows).
   if (m.rank >= 2) pl.q.order = {1, 0, 2};
-  pl.q.fill(pl.ax);
-  const auto nq = static_cast<std::size_t>(pl.q.size());
-  pl.qwin.assign(6 * nq, 0.f);
-  for (std::size_t i = 0; i < nq; ++i)
-    for (std::size_t d = 0; d < 3; ++d) {
-      const int32_t c = pl.q.coord[3 * i + d];
-      const bool pad = pl.q.coord[3 * i] < 0;
-      pl.qwin[2 * d * nq + i] = pad ? 1.f : static_cast<float>(pl.ax[d].wlo[static_cast<std::size_t>(c)]);
-      pl.qwin[(2 * d + 1) * nq + i] = pad ? 0.f : static_cast<float>(pl.ax[d].whi[static_cast<std::size_t>(c)]);
-    }
+  na_fill_queries(pl);
 
   // Key order: simulate the visits of every query tile for each candidate. (Counting only
   // the lane vectors that compute each block, for_each_block_rows, picked the same orders
@@ -592,20 +648,29 @@ namespace sinkattn::detail {
 inline double na_tile_lists(const NaPlan& pl, index_t i0, index_t slots, index_t bkv, index_t group, NaPlan* out) {
   struct Piece {
     index_t j0, j1;
-    index_t lo, hi;  // vectors of lanes [lo, hi]
+    index_t lo, hi;    // vectors of lanes [lo, hi]
+    index_t alo, ahi;  // the vectors a block holding it may span: none that compute its keys elsewhere
     bool full;
   };
   std::vector<Piece> pieces;
   const index_t nvec = (slots + group - 1) / group;
-  na_for_each_block(pl, i0, i0 + slots, bkv, group,
-                    [&](index_t j0, index_t j1, policy::BlockKind kind, policy::RowSpan r) {
-                      pieces.push_back({pl.extra + j0, pl.extra + j1, r.lo / group, (r.hi + group - 1) / group - 1,
-                                        kind == policy::BlockKind::full});
-                    });
+  na_for_each_block(
+      pl, i0, i0 + slots, bkv, group, [&](index_t j0, index_t j1, policy::BlockKind kind, policy::RowSpan r) {
+        const index_t lo = r.lo / group, hi = (r.hi + group - 1) / group - 1;
+        // The same keys again (na_for_each_block: for the next run of groups):
+        // the copies share the vectors out, the gap between them cut in half, so
+        // that no vector computes a key in two blocks.
+        index_t alo = 0;
+        if (!pieces.empty() && pieces.back().j0 == pl.extra + j0 && pieces.back().j1 == pl.extra + j1) {
+          alo = (pieces.back().hi + 1 + lo) / 2;
+          pieces.back().ahi = alo - 1;
+        }
+        pieces.push_back({pl.extra + j0, pl.extra + j1, lo, hi, alo, nvec - 1, kind == policy::BlockKind::full});
+      });
   std::stable_sort(pieces.begin(), pieces.end(),
                    [](const Piece& a, const Piece& b) { return a.lo != b.lo ? a.lo < b.lo : a.hi < b.hi; });
   double cost = 0;
-  index_t n = 0, lo = 0, hi = -1;
+  index_t n = 0, lo = 0, hi = -1, alo = 0, ahi = nvec - 1;
   bool full = true;
   std::size_t begin = out ? out->list_keys.size() : 0;
   const auto flush = [&] {
@@ -626,6 +691,8 @@ inline double na_tile_lists(const NaPlan& pl, index_t i0, index_t slots, index_t
     }
     n = 0;
     hi = -1;
+    alo = 0;
+    ahi = nvec - 1;
     full = true;
   };
   if (pl.extra > 0) {  // the extra keys: every query of the tile sees them (padding rows: none)
@@ -648,13 +715,14 @@ inline double na_tile_lists(const NaPlan& pl, index_t i0, index_t slots, index_t
         const double alone = static_cast<double>(n * (hi - lo + 1) + k * (pc.hi - pc.lo + 1)) + 2 * kNaBlockCost;
         const double joined = static_cast<double>((n + take) * (nhi - nlo + 1) + (k - take) * (pc.hi - pc.lo + 1)) +
                               kNaBlockCost * (k > take ? 2 : 1);
-        if (take == 0 || joined > alone) {
+        const index_t nalo = std::max(alo, pc.alo), nahi = std::min(ahi, pc.ahi);
+        if (take == 0 || joined > alone || nlo < nalo || nhi > nahi) {
           flush();
           continue;
         }
-        lo = nlo, hi = nhi, full = full && pc.full;
+        lo = nlo, hi = nhi, alo = nalo, ahi = nahi, full = full && pc.full;
       } else {
-        lo = pc.lo, hi = pc.hi, full = pc.full;
+        lo = pc.lo, hi = pc.hi, alo = pc.alo, ahi = pc.ahi, full = pc.full;
       }
       if (out)
         for (index_t x = j; x < j + take; ++x) out->list_keys.push_back(x);
@@ -667,17 +735,77 @@ inline double na_tile_lists(const NaPlan& pl, index_t i0, index_t slots, index_t
   return cost;
 }
 
+// Slab shapes for vectors of `group` lanes in the query boxes: sub-boxes of `group` tokens
+// (dividing the box) whose union of windows is smallest, measured at a box in the middle of
+// the grid (dilation, stride and causal windows included), and smaller than the union of the
+// plan order's vectors (lines through dimension 2, then 0). An 8-lane vector of an 8x8 box
+// over a 13x13 kernel: 4x2 (16 x 14 = 224 keys) rather than one 8-token line (20 x 13 = 260).
+inline std::vector<std::array<index_t, 3>> na_query_slabs(const NaPlan& pl, index_t group) {
+  std::vector<std::array<index_t, 3>> best;
+  const std::array<index_t, 3>& box = pl.q.box;
+  if (group <= 0 || box[0] * box[1] * box[2] % group != 0) return best;
+  const auto length = [&](int d, index_t n) {  // union of n coordinates' windows from a middle box
+    const NaAxis& a = pl.ax[d];
+    const index_t c = std::min(a.ext / 2 / box[d] * box[d], a.ext - n);
+    return static_cast<double>(a.whi[static_cast<std::size_t>(c + n - 1)] - a.wlo[static_cast<std::size_t>(c)] + 1);
+  };
+  const index_t p2 = std::min(group, box[2]), p0 = std::min(group / p2, box[0]), p1 = group / p2 / p0;
+  const double plain = length(0, p0) * length(1, std::min(p1, box[1])) * length(2, p2);  // to beat
+  double best_keys = plain;
+  for (index_t s0 = 1; s0 <= box[0]; s0 *= 2)
+    for (index_t s1 = 1; s1 <= box[1]; s1 *= 2) {
+      if (s0 * s1 > group || group % (s0 * s1) != 0) continue;
+      const index_t s2 = group / (s0 * s1);
+      if (box[0] % s0 != 0 || box[1] % s1 != 0 || box[2] % s2 != 0) continue;
+      const double keys = length(0, s0) * length(1, s1) * length(2, s2);
+      if (keys < best_keys) best.clear(), best_keys = keys;
+      if (keys == best_keys && (!best.empty() || keys < plain)) best.push_back({s0, s1, s2});
+    }
+  return best;
+}
+
 // The lists for query tiles of `slots` and blocks of <= bkv keys, vectors of `group` lanes;
-// first the key order whose lists cost least (na_key_orders: thin pencils usually win now).
-inline void na_build_lists(NaPlan& pl, index_t slots, index_t bkv, index_t group) {
+// first the query and key orders whose lists cost least. Query orders: each vector of lanes
+// one line of the box in dimension 0 (the plan's), or one slab (na_query_slabs) with the
+// slabs in either of two orders; key orders: na_key_orders (thin pencils usually win), for
+// the slab orders only the plan order's winner and the pencils 1 or 2 wide. slabs false:
+// the plan order only (tests compare).
+inline void na_build_lists(NaPlan& pl, index_t slots, index_t bkv, index_t group, bool slabs = true) {
   const index_t ntiles = pl.q.size() / slots;
-  double best = -1;
-  std::array<index_t, 3> best_box = pl.k.box;
-  for (const auto& kb : na_key_orders(pl)) {
+  const auto lists_cost = [&](const std::array<index_t, 3>& kb) {
     na_set_key_order(pl, kb);
     double cost = 0;
     for (index_t t = 0; t < ntiles; ++t) cost += na_tile_lists(pl, t * slots, slots, bkv, group, nullptr);
+    return cost;
+  };
+  double best = -1;
+  std::array<index_t, 3> best_box = pl.k.box;
+  for (const auto& kb : na_key_orders(pl)) {
+    const double cost = lists_cost(kb);
     if (best < 0 || cost < best) best = cost, best_box = kb;
+  }
+  const std::array<int, 3> plain_order = pl.q.order;
+  std::array<index_t, 3> best_slab = pl.q.slab;
+  std::array<int, 3> best_order = plain_order;
+  if (slabs && pl.rank >= 2 && slots % group == 0) {
+    std::vector<std::array<index_t, 3>> keys{best_box};
+    for (const auto& kb : na_key_orders(pl))
+      if (kb != best_box && kb != pl.q.box && kb[1] <= 2 && kb[2] <= 2) keys.push_back(kb);
+    for (const auto& slab : na_query_slabs(pl, group))
+      for (const std::array<int, 3>& order : {std::array<int, 3>{0, 1, 2}, std::array<int, 3>{1, 0, 2}}) {
+        pl.q.slab = slab;
+        pl.q.order = order;
+        na_fill_queries(pl);
+        for (const auto& kb : keys) {
+          const double cost = lists_cost(kb);
+          if (cost < best) best = cost, best_box = kb, best_slab = slab, best_order = order;
+        }
+      }
+  }
+  if (pl.q.slab != best_slab || pl.q.order != best_order) {
+    pl.q.slab = best_slab;
+    pl.q.order = best_order;
+    na_fill_queries(pl);
   }
   na_set_key_order(pl, best_box);
   pl.list_keys.clear();
