@@ -310,7 +310,7 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
     const bool v_rows = Vw.stride[3] == 1 && (dv_pad == p.dim_v || a.v_packed);  // usable as P.V reads them
     const bool v_contiguous = Vw.stride[1] == p.dim_v || a.v_packed;
     const bool v_inplace = v_rows && !map && (v_contiguous || kVRowsInPlace);
-    const bool v_ptrs = v_rows && map && kVRowsInPlace && !V::Norm::kSumsV;  // (vsums reads vp)
+    const bool v_ptrs = v_rows && map && (kVRowsInPlace || v_contiguous) && !V::Norm::kSumsV;  // (vsums reads vp)
     const bool v_copy = !v_inplace && !v_ptrs && Vw.stride[3] == 1;
     const float* kp = K.ptr(b, r0, g);
     index_t ld_k = K.stride[1];
