@@ -285,7 +285,8 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
   // and V when it moves there below).
   tile::RowStream ahead_pv[2];
   int nahead_pv = 0, nahead_st = nahead;
-  index_t blocks_left = 0, blocks = 0;
+  index_t blocks_left = 0;
+  bool one_block = false;  // the task visits one key block (counted below)
   unsigned stored = 0;
   bool finalized = false;
   policy::RowFinal fin;
@@ -353,12 +354,6 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
     // the next K rows (0.95x the time of k = s = 8 on a Zen 2; tasks of several blocks, whose
     // last P.V writes O, lost 2-3% so; run V).
     const bool last = --blocks_left == 0;
-    // A task of one block (blocked 8x8 neighborhoods) streams during its S^T a whole task's
-    // rows from memory (its V panel copy, the next task's K rows): spread over every register
-    // tile, not per row group, whose bursts of ~50 lines stalled on the fill buffers (77% of
-    // the stream calls' samples on the prefetch instructions; 0.83-0.92x the time on a Zen 2).
-    // Longer tasks, whose streams mostly hit L2/L3, gain nothing from it (0.99-1.00x).
-    const bool one_block = last && blocks == 1;
     const index_t nn = keys || (last && nahead > 0) ? 0 : std::min(kBlockKV, pc.end - j1);
     if (nn > 0 && a.kv_rows) {
       pf[npf++] = {K.ptr(b, 0, g), K.stride[1], nn, k_bytes};
@@ -374,6 +369,11 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
     const int v1 = std::min(vecs, static_cast<int>((rows.hi + tile::kWidth - 1) / tile::kWidth));
     const index_t l0 = index_t{v0} * tile::kWidth;                      // the first lane computed
     const index_t nql = std::min(nq, index_t{v1} * tile::kWidth) - l0;  // and the lanes computed
+    // A task of one block (one_block: blocked 8x8 neighborhoods) streams during its S^T a
+    // whole task's rows from memory (its V panel copy, the next task's K rows): spread over
+    // every register tile, not per row group, whose bursts of ~50 lines stalled on the fill
+    // buffers (77% of the stream calls' samples on the prefetch instructions; 0.83-0.92x the
+    // time on a Zen 2). Longer tasks, whose streams mostly hit L2/L3, gain nothing from it.
     if (map) {
       const float* krow[kBlockKV];
       for (index_t r = 0; r < nk; ++r) krow[r] = K.ptr(b, map[r], g);
@@ -440,9 +440,9 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
     if constexpr (V::Norm::kSumsV) vsums.add(mask, kind, i0, nq, j0, nk, vp, ld_v);
   };
   if (nahead > 0 || direct) for_each_task_block<kLists>(a, mask, i0, nq, [&](auto&&...) { ++blocks_left; });
-  blocks = blocks_left;
+  one_block = blocks_left == 1;
   if (nahead > 0) ahead_pv[nahead_pv++] = ahead[0];
-  if (!kVRowsInPlace && nahead > 2 && blocks_left == 1) {
+  if (!kVRowsInPlace && nahead > 2 && one_block) {
     ahead_pv[nahead_pv++] = ahead[2];
     nahead_st = 2;
   }
