@@ -43,6 +43,7 @@
 #include <array>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "sinkattn/core/options.hpp"
@@ -611,24 +612,37 @@ struct NeighborhoodTiledMaskPolicy {
       }
     }
     const vf ninf(kNegInf);
-    for (index_t r = 0; r < t.nk; ++r) {
-      const index_t j = key(r);
-      if (j < plan->extra) {  // an extra key: only padding rows are masked
-        for (index_t l = 0; l < t.nq; ++l)
-          if (plan->q.coord[static_cast<std::size_t>(3 * (t.i0 + l))] < 0) t.at(l, r) = kNegInf;
-        continue;
+    // Only the dimensions the grid has: the others' windows are [0, 0] for every query, and
+    // their compares would be a third (2-D) or two thirds (1-D) of the work.
+    const auto mask_keys = [&](auto dims) {
+      constexpr int kDims = decltype(dims)::value;
+      for (index_t r = 0; r < t.nk; ++r) {
+        const index_t j = key(r);
+        if (j < plan->extra) {  // an extra key: only padding rows are masked
+          for (index_t l = 0; l < t.nq; ++l)
+            if (plan->q.coord[static_cast<std::size_t>(3 * (t.i0 + l))] < 0) t.at(l, r) = kNegInf;
+          continue;
+        }
+        const int32_t* kc = &plan->k.coord[static_cast<std::size_t>(3 * (j - plan->extra))];
+        float* row = &t.at(0, r);
+        // A padding key has k0 = -1, below every lo; a padding query the empty window [1, 0].
+        const vf k0(static_cast<float>(kc[0])), k1(static_cast<float>(kc[1])), k2(static_cast<float>(kc[2]));
+        for (index_t c = 0; c < lanes; c += tile::kWidth) {
+          auto vis = (vf::load_unaligned(lo[0] + c) <= k0) & (k0 <= vf::load_unaligned(hi[0] + c));
+          if constexpr (kDims >= 2)
+            vis = vis & (vf::load_unaligned(lo[1] + c) <= k1) & (k1 <= vf::load_unaligned(hi[1] + c));
+          if constexpr (kDims >= 3)
+            vis = vis & (vf::load_unaligned(lo[2] + c) <= k2) & (k2 <= vf::load_unaligned(hi[2] + c));
+          xsimd::select(vis, vf::load_unaligned(row + c), ninf).store_unaligned(row + c);
+        }
       }
-      const int32_t* kc = &plan->k.coord[static_cast<std::size_t>(3 * (j - plan->extra))];
-      float* row = &t.at(0, r);
-      // A padding key has k0 = -1, below every lo.
-      const vf k0(static_cast<float>(kc[0])), k1(static_cast<float>(kc[1])), k2(static_cast<float>(kc[2]));
-      for (index_t c = 0; c < lanes; c += tile::kWidth) {
-        const auto vis = (vf::load_unaligned(lo[0] + c) <= k0) & (k0 <= vf::load_unaligned(hi[0] + c)) &
-                         (vf::load_unaligned(lo[1] + c) <= k1) & (k1 <= vf::load_unaligned(hi[1] + c)) &
-                         (vf::load_unaligned(lo[2] + c) <= k2) & (k2 <= vf::load_unaligned(hi[2] + c));
-        xsimd::select(vis, vf::load_unaligned(row + c), ninf).store_unaligned(row + c);
-      }
-    }
+    };
+    if (plan->ax[2].ext > 1)
+      mask_keys(std::integral_constant<int, 3>{});
+    else if (plan->ax[1].ext > 1)
+      mask_keys(std::integral_constant<int, 2>{});
+    else
+      mask_keys(std::integral_constant<int, 1>{});
   }
 };
 
