@@ -455,10 +455,17 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
     const index_t row = a.q_row(i0 + r);  // the caller's row (permuted NA: padding slots < 0)
     if (row < 0) continue;
     if constexpr (V::Norm::kSumsV) V::Norm::combine(state, r, acc + r * dv_pad, vsums.row(r), dv_pad, fin.out_scale[r]);
-    if ((stored >> (r / tile::kWidth) & 1u) == 0) V::Gate::store(a, b, row, h, acc + r * dv_pad, fin.out_scale[r]);
+    if ((stored >> (r / tile::kWidth) & 1u) == 0) {
+      // Rows that the last block did not write (its lanes are a slab of the tile's): streamed
+      // like the others when O is (then the store is O = acc * scale: `direct`).
+      if (stream_o)
+        tile::stream_scaled(a.o.ptr(b, row, h), acc + r * dv_pad, p.dim_v, fin.out_scale[r]);
+      else
+        V::Gate::store(a, b, row, h, acc + r * dv_pad, fin.out_scale[r]);
+    }
     if (a.want_lse()) a.lse(b, h, row, 0) = fin.lse[r];
   }
-  if (stream_o && stored != 0) tile::stream_fence();
+  if (stream_o) tile::stream_fence();
 }
 
 }  // namespace detail

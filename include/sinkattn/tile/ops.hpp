@@ -240,6 +240,13 @@ inline void store_scaled(float* dst, index_t stride, const float* src, index_t n
   }
 }
 
+// dst[x] = src[x] * f for x < n, written past the caches (stream_store): n a whole number of
+// vectors, dst and src vector-aligned; the caller fences (stream_fence).
+inline void stream_scaled(float* dst, const float* src, index_t n, float f) {
+  const vf fv(f);
+  for (index_t x = 0; x < n; x += kWidth) stream_store(dst + x, vf::load_aligned(src + x) * fv);
+}
+
 // dst[x * stride] = src[x] * f * sigmoid(g[x * g_stride]) for x < n: the epilogue of the
 // elementwise sigmoid output gate (g may be strided, e.g. interleaved with q in one buffer).
 inline void store_scaled_gated(float* dst, index_t stride, const float* src, index_t n, float f, const float* g,
