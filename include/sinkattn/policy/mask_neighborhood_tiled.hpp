@@ -772,8 +772,9 @@ inline std::vector<std::array<index_t, 3>> na_query_slabs(const NaPlan& pl, inde
       const index_t s2 = group / (s0 * s1);
       if (box[0] % s0 != 0 || box[1] % s1 != 0 || box[2] % s2 != 0) continue;
       const double keys = length(0, s0) * length(1, s1) * length(2, s2);
+      if (keys >= plain) continue;
       if (keys < best_keys) best.clear(), best_keys = keys;
-      if (keys == best_keys && (!best.empty() || keys < plain)) best.push_back({s0, s1, s2});
+      if (keys == best_keys) best.push_back({s0, s1, s2});
     }
   return best;
 }
