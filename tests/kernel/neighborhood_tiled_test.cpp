@@ -7,7 +7,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <random>
 #include <sstream>
 #include <string>
 #include <utility>
@@ -92,7 +94,8 @@ TEST(NeighborhoodTiledPolicy, PropertiesOverAllPairs) {
 
 // The key lists (na_build_lists) over all pairs: per query tile, each lane computes every key
 // its query sees exactly once (the blocks whose rows hold the lane), no key twice, and the
-// blocks called Full hold only visible pairs; padding lanes see nothing. With tiles and lanes
+// blocks called Full hold only visible pairs; padding lanes see nothing; each key's
+// visibility bits (NaPlan::list_vis) are visible() over every lane of its tile. With tiles and lanes
 // of the kernels' sizes and of others (16 slots, 4 or 8 lanes).
 void check_lists(const NeighborhoodMask& m, index_t bq, index_t bkv, index_t group) {
   SCOPED_TRACE(describe(m) + " extra " + std::to_string(m.extra_keys) + " bq=" + std::to_string(bq) +
@@ -108,25 +111,30 @@ void check_lists(const NeighborhoodMask& m, index_t bq, index_t bkv, index_t gro
   for (index_t i0 = 0; i0 < plan.q.size(); i0 += bq) {
     ASSERT_TRUE(pol.has_lists(i0, bq));
     std::fill(count.begin(), count.end(), 0);
-    pol.for_each_block_list(
-        i0, [&](index_t j0, const index_t* list, index_t n, policy::BlockKind kind, policy::RowSpan rows) {
-          std::vector<index_t> keys(static_cast<std::size_t>(n));
-          for (index_t r = 0; r < n; ++r) keys[static_cast<std::size_t>(r)] = list ? list[r] : j0 + r;
-          ASSERT_GT(n, 0);
-          ASSERT_LE(n, bkv);
-          ASSERT_TRUE(kind == policy::BlockKind::full || kind == policy::BlockKind::partial);
-          ASSERT_TRUE(0 <= rows.lo && rows.lo < rows.hi && rows.hi <= bq);
-          ASSERT_EQ(rows.lo % group, 0);
-          for (index_t r = 0; r < n; ++r) {
-            ASSERT_TRUE(0 <= keys[r] && keys[r] < nk);
-            for (index_t l = rows.lo; l < rows.hi; ++l) {
-              ++count[static_cast<std::size_t>(l * nk + keys[r])];
-              if (kind == policy::BlockKind::full) {
-                ASSERT_TRUE(pol.visible(i0 + l, keys[r])) << "full block, slot " << i0 + l << " key " << keys[r];
-              }
-            }
+    pol.for_each_block_list(i0, [&](index_t j0, const index_t* list, index_t n, policy::BlockKind kind,
+                                    policy::RowSpan rows, const std::uint64_t* vis) {
+      std::vector<index_t> keys(static_cast<std::size_t>(n));
+      for (index_t r = 0; r < n; ++r) keys[static_cast<std::size_t>(r)] = list ? list[r] : j0 + r;
+      ASSERT_NE(vis, nullptr);  // the visibility bits: every lane of the tile, per key
+      for (index_t r = 0; r < n; ++r)
+        for (index_t l = 0; l < bq; ++l)
+          ASSERT_EQ(vis[r] >> l & 1u, pol.visible(i0 + l, keys[r]) ? 1u : 0u)
+              << "bits of slot " << i0 + l << " key " << keys[r];
+      ASSERT_GT(n, 0);
+      ASSERT_LE(n, bkv);
+      ASSERT_TRUE(kind == policy::BlockKind::full || kind == policy::BlockKind::partial);
+      ASSERT_TRUE(0 <= rows.lo && rows.lo < rows.hi && rows.hi <= bq);
+      ASSERT_EQ(rows.lo % group, 0);
+      for (index_t r = 0; r < n; ++r) {
+        ASSERT_TRUE(0 <= keys[r] && keys[r] < nk);
+        for (index_t l = rows.lo; l < rows.hi; ++l) {
+          ++count[static_cast<std::size_t>(l * nk + keys[r])];
+          if (kind == policy::BlockKind::full) {
+            ASSERT_TRUE(pol.visible(i0 + l, keys[r])) << "full block, slot " << i0 + l << " key " << keys[r];
           }
-        });
+        }
+      }
+    });
     for (index_t l = 0; l < bq; ++l)
       for (index_t j = 0; j < nk; ++j) {
         const int c = count[static_cast<std::size_t>(l * nk + j)];
@@ -149,6 +157,51 @@ TEST(NeighborhoodTiledPolicy, KeyListsCoverEveryVisiblePairOnce) {
     check_lists(m, detail::kBlockQ, detail::kBlockKV, tile::kWidth);
     check_lists(m, 16, 24, 4);
     check_lists(m, 64, 64, 8);
+  }
+}
+
+// apply_tile from the lists' visibility bits (ScoreTile::vis) against its window compares:
+// the same -inf on the same scores for every list block, from the tile's first lane and from
+// its second vector of lanes (the bits shifted), extra keys and padding slots included.
+TEST(NeighborhoodTiledPolicy, VisibilityBitsMaskLikeTheWindowCompares) {
+  NeighborhoodMask extra = na(2, {20, 23, 1}, {5, 4, 1});
+  extra.extra_keys = 70;
+  const std::vector<NeighborhoodMask> masks = {
+      na(2, {64, 64, 1}, {13, 13, 1}), na(3, {16, 16, 16}, {7, 7, 7}), extra,
+      na(2, {20, 18, 1}, {7, 5, 1}, {2, 1, 1}, {1, 1, 1}, {true, false, false})};
+  const index_t bq = detail::kBlockQ;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd;
+  for (const auto& m : masks) {
+    SCOPED_TRACE(describe(m));
+    detail::NaPlan plan;
+    detail::na_build_plan(plan, m, bq, detail::kBlockKV);
+    detail::na_build_lists(plan, bq, detail::kBlockKV, tile::kWidth);
+    const policy::NeighborhoodTiledMaskPolicy pol{&plan};
+    ASSERT_EQ(plan.list_vis.size(), plan.list_keys.size());
+    index_t masked = 0, kept = 0;
+    for (index_t i0 = 0; i0 < plan.q.size(); i0 += bq)
+      pol.for_each_block_list(i0, [&](index_t j0, const index_t* list, index_t n, policy::BlockKind, policy::RowSpan,
+                                      const std::uint64_t* vis) {
+        ASSERT_NE(vis, nullptr);
+        for (const index_t l0 : {index_t{0}, index_t{tile::kWidth}}) {
+          std::vector<float> bits(static_cast<std::size_t>(n * bq));
+          for (float& x : bits) x = nd(rng);
+          std::vector<float> compares = bits;
+          const int vecs = static_cast<int>((bq - l0) / tile::kWidth);
+          policy::ScoreTile t{bits.data() + l0, bq, n, vecs, 0, 0, i0 + l0, bq - l0, j0, n, 1, bq, list, vis};
+          pol.apply_tile(t);
+          t.st = compares.data() + l0;
+          t.vis = nullptr;
+          pol.apply_tile(t);
+          for (std::size_t x = 0; x < bits.size(); ++x) {
+            ASSERT_EQ(bits[x], compares[x]) << "key row " << x / bq << " lane " << x % bq << " from lane " << l0;
+            (std::isinf(bits[x]) ? masked : kept) += 1;
+          }
+        }
+      });
+    EXPECT_GT(masked, 0);
+    EXPECT_GT(kept, 0);
   }
 }
 

@@ -75,11 +75,11 @@ template <class Mask>
         std::vector<index_t> first;
         if constexpr (sinkattn::detail::has_block_lists<std::decay_t<decltype(mask)>>::value) {
           if (mask.has_lists(i0, nq))
-            mask.for_each_block_list(
-                i0, [&](index_t j0, const index_t* ks, index_t bn, policy::BlockKind, policy::RowSpan) {
-                  if (first.empty())
-                    for (index_t x = 0; x < bn; ++x) first.push_back(ks ? ks[x] : j0 + x);
-                });
+            mask.for_each_block_list(i0, [&](index_t j0, const index_t* ks, index_t bn, policy::BlockKind,
+                                             policy::RowSpan, const std::uint64_t*) {
+              if (first.empty())
+                for (index_t x = 0; x < bn; ++x) first.push_back(ks ? ks[x] : j0 + x);
+            });
         }
         if (first.empty())
           policy::for_each_kv_block_rows(mask, i0, i0 + nq, sinkattn::detail::kBlockKV, tile::kWidth,

@@ -71,20 +71,20 @@ void for_each_task_block(const KernelArgs& a, const Mask& mask, index_t i0, inde
   if constexpr (Lists && has_block_lists<Mask>::value) {
     if (a.nseg == 0 && !a.rope && mask.has_lists(i0, nq)) {
       const KernelArgs::KvPiece pc = a.piece(0);
-      mask.for_each_block_list(
-          i0, [&](index_t j0, const index_t* keys, index_t n, policy::BlockKind kind, policy::RowSpan rows) {
-            if (keys == nullptr)
-              f(j0, j0 + n, kind, rows, pc, nullptr);
-            else
-              f(index_t{0}, n, kind, rows, pc, keys);
-          });
+      mask.for_each_block_list(i0, [&](index_t j0, const index_t* keys, index_t n, policy::BlockKind kind,
+                                       policy::RowSpan rows, const std::uint64_t* vis) {
+        if (keys == nullptr)
+          f(j0, j0 + n, kind, rows, pc, nullptr, vis);
+        else
+          f(index_t{0}, n, kind, rows, pc, keys, vis);
+      });
       return;
     }
   }
   policy::for_each_kv_block_rows(mask, i0, i0 + nq, kBlockKV, tile::kWidth,
                                  [&](index_t j0, index_t j1, policy::BlockKind kind, policy::RowSpan rows) {
                                    a.for_each_piece(j0, j1, [&](index_t s0, index_t s1, const KernelArgs::KvPiece& pc) {
-                                     f(s0, s1, kind, rows, pc, nullptr);
+                                     f(s0, s1, kind, rows, pc, nullptr, nullptr);
                                    });
                                  });
 }
@@ -149,7 +149,7 @@ int next_task_streams(tile::RowStream* out, index_t* rows, const KernelArgs& a, 
   KernelArgs::KvPiece pc{};
   for_each_task_block<Lists>(a, mask, i0, nq,
                              [&](index_t s0, index_t s1, policy::BlockKind, policy::RowSpan,
-                                 const KernelArgs::KvPiece& piece, const index_t* ks) {
+                                 const KernelArgs::KvPiece& piece, const index_t* ks, const std::uint64_t*) {
                                if (!found) found = true, j0 = s0, j1 = s1, keys = ks, pc = piece;
                              });
   if (!found) return n;
@@ -299,8 +299,9 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
   // exactly what a fully masked block would leave, and they cost nothing.
   // keys non-null: a list block (policy::NeighborhoodTiledMaskPolicy::for_each_block_list),
   // rows r < j1 = nk are keys keys[r] (K and V through row pointers, or V copied); j0 = 0.
+  // vis non-null: the keys' visibility bits (policy::ScoreTile::vis), list blocks only.
   const auto block = [&](index_t j0, index_t j1, policy::BlockKind kind, policy::RowSpan rows,
-                         const KernelArgs::KvPiece& pc, const index_t* keys) {
+                         const KernelArgs::KvPiece& pc, const index_t* keys, const std::uint64_t* vis) {
     const TensorView<const float>& K = *pc.k;
     const TensorView<const float>& Vw = *pc.v;
     const index_t nk = j1 - j0, r0 = j0 - pc.base;  // r0: the block's first row in its segment
@@ -384,7 +385,7 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
                          one_block);
     }
 
-    const policy::ScoreTile t{st + l0, kBlockQ, nk, v1 - v0, b, h, i0 + l0, nql, j0, nk, 1, kBlockQ, keys};
+    const policy::ScoreTile t{st + l0, kBlockQ, nk, v1 - v0, b, h, i0 + l0, nql, j0, nk, 1, kBlockQ, keys, vis};
     V::Score::apply(a, t);
     if (kind == policy::BlockKind::partial) policy::apply_mask(mask, t);
 

@@ -185,6 +185,9 @@ struct NaPlan {
   };
   index_t list_tile = 0;  // query slots per tile the lists were built for (0: none)
   std::vector<index_t> list_keys;
+  // Per list_keys entry (when list_tile <= 64, else empty): bit l set when slot l of its tile
+  // sees the key. apply_tile then masks a vector of lanes from its bits (na_list_visibility).
+  std::vector<std::uint64_t> list_vis;
   std::vector<ListBlock> list_blocks;
   std::vector<index_t> list_first;
 };
@@ -552,19 +555,23 @@ struct NeighborhoodTiledMaskPolicy {
     });
   }
   // The blocks of query tile [i0, i0 + plan->list_tile) as key lists (NaPlan::list_*), when
-  // the plan has them for tiles of nq slots: f(j0, keys, n, kind, rows) per block, the keys
+  // the plan has them for tiles of nq slots: f(j0, keys, n, kind, rows, vis) per block, the keys
   // keys[0 .. n), or j0 .. j0 + n - 1 with keys null when they are consecutive (the kernels
   // then read K and V as for a contiguous block).
   bool has_lists(index_t i0, index_t nq) const {
     return plan->list_tile > 0 && nq == plan->list_tile && i0 % plan->list_tile == 0;
   }
+  // f's last argument: the keys' visibility bits (NaPlan::list_vis; null when not built), for
+  // the ScoreTile of the block (ScoreTile::vis).
   template <class F>
   void for_each_block_list(index_t i0, F&& f) const {
     const auto t = static_cast<std::size_t>(i0 / plan->list_tile);
+    const bool bits = plan->list_vis.size() == plan->list_keys.size();
     for (index_t b = plan->list_first[t]; b < plan->list_first[t + 1]; ++b) {
       const detail::NaPlan::ListBlock& blk = plan->list_blocks[static_cast<std::size_t>(b)];
       const index_t* keys = plan->list_keys.data() + blk.begin;
-      f(keys[0], blk.run ? nullptr : keys, blk.end - blk.begin, blk.kind, blk.rows);
+      f(keys[0], blk.run ? nullptr : keys, blk.end - blk.begin, blk.kind, blk.rows,
+        bits ? plan->list_vis.data() + blk.begin : nullptr);
     }
   }
   template <class F>
@@ -582,6 +589,10 @@ struct NeighborhoodTiledMaskPolicy {
     constexpr index_t kMax = 256;
     const index_t nvec = (t.nq + tile::kWidth - 1) / tile::kWidth, lanes = nvec * tile::kWidth;
     const auto key = [&](index_t r) { return t.keys != nullptr ? t.keys[r] : t.j0 + r; };  // list blocks
+    if (t.vis != nullptr && t.q_step == 1 && t.k_step >= lanes && t.nq == lanes) {
+      apply_bits(t);
+      return;
+    }
     if (t.q_step != 1 || lanes > kMax || t.k_step < lanes) {
       for (index_t l = 0; l < t.nq; ++l)
         for (index_t r = 0; r < t.nk; ++r)
@@ -643,6 +654,33 @@ struct NeighborhoodTiledMaskPolicy {
       mask_keys(std::integral_constant<int, 2>{});
     else
       mask_keys(std::integral_constant<int, 1>{});
+  }
+
+ private:
+  // apply_tile for a list block: its keys' visibility bits (NaPlan::list_vis) instead of the
+  // window compares, the tile's first lane at bit t.i0 % list_tile. A vector of lanes that
+  // sees the key (most of them: 0.8 of a 7^3 tile's lane pairs are visible) is not touched,
+  // one that sees nothing is stored -inf without a load. 3-D 7^3 masks cost 7% of the call
+  // with the compares (six per vector, the window tables loaded each time).
+  void apply_bits(const ScoreTile& t) const {
+    using tile::vf;
+    constexpr std::uint32_t kAll = (std::uint32_t{1} << tile::kWidth) - 1;  // (kWidth <= 16)
+    const vf ninf(-std::numeric_limits<float>::infinity());
+    const int shift = static_cast<int>(t.i0 % plan->list_tile);
+    const std::uint64_t all = t.nq >= 64 ? ~std::uint64_t{0} : (std::uint64_t{1} << t.nq) - 1;
+    for (index_t r = 0; r < t.nk; ++r) {
+      const std::uint64_t m = t.vis[r] >> shift;
+      if ((m & all) == all) continue;  // every lane sees the key
+      float* row = &t.at(0, r);
+      for (index_t c = 0; c < t.nq; c += tile::kWidth) {
+        const std::uint32_t bits = static_cast<std::uint32_t>(m >> c) & kAll;
+        if (bits == kAll) continue;
+        if (bits == 0)
+          ninf.store_unaligned(row + c);
+        else
+          xsimd::select(tile::lanes_of(bits), vf::load_unaligned(row + c), ninf).store_unaligned(row + c);
+      }
+    }
   }
 };
 
@@ -785,6 +823,49 @@ inline std::vector<std::array<index_t, 3>> na_query_slabs(const NaPlan& pl, inde
 // slabs in either of two orders; key orders: na_key_orders (thin pencils usually win), for
 // the slab orders only the plan order's winner and the pencils 1 or 2 wide. slabs false:
 // the plan order only (tests compare).
+// NaPlan::list_vis from the lists: per entry, the lanes of its tile whose windows hold the
+// key, by the vector compares of apply_tile (extra keys: every lane but padding). Tiles of
+// more than 64 slots (none in the kernels: kQRows <= 64) keep no bits.
+inline void na_list_visibility(NaPlan& pl) {
+  using tile::vf;
+  pl.list_vis.clear();
+  const index_t slots = pl.list_tile;
+  if (slots <= 0 || slots > 64 || slots % tile::kWidth != 0) return;
+  pl.list_vis.assign(pl.list_keys.size(), 0);
+  const auto nq = static_cast<std::size_t>(pl.q.size());
+  const index_t ntiles = pl.q.size() / slots;
+  for (index_t t = 0; t < ntiles; ++t) {
+    const auto i0 = static_cast<std::size_t>(t * slots);
+    std::uint64_t tokens = 0;  // the tile's non-padding lanes
+    for (index_t l = 0; l < slots; ++l)
+      if (pl.q.coord[3 * (i0 + static_cast<std::size_t>(l))] >= 0) tokens |= std::uint64_t{1} << l;
+    const auto b0 = static_cast<std::size_t>(pl.list_first[static_cast<std::size_t>(t)]);
+    const auto b1 = static_cast<std::size_t>(pl.list_first[static_cast<std::size_t>(t) + 1]);
+    const auto x0 = static_cast<std::size_t>(pl.list_blocks[b0].begin);
+    const auto x1 = b1 > b0 ? static_cast<std::size_t>(pl.list_blocks[b1 - 1].end) : x0;
+    for (std::size_t x = x0; x < x1; ++x) {
+      const index_t j = pl.list_keys[x];
+      if (j < pl.extra) {
+        pl.list_vis[x] = tokens;
+        continue;
+      }
+      const int32_t* kc = &pl.k.coord[static_cast<std::size_t>(3 * (j - pl.extra))];
+      std::uint64_t bits = 0;
+      for (index_t c = 0; c < slots; c += tile::kWidth) {
+        auto vis = vf(1.f) == vf(1.f);
+        for (std::size_t d = 0; d < 3; ++d) {
+          const vf k(static_cast<float>(kc[d]));
+          const std::size_t at = i0 + static_cast<std::size_t>(c);
+          vis = vis & (vf::load_unaligned(&pl.qwin[2 * d * nq + at]) <= k) &
+                (k <= vf::load_unaligned(&pl.qwin[(2 * d + 1) * nq + at]));
+        }
+        bits |= std::uint64_t{tile::lane_bits(vis)} << c;
+      }
+      pl.list_vis[x] = bits;
+    }
+  }
+}
+
 inline void na_build_lists(NaPlan& pl, index_t slots, index_t bkv, index_t group, bool slabs = true) {
   const index_t ntiles = pl.q.size() / slots;
   const auto lists_cost = [&](const std::array<index_t, 3>& kb) {
@@ -831,6 +912,7 @@ inline void na_build_lists(NaPlan& pl, index_t slots, index_t bkv, index_t group
     pl.list_first.push_back(static_cast<index_t>(pl.list_blocks.size()));
   }
   pl.list_tile = slots;
+  na_list_visibility(pl);
 }
 
 }  // namespace sinkattn::detail

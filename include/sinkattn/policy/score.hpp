@@ -26,6 +26,9 @@ struct ScoreTile {
   index_t b, h, i0, nq, j0, nk;
   index_t q_step, k_step;
   const index_t* keys;  // non-null: row r is key keys[r] (a list block), not j0 + r
+  // Non-null (neighborhood list blocks): bit (i0 % tile + l) of vis[r] is set when lane l sees
+  // row r's key, precomputed by the mask's plan (NaPlan::list_vis).
+  const std::uint64_t* vis = nullptr;
   float& at(index_t l, index_t r) const { return st[l * q_step + r * k_step]; }
 };
 

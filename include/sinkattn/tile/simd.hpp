@@ -73,6 +73,41 @@ inline constexpr std::size_t kAlign = sizeof(float) * kWidth > 64 ? sizeof(float
 
 inline index_t round_up(index_t n, index_t m) { return (n + m - 1) / m * m; }
 
+// Lane masks as bit sets, bit l = lane l (kWidth <= 16 bits): the neighborhood plans keep
+// each list key's visibility this way, one 64-bit word per key for a whole query tile.
+using vb = xsimd::batch_bool<float, arch>;
+inline std::uint32_t lane_bits(const vb& m) {
+#if defined(__AVX512F__)
+  return static_cast<std::uint32_t>(static_cast<__mmask16>(m));
+#elif defined(__AVX__)
+  return static_cast<std::uint32_t>(_mm256_movemask_ps(m));
+#elif defined(__SSE2__)
+  return static_cast<std::uint32_t>(_mm_movemask_ps(m));
+#else
+  alignas(64) float t[kWidth];
+  xsimd::select(m, vf(1.f), vf(0.f)).store_aligned(t);
+  std::uint32_t bits = 0;
+  for (int l = 0; l < kWidth; ++l) bits |= (t[l] != 0.f ? 1u : 0u) << l;
+  return bits;
+#endif
+}
+inline vb lanes_of(std::uint32_t bits) {
+#if defined(__AVX512F__)
+  return vb(static_cast<__mmask16>(bits));
+#else
+  // Lane l tests bit l: the bits broadcast, ANDed with 1 << l, compared with zero.
+  struct Table {
+    alignas(64) std::int32_t bit[kWidth];
+  };
+  static constexpr Table kLane = [] {
+    Table t{};
+    for (int l = 0; l < kWidth; ++l) t.bit[l] = std::int32_t{1} << l;
+    return t;
+  }();
+  return xsimd::bool_cast((vi(static_cast<std::int32_t>(bits)) & vi::load_aligned(kLane.bit)) != vi(0));
+#endif
+}
+
 // Non-temporal stores: a vector written to memory past the caches, without first reading its
 // line (read for ownership). p must be aligned to a vector. Where the ISA has none (NEON),
 // kStreamStores is false and stream_store is a plain aligned store.
