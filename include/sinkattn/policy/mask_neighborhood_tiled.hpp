@@ -192,6 +192,27 @@ struct NaPlan {
   std::vector<index_t> list_first;
 };
 
+// One key's c' coordinates broadcast over the lanes, and whether the windows of query lanes
+// [c, c + kWidth) hold it: lo[d], hi[d] the lanes' window bounds in dimension d (NaPlan::qwin
+// or a copy), the first kDims dimensions compared (the others' windows are [0, 0]). A padding
+// key has k0 = -1, below every lo; a padding query the empty window [1, 0].
+struct NaKeyLanes {
+  tile::vf k[3];
+  explicit NaKeyLanes(const int32_t* kc)
+      : k{tile::vf(static_cast<float>(kc[0])), tile::vf(static_cast<float>(kc[1])),
+          tile::vf(static_cast<float>(kc[2]))} {}
+};
+template <int kDims>
+inline tile::vb na_windows_hold(const float* const* lo, const float* const* hi, index_t c, const NaKeyLanes& key) {
+  using tile::vf;
+  auto vis = (vf::load_unaligned(lo[0] + c) <= key.k[0]) & (key.k[0] <= vf::load_unaligned(hi[0] + c));
+  if constexpr (kDims >= 2)
+    vis = vis & (vf::load_unaligned(lo[1] + c) <= key.k[1]) & (key.k[1] <= vf::load_unaligned(hi[1] + c));
+  if constexpr (kDims >= 3)
+    vis = vis & (vf::load_unaligned(lo[2] + c) <= key.k[2]) & (key.k[2] <= vf::load_unaligned(hi[2] + c));
+  return vis;
+}
+
 // What a range of query slots needs from the keys: the union [ulo, uhi] and the intersection
 // [ilo, ihi] of their windows (c'), whether it holds padding, and whether it holds any token.
 struct NaQuerySpan {
@@ -634,18 +655,11 @@ struct NeighborhoodTiledMaskPolicy {
             if (plan->q.coord[static_cast<std::size_t>(3 * (t.i0 + l))] < 0) t.at(l, r) = kNegInf;
           continue;
         }
-        const int32_t* kc = &plan->k.coord[static_cast<std::size_t>(3 * (j - plan->extra))];
+        const detail::NaKeyLanes k(&plan->k.coord[static_cast<std::size_t>(3 * (j - plan->extra))]);
         float* row = &t.at(0, r);
-        // A padding key has k0 = -1, below every lo; a padding query the empty window [1, 0].
-        const vf k0(static_cast<float>(kc[0])), k1(static_cast<float>(kc[1])), k2(static_cast<float>(kc[2]));
-        for (index_t c = 0; c < lanes; c += tile::kWidth) {
-          auto vis = (vf::load_unaligned(lo[0] + c) <= k0) & (k0 <= vf::load_unaligned(hi[0] + c));
-          if constexpr (kDims >= 2)
-            vis = vis & (vf::load_unaligned(lo[1] + c) <= k1) & (k1 <= vf::load_unaligned(hi[1] + c));
-          if constexpr (kDims >= 3)
-            vis = vis & (vf::load_unaligned(lo[2] + c) <= k2) & (k2 <= vf::load_unaligned(hi[2] + c));
-          xsimd::select(vis, vf::load_unaligned(row + c), ninf).store_unaligned(row + c);
-        }
+        for (index_t c = 0; c < lanes; c += tile::kWidth)
+          xsimd::select(detail::na_windows_hold<kDims>(lo, hi, c, k), vf::load_unaligned(row + c), ninf)
+              .store_unaligned(row + c);
       }
     };
     if (plan->ax[2].ext > 1)
@@ -817,17 +831,10 @@ inline std::vector<std::array<index_t, 3>> na_query_slabs(const NaPlan& pl, inde
   return best;
 }
 
-// The lists for query tiles of `slots` and blocks of <= bkv keys, vectors of `group` lanes;
-// first the query and key orders whose lists cost least. Query orders: each vector of lanes
-// one line of the box in dimension 0 (the plan's), or one slab (na_query_slabs) with the
-// slabs in either of two orders; key orders: na_key_orders (thin pencils usually win), for
-// the slab orders only the plan order's winner and the pencils 1 or 2 wide. slabs false:
-// the plan order only (tests compare).
 // NaPlan::list_vis from the lists: per entry, the lanes of its tile whose windows hold the
-// key, by the vector compares of apply_tile (extra keys: every lane but padding). Tiles of
+// key (na_windows_hold, as apply_tile compares; extra keys: every lane but padding). Tiles of
 // more than 64 slots (none in the kernels: kQRows <= 64) keep no bits.
 inline void na_list_visibility(NaPlan& pl) {
-  using tile::vf;
   pl.list_vis.clear();
   const index_t slots = pl.list_tile;
   if (slots <= 0 || slots > 64 || slots % tile::kWidth != 0) return;
@@ -836,6 +843,9 @@ inline void na_list_visibility(NaPlan& pl) {
   const index_t ntiles = pl.q.size() / slots;
   for (index_t t = 0; t < ntiles; ++t) {
     const auto i0 = static_cast<std::size_t>(t * slots);
+    const float* lo[3];
+    const float* hi[3];
+    for (std::size_t d = 0; d < 3; ++d) lo[d] = &pl.qwin[2 * d * nq + i0], hi[d] = &pl.qwin[(2 * d + 1) * nq + i0];
     std::uint64_t tokens = 0;  // the tile's non-padding lanes
     for (index_t l = 0; l < slots; ++l)
       if (pl.q.coord[3 * (i0 + static_cast<std::size_t>(l))] >= 0) tokens |= std::uint64_t{1} << l;
@@ -849,23 +859,21 @@ inline void na_list_visibility(NaPlan& pl) {
         pl.list_vis[x] = tokens;
         continue;
       }
-      const int32_t* kc = &pl.k.coord[static_cast<std::size_t>(3 * (j - pl.extra))];
+      const NaKeyLanes k(&pl.k.coord[static_cast<std::size_t>(3 * (j - pl.extra))]);
       std::uint64_t bits = 0;
-      for (index_t c = 0; c < slots; c += tile::kWidth) {
-        auto vis = vf(1.f) == vf(1.f);
-        for (std::size_t d = 0; d < 3; ++d) {
-          const vf k(static_cast<float>(kc[d]));
-          const std::size_t at = i0 + static_cast<std::size_t>(c);
-          vis = vis & (vf::load_unaligned(&pl.qwin[2 * d * nq + at]) <= k) &
-                (k <= vf::load_unaligned(&pl.qwin[(2 * d + 1) * nq + at]));
-        }
-        bits |= std::uint64_t{tile::lane_bits(vis)} << c;
-      }
+      for (index_t c = 0; c < slots; c += tile::kWidth)
+        bits |= std::uint64_t{tile::lane_bits(na_windows_hold<3>(lo, hi, c, k))} << c;
       pl.list_vis[x] = bits;
     }
   }
 }
 
+// The lists for query tiles of `slots` and blocks of <= bkv keys, vectors of `group` lanes;
+// first the query and key orders whose lists cost least. Query orders: each vector of lanes
+// one line of the box in dimension 0 (the plan's), or one slab (na_query_slabs) with the
+// slabs in either of two orders; key orders: na_key_orders (thin pencils usually win), for
+// the slab orders only the plan order's winner and the pencils 1 or 2 wide. slabs false:
+// the plan order only (tests compare).
 inline void na_build_lists(NaPlan& pl, index_t slots, index_t bkv, index_t group, bool slabs = true) {
   const index_t ntiles = pl.q.size() / slots;
   const auto lists_cost = [&](const std::array<index_t, 3>& kb) {
