@@ -851,8 +851,9 @@ inline void na_list_visibility(NaPlan& pl) {
       if (pl.q.coord[3 * (i0 + static_cast<std::size_t>(l))] >= 0) tokens |= std::uint64_t{1} << l;
     const auto b0 = static_cast<std::size_t>(pl.list_first[static_cast<std::size_t>(t)]);
     const auto b1 = static_cast<std::size_t>(pl.list_first[static_cast<std::size_t>(t) + 1]);
+    if (b1 == b0) continue;  // a tile without blocks (list_blocks[b0] may not exist)
     const auto x0 = static_cast<std::size_t>(pl.list_blocks[b0].begin);
-    const auto x1 = b1 > b0 ? static_cast<std::size_t>(pl.list_blocks[b1 - 1].end) : x0;
+    const auto x1 = static_cast<std::size_t>(pl.list_blocks[b1 - 1].end);
     for (std::size_t x = x0; x < x1; ++x) {
       const index_t j = pl.list_keys[x];
       if (j < pl.extra) {
