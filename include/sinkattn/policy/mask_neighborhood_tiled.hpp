@@ -220,28 +220,35 @@ struct NaQuerySpan {
   bool pad = false, any = false;
 };
 
+// (The bounds are kept in registers, locals over an unrolled loop, and copied out at the end:
+// in the returned struct, or in arrays indexed by a loop counter, each min / max was a store
+// and a reload, and this loop and na_key_box's were most of a plan's build time.)
 inline NaQuerySpan na_query_span(const NaPlan& pl, index_t i0, index_t i1) {
-  NaQuerySpan q;
-  for (int d = 0; d < 3; ++d) {
-    q.ulo[d] = q.ihi[d] = std::numeric_limits<int32_t>::max();
-    q.uhi[d] = q.ilo[d] = std::numeric_limits<int32_t>::min();
-  }
+  constexpr int32_t kMax = std::numeric_limits<int32_t>::max(), kMin = std::numeric_limits<int32_t>::min();
+  int32_t ulo[3] = {kMax, kMax, kMax}, uhi[3] = {kMin, kMin, kMin};
+  int32_t ilo[3] = {kMin, kMin, kMin}, ihi[3] = {kMax, kMax, kMax};
+  bool pad = false, any = false;
   for (index_t i = i0; i < i1; ++i) {
     const int32_t* c = &pl.q.coord[static_cast<std::size_t>(3 * i)];
     if (c[0] < 0) {
-      q.pad = true;
+      pad = true;
       continue;
     }
-    q.any = true;
+    any = true;
+    SINKATTN_UNROLL
     for (int d = 0; d < 3; ++d) {
       const int32_t lo = pl.ax[d].wlo[static_cast<std::size_t>(c[d])],
                     hi = pl.ax[d].whi[static_cast<std::size_t>(c[d])];
-      q.ulo[d] = std::min(q.ulo[d], lo);
-      q.uhi[d] = std::max(q.uhi[d], hi);
-      q.ilo[d] = std::max(q.ilo[d], lo);
-      q.ihi[d] = std::min(q.ihi[d], hi);
+      ulo[d] = std::min(ulo[d], lo);
+      uhi[d] = std::max(uhi[d], hi);
+      ilo[d] = std::max(ilo[d], lo);
+      ihi[d] = std::min(ihi[d], hi);
     }
   }
+  NaQuerySpan q;
+  for (int d = 0; d < 3; ++d) q.ulo[d] = ulo[d], q.uhi[d] = uhi[d], q.ilo[d] = ilo[d], q.ihi[d] = ihi[d];
+  q.pad = pad;
+  q.any = any;
   return q;
 }
 
@@ -252,21 +259,26 @@ struct NaKeyBox {
 };
 
 inline NaKeyBox na_key_box(const NaPlan& pl, index_t j0, index_t j1) {
-  NaKeyBox k;
-  k.lo.fill(std::numeric_limits<int32_t>::max());
-  k.hi.fill(std::numeric_limits<int32_t>::min());
+  constexpr int32_t kMax = std::numeric_limits<int32_t>::max(), kMin = std::numeric_limits<int32_t>::min();
+  int32_t lo[3] = {kMax, kMax, kMax}, hi[3] = {kMin, kMin, kMin};  // (locals: na_query_span)
+  bool pad = false, any = false;
   for (index_t j = j0; j < j1; ++j) {
     const int32_t* c = &pl.k.coord[static_cast<std::size_t>(3 * j)];
     if (c[0] < 0) {
-      k.pad = true;
+      pad = true;
       continue;
     }
-    k.any = true;
+    any = true;
+    SINKATTN_UNROLL
     for (int d = 0; d < 3; ++d) {
-      k.lo[d] = std::min(k.lo[d], c[d]);
-      k.hi[d] = std::max(k.hi[d], c[d]);
+      lo[d] = std::min(lo[d], c[d]);
+      hi[d] = std::max(hi[d], c[d]);
     }
   }
+  NaKeyBox k;
+  for (int d = 0; d < 3; ++d) k.lo[d] = lo[d], k.hi[d] = hi[d];
+  k.pad = pad;
+  k.any = any;
   return k;
 }
 
@@ -877,16 +889,19 @@ inline void na_list_visibility(NaPlan& pl) {
 // the plan order only (tests compare).
 inline void na_build_lists(NaPlan& pl, index_t slots, index_t bkv, index_t group, bool slabs = true) {
   const index_t ntiles = pl.q.size() / slots;
-  const auto lists_cost = [&](const std::array<index_t, 3>& kb) {
+  // A candidate's cost, or any value above `bound` once its tiles so far exceed it (it cannot
+  // win then: the tiles' costs are positive; the choice is the same as summing every tile).
+  const auto lists_cost = [&](const std::array<index_t, 3>& kb, double bound) {
     na_set_key_order(pl, kb);
     double cost = 0;
-    for (index_t t = 0; t < ntiles; ++t) cost += na_tile_lists(pl, t * slots, slots, bkv, group, nullptr);
+    for (index_t t = 0; t < ntiles && !(cost > bound); ++t)
+      cost += na_tile_lists(pl, t * slots, slots, bkv, group, nullptr);
     return cost;
   };
   double best = -1;
   std::array<index_t, 3> best_box = pl.k.box;
   for (const auto& kb : na_key_orders(pl)) {
-    const double cost = lists_cost(kb);
+    const double cost = lists_cost(kb, best < 0 ? std::numeric_limits<double>::infinity() : best);
     if (best < 0 || cost < best) best = cost, best_box = kb;
   }
   const std::array<int, 3> plain_order = pl.q.order;
@@ -902,7 +917,7 @@ inline void na_build_lists(NaPlan& pl, index_t slots, index_t bkv, index_t group
         pl.q.order = order;
         na_fill_queries(pl);
         for (const auto& kb : keys) {
-          const double cost = lists_cost(kb);
+          const double cost = lists_cost(kb, best);
           if (cost < best) best = cost, best_box = kb, best_slab = slab, best_order = order;
         }
       }
