@@ -730,7 +730,10 @@ inline double na_tile_lists(const NaPlan& pl, index_t i0, index_t slots, index_t
     index_t alo, ahi;  // the vectors a block holding it may span: none that compute its keys elsewhere
     bool full;
   };
-  std::vector<Piece> pieces;
+  // (Scratch per thread, reused: the planners call this per tile and candidate order.)
+  thread_local std::vector<Piece> pieces, sorted;
+  thread_local std::vector<index_t> at;
+  pieces.clear();
   const index_t nvec = (slots + group - 1) / group;
   na_for_each_block(
       pl, i0, i0 + slots, bkv, group, [&](index_t j0, index_t j1, policy::BlockKind kind, policy::RowSpan r) {
@@ -745,8 +748,14 @@ inline double na_tile_lists(const NaPlan& pl, index_t i0, index_t slots, index_t
         }
         pieces.push_back({pl.extra + j0, pl.extra + j1, lo, hi, alo, nvec - 1, kind == policy::BlockKind::full});
       });
-  std::stable_sort(pieces.begin(), pieces.end(),
-                   [](const Piece& a, const Piece& b) { return a.lo != b.lo ? a.lo < b.lo : a.hi < b.hi; });
+  // Stably by (lo, hi): a counting sort over the nvec x nvec vector ranges.
+  at.assign(static_cast<std::size_t>(nvec * nvec + 1), 0);
+  for (const Piece& pc : pieces) ++at[static_cast<std::size_t>(pc.lo * nvec + pc.hi + 1)];
+  for (std::size_t x = 1; x < at.size(); ++x) at[x] += at[x - 1];
+  sorted.resize(pieces.size());
+  for (const Piece& pc : pieces)
+    sorted[static_cast<std::size_t>(at[static_cast<std::size_t>(pc.lo * nvec + pc.hi)]++)] = pc;
+  pieces.swap(sorted);
   double cost = 0;
   index_t n = 0, lo = 0, hi = -1, alo = 0, ahi = nvec - 1;
   bool full = true;
