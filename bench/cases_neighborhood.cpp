@@ -8,6 +8,7 @@
 //   BM_na_flat/<mask>        the same mask on the flat 64-row tiles (the path before issue 6)
 //   BM_na_masked_dense/<mask>  dense attention with a -inf bias outside the neighborhoods
 //   BM_na_copies/<mask>      the permutation alone: plan, K/V gather (Q, O go through a slot map)
+//   BM_na_plan/<mask>        a mask's whole plan with its key lists: what its first call adds
 //   BM_na_tiled_extra64/2d_64x64_k13  the 2-D case plus 64 extra (global) keys every query sees
 //
 // GFLOPS counts the VISIBLE pairs (4 * D per pair, as everywhere in bench/): for the NA cases
@@ -190,6 +191,15 @@ SINKATTN_BENCH_CASES(neighborhood_cases) {
         const detail::NaBuffers buf = detail::na_buffers(a, plan, detail::permute_workspace());
         detail::na_gather_inputs(a, plan, buf, Executor::serial());
         benchmark::ClobberMemory();
+      }
+    });
+    reg("BM_na_plan" + sfx, 10, [m](benchmark::State& st) {
+      // What a mask's first call adds (later calls take the kept plan: na_plan_for): token
+      // orders, window tables, the search over key orders and lane slabs, the key lists.
+      for (auto _ : st) {
+        detail::NaPlan plan;
+        detail::na_build_call_plan(plan, m);
+        benchmark::DoNotOptimize(plan.list_keys.data());
       }
     });
   }
