@@ -248,6 +248,41 @@ TEST(NeighborhoodTiledPolicy, SlabsComputeFewerLanePairsForLargeKernels) {
     }
 }
 
+// The planner stops summing a candidate order's tiles once they cost more than the best so
+// far: the same orders, slabs and lists as the full sums, over masks whose candidates tie
+// (blocked), nearly tie (large kernels) or differ by far (dilated, causal, extra keys).
+TEST(NeighborhoodTiledPolicy, PrunedSearchChoosesAsTheFullSums) {
+  std::vector<NeighborhoodMask> masks = kSlabCases;
+  masks.push_back(na(2, {64, 64, 1}, {8, 8, 1}, {1, 1, 1}, {8, 8, 1}));
+  masks.push_back(na(2, {30, 30, 1}, {5, 5, 1}));
+  masks.push_back(na(3, {10, 9, 8}, {3, 5, 3}, {2, 1, 2}, {1, 2, 1}, {false, true, false}));
+  NeighborhoodMask extra = na(2, {24, 24, 1}, {7, 7, 1});
+  extra.extra_keys = 5;
+  masks.push_back(extra);
+  for (const auto& m : masks)
+    for (const index_t group : {index_t{4}, index_t{8}, index_t{16}}) {
+      SCOPED_TRACE(describe(m) + " group " + std::to_string(group));
+      detail::NaPlan pruned, full;
+      detail::na_build_plan(pruned, m, 64, 64);
+      detail::na_build_plan(full, m, 64, 64);
+      detail::na_build_lists(pruned, 64, 64, group);
+      detail::na_build_lists(full, 64, 64, group, true, false);
+      EXPECT_EQ(pruned.k.box, full.k.box);
+      EXPECT_EQ(pruned.q.slab, full.q.slab);
+      EXPECT_EQ(pruned.q.order, full.q.order);
+      EXPECT_EQ(pruned.list_keys, full.list_keys);
+      EXPECT_EQ(pruned.list_first, full.list_first);
+      ASSERT_EQ(pruned.list_blocks.size(), full.list_blocks.size());
+      for (std::size_t b = 0; b < full.list_blocks.size(); ++b) {
+        const auto &x = pruned.list_blocks[b], &y = full.list_blocks[b];
+        EXPECT_TRUE(x.begin == y.begin && x.end == y.end && x.kind == y.kind && x.rows.lo == y.rows.lo &&
+                    x.rows.hi == y.rows.hi)
+            << "block " << b;
+      }
+      EXPECT_FALSE(full.list_blocks.empty());
+    }
+}
+
 TEST(NeighborhoodTiledPolicy, QueryBoxesAreCubesAndSkipMaskedKeys) {
   // 64 slots: 8x8 in 2-D, 4x4x4 in 3-D (equal kernels), and a 13x13 kernel on a 64x64 grid
   // visits far fewer keys per query tile than the flat 64-row tiles would.

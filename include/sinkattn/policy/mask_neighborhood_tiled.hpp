@@ -895,15 +895,16 @@ inline void na_list_visibility(NaPlan& pl) {
 // one line of the box in dimension 0 (the plan's), or one slab (na_query_slabs) with the
 // slabs in either of two orders; key orders: na_key_orders (thin pencils usually win), for
 // the slab orders only the plan order's winner and the pencils 1 or 2 wide. slabs false:
-// the plan order only (tests compare).
-inline void na_build_lists(NaPlan& pl, index_t slots, index_t bkv, index_t group, bool slabs = true) {
+// the plan order only; prune false: every candidate's tiles summed in full (tests compare).
+inline void na_build_lists(NaPlan& pl, index_t slots, index_t bkv, index_t group, bool slabs = true,
+                           bool prune = true) {
   const index_t ntiles = pl.q.size() / slots;
   // A candidate's cost, or any value above `bound` once its tiles so far exceed it (it cannot
   // win then: the tiles' costs are positive; the choice is the same as summing every tile).
   const auto lists_cost = [&](const std::array<index_t, 3>& kb, double bound) {
     na_set_key_order(pl, kb);
     double cost = 0;
-    for (index_t t = 0; t < ntiles && !(cost > bound); ++t)
+    for (index_t t = 0; t < ntiles && !(prune && cost > bound); ++t)
       cost += na_tile_lists(pl, t * slots, slots, bkv, group, nullptr);
     return cost;
   };
