@@ -223,15 +223,20 @@ double lane_pairs_per_visible_pair(const detail::NaPlan& pl) {
   return lanes / visible;
 }
 
+// The plan of m for 64-slot tiles and blocks of 64 keys, with key lists for vectors of `group`
+// lanes (na_build_lists' switches as given).
+detail::NaPlan plan_with_lists(const NeighborhoodMask& m, index_t group, bool slabs = true, bool prune = true) {
+  detail::NaPlan pl;
+  detail::na_build_plan(pl, m, 64, 64);
+  detail::na_build_lists(pl, 64, 64, group, slabs, prune);
+  return pl;
+}
+
 TEST(NeighborhoodTiledPolicy, SlabsComputeFewerLanePairsForLargeKernels) {
   for (const auto& m : kSlabCases)
     for (const index_t group : {index_t{4}, index_t{8}, index_t{16}}) {
       SCOPED_TRACE(describe(m) + " group " + std::to_string(group));
-      detail::NaPlan slab, line;
-      detail::na_build_plan(slab, m, 64, 64);
-      detail::na_build_plan(line, m, 64, 64);
-      detail::na_build_lists(slab, 64, 64, group);
-      detail::na_build_lists(line, 64, 64, group, false);
+      const detail::NaPlan slab = plan_with_lists(m, group), line = plan_with_lists(m, group, false);
       ASSERT_GT(slab.q.slab[0], 0) << "a slab order is chosen";
       EXPECT_EQ(slab.q.slab[0] * slab.q.slab[1] * slab.q.slab[2], group);
       EXPECT_EQ(line.q.slab[0], 0);
@@ -262,11 +267,7 @@ TEST(NeighborhoodTiledPolicy, PrunedSearchChoosesAsTheFullSums) {
   for (const auto& m : masks)
     for (const index_t group : {index_t{4}, index_t{8}, index_t{16}}) {
       SCOPED_TRACE(describe(m) + " group " + std::to_string(group));
-      detail::NaPlan pruned, full;
-      detail::na_build_plan(pruned, m, 64, 64);
-      detail::na_build_plan(full, m, 64, 64);
-      detail::na_build_lists(pruned, 64, 64, group);
-      detail::na_build_lists(full, 64, 64, group, true, false);
+      const detail::NaPlan pruned = plan_with_lists(m, group), full = plan_with_lists(m, group, true, false);
       EXPECT_EQ(pruned.k.box, full.k.box);
       EXPECT_EQ(pruned.q.slab, full.q.slab);
       EXPECT_EQ(pruned.q.order, full.q.order);
