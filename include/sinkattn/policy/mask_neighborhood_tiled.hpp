@@ -908,11 +908,11 @@ inline void na_build_lists(NaPlan& pl, index_t slots, index_t bkv, index_t group
       cost += na_tile_lists(pl, t * slots, slots, bkv, group, nullptr);
     return cost;
   };
-  double best = -1;
+  double best = std::numeric_limits<double>::infinity();
   std::array<index_t, 3> best_box = pl.k.box;
   for (const auto& kb : na_key_orders(pl)) {
-    const double cost = lists_cost(kb, best < 0 ? std::numeric_limits<double>::infinity() : best);
-    if (best < 0 || cost < best) best = cost, best_box = kb;
+    const double cost = lists_cost(kb, best);
+    if (cost < best) best = cost, best_box = kb;
   }
   const std::array<int, 3> plain_order = pl.q.order;
   std::array<index_t, 3> best_slab = pl.q.slab;
