@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 
 #include "sinkattn/core/kv_segments.hpp"
 #include "sinkattn/core/options.hpp"
@@ -93,6 +94,9 @@ struct KernelArgs {
   // O written with non-temporal stores where the prefill loop writes it from P.V
   // (output_streams in kernel/config.hpp): rows vector-aligned.
   bool stream_o = false;
+  // Non-zero: the generation under which tasks keep the V panels they copy (kernel/v_panels.hpp)
+  // for the next tasks on their thread, set by run() where tiles revisit key blocks.
+  std::uint64_t v_panels = 0;
 
   // The caller's row of query slot i (< 0: padding).
   index_t q_row(index_t i) const { return q_rows ? q_rows[i] : i; }

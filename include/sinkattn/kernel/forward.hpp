@@ -116,6 +116,11 @@ void run(const KernelArgs& a, const typename V::Mask& mask, const Executor& ex) 
     }
   }
   const index_t nqb = (p.seq_q + kBlockQ - 1) / kBlockQ;
+  // Where tiles copy V blocks and revisit them (block-aligned masks, head after head), each
+  // thread keeps its last panels for the next tiles (kernel/v_panels.hpp).
+  KernelArgs av = a;
+  if (keep_v_panels && !a.heads_inner && copies_v_rows(a) && kv_visits(a, mask, nqb, -1).revisited)
+    av.v_panels = next_v_panel_generation();
   const auto tasks = [&](const KernelArgs& ak, index_t t0, index_t t1) { run_tasks<V>(ak, mask, ex, nqb, t0, t1); };
   // Keys visited twice on average: rotate them (RoPE on load) once, not per visit, and where
   // a tile's keys stream from beyond L2, copy strided rows contiguous (kernel/packed_kv.hpp).
@@ -128,16 +133,16 @@ void run(const KernelArgs& a, const typename V::Mask& mask, const Executor& ex) 
     const KvVisits vis = kv_visits(a, mask, nqb, strided ? wide : -1);
     const PackWhat what = vis.wide ? all : rotate;
     if (vis.revisited && what.any()) {
-      if (run_with_packed_kv(a, nqb, packed_kv_plan(a, what, nqb, ex.concurrency()), ex, tasks)) return;
+      if (run_with_packed_kv(av, nqb, packed_kv_plan(a, what, nqb, ex.concurrency()), ex, tasks)) return;
       // No room for K and V (a KV-head chunk would starve the executor, or no memory): K
       // alone needs about half of it and still rotates each key once (RoPE on load) or reads
       // it contiguous; V is then read in place.
       if (what.k && what.v &&
-          run_with_packed_kv(a, nqb, packed_kv_plan(a, PackWhat{true, false}, nqb, ex.concurrency()), ex, tasks))
+          run_with_packed_kv(av, nqb, packed_kv_plan(a, PackWhat{true, false}, nqb, ex.concurrency()), ex, tasks))
         return;
     }
   }
-  tasks(a, 0, p.batch * p.heads_q * nqb);
+  tasks(av, 0, p.batch * p.heads_q * nqb);
 }
 
 // Runtime options -> one specialisation per (mask, normalization). The score modifiers

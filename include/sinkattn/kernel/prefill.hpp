@@ -21,6 +21,7 @@
 #include "sinkattn/kernel/args.hpp"
 #include "sinkattn/kernel/config.hpp"
 #include "sinkattn/kernel/fp_env.hpp"
+#include "sinkattn/kernel/v_panels.hpp"
 #include "sinkattn/kernel/workspace.hpp"
 #include "sinkattn/policy/mask.hpp"
 #include "sinkattn/policy/normalize.hpp"
@@ -333,13 +334,23 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
     // instead, through the map when there is one.
     const index_t k_bytes = p.dim_qk * static_cast<index_t>(sizeof(float));
     const index_t v_bytes = p.dim_v * static_cast<index_t>(sizeof(float));
+    // A copied block may already be in a panel a previous task of this thread copied
+    // (kernel/v_panels.hpp: block-aligned masks, whose tiles revisit the same blocks); then
+    // neither the copy nor the prefetch of its rows is needed.
+    float* vdst = vpack;
+    bool v_ready = false;
+    if (v_copy && a.v_panels != 0 && map != rowmap) {
+      const VPanels::Panel pn =
+          thread_v_panels().get({a.v_panels, Vw.ptr(b, map ? 0 : r0, g), map, nk}, j0, dv_pad, p.dim_v);
+      if (pn.data) vdst = pn.data, v_ready = pn.hit;
+    }
     tile::RowStream pf[tile::kMaxRowStreams];
     int npf = 0;
-    if (a.kv_rows || keys || v_copy || !v_contiguous) {
+    if ((a.kv_rows || keys || v_copy || !v_contiguous) && !v_ready) {
       tile::RowStream& s = pf[npf++];
       s = {Vw.ptr(b, map ? 0 : r0, g), Vw.stride[1], nk, v_bytes};
       if (v_copy) {
-        s.copy_to = vpack;
+        s.copy_to = vdst;
         s.copy_ld = dv_pad;
       }
       s.map = map;
@@ -401,7 +412,7 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
     const float* vp = Vw.ptr(b, r0, g);
     index_t ld_v = Vw.stride[1];
     if (v_copy) {
-      vp = vpack;  // copied during S^T
+      vp = vdst;  // copied during S^T (or by an earlier task)
       ld_v = dv_pad;
     } else if (!v_inplace && !v_ptrs) {
       tile::pack_rows(vpack, dv_pad, vp, ld_v, Vw.stride[3], nk, p.dim_v, dv_pad);
