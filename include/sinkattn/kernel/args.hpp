@@ -91,6 +91,8 @@ struct KernelArgs {
   // Task order with the heads innermost, (b, query block, h): set for slot-mapped calls whose
   // K/V blocks of one query tile, over all KV heads, fit in L2 (kernel/permute.hpp).
   bool heads_inner = false;
+  // Query tiles in ascending order (run_tasks): set for the permuted neighborhood calls.
+  bool tiles_ascending = false;
   // O written with non-temporal stores where the prefill loop writes it from P.V
   // (output_streams in kernel/config.hpp): rows vector-aligned.
   bool stream_o = false;

@@ -82,6 +82,9 @@ void run_tasks(const KernelArgs& a, const typename V::Mask& mask, const Executor
   // kernel/config.hpp) takes (b, query block, h) instead: in token-major layouts the heads of
   // a token share one row of Q and of O, so the heads of a tile run back to back while the
   // rows are in cache (their K/V blocks fit in L2 together).
+  // a.tiles_ascending (permuted neighborhood tiles, whose tasks are of even length) takes the
+  // query blocks in ascending order instead: their keys, gathered in the plan's key order, then
+  // stream upwards through the hardware prefetchers from tile to tile (bench/RESULTS.md run AA).
   // Each task prefetches the rows of the task its thread likely runs next: t + 1 on one
   // thread, t + threads under a dynamic schedule handing out tasks in order (a guess: a wrong
   // one costs some L3 traffic, never a wrong result).
@@ -92,7 +95,8 @@ void run_tasks(const KernelArgs& a, const typename V::Mask& mask, const Executor
     PrefillTask k;
     if (t >= t1) return k;
     k.h = hi ? t % p.heads_q : (t / nqb) % p.heads_q;
-    k.qb = nqb - 1 - (hi ? t / p.heads_q % nqb : t % nqb);
+    k.qb = hi ? t / p.heads_q % nqb : t % nqb;
+    if (!a.tiles_ascending) k.qb = nqb - 1 - k.qb;
     k.b = t / (nqb * p.heads_q);
     return k;
   };

@@ -175,6 +175,7 @@ inline KernelArgs na_permuted_args(const KernelArgs& a, const NaPlan& pl, const 
   // took 1.05x heads-inner with a 2 MiB L2 (Zen 4, where keys are always read in place).
   const double l2_share = buf != nullptr ? 1.0 : 0.5;
   pa.heads_inner = heads_inner_fits(pl.union_keys + static_cast<double>(pl.extra), p, l2_share);
+  pa.tiles_ascending = true;  // (tiles of even length: no causal imbalance to start from)
   if (buf == nullptr) {
     pa.kv_rows = pl.k_rows.data();
   } else {
