@@ -59,11 +59,12 @@ class VPanels {
       float* p = ws_.try_floats(static_cast<std::size_t>(kSlots * kBlockKV * ld));
       if (p == nullptr) return {};
       std::fill(p, p + kSlots * kBlockKV * ld, 0.f);  // the padding columns, once
+      base_ = p;
       for (Tag& x : tags_) x = Tag{};
       ld_ = ld, cols_ = cols;
     }
     const int s = static_cast<int>((j0 / kBlockKV) % kSlots);
-    float* data = ws_.floats(0) + s * kBlockKV * ld;
+    float* data = base_ + s * kBlockKV * ld;
     Tag& x = tags_[s];
     if (x.gen == t.gen && x.src == t.src && x.map == t.map && x.nk >= t.nk) {
       ++hits_;
@@ -77,13 +78,17 @@ class VPanels {
 
  private:
   Workspace ws_;
+  float* base_ = nullptr;
   Tag tags_[kSlots];
   index_t ld_ = 0, cols_ = 0;
   long hits_ = 0;
 };
 
-// Whether the prefill loop copies some V rows into panels (as its blocks decide: unit-stride
-// rows that P.V cannot read in place).
+// Whether the prefill loop copies some V rows into panels: the conditions of its per-block
+// v_copy (prefill_task), mapped or not (the affine-scaled normalization, which also copies
+// mapped rows, never runs on mapped keys: kernel/permute.hpp). They stay written out there:
+// routing the loop's through one shared function changed GCC's inlining of mma_pv and cost
+// ~1% (bench/RESULTS.md, run AA).
 inline bool copies_v_rows(const KernelArgs& a) {
   if (a.v_packed) return false;
   const auto copies = [&](const TensorView<const float>& v) {
