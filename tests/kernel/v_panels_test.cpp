@@ -2,9 +2,9 @@
 // revisit copied key blocks find them again, bit-identical to copying every block, and against
 // the fp64 reference; a later call never reads an earlier call's panels. Dv 13 has V copied
 // per block on every ISA (rows of no whole number of vectors); Dv 64 token-major on 16-register
-// ISAs only (detail::kVRowsInPlace). Block-aligned masks run through forward<V> with their
-// policy: forward() would take small problems heads innermost (their tiles fit the L2 over
-// every head; kernel/config.hpp), an order that keeps no panels.
+// ISAs only (detail::kVRowsInPlace). Block-aligned masks run head after head: forward() would
+// take problems this small heads innermost (their tiles fit the L2 over every head;
+// kernel/config.hpp), an order that keeps no panels.
 
 #include <gtest/gtest.h>
 
@@ -39,28 +39,21 @@ struct Panels {
   Panels& operator=(const Panels&) = delete;
 };
 
-// The runtime mask's policy, for forward<V> in the task order (b, h, tile) (null: none here).
-template <class F>
-Status with_policy(const Problem& p, const MaskSpec& m, F&& f) {
-  if (const auto* n = std::get_if<NeighborhoodMask>(&m))
-    return f(policy::NeighborhoodMaskPolicy{n->rank, n->extent, n->kernel, n->dilation, n->stride, n->causal,
-                                            n->extra_keys});
-  if (const auto* b = std::get_if<BlockMask>(&m))
-    return f(policy::BlockMaskPolicy{
-        p.seq_kv, p.seq_kv - p.seq_q + b->offset, b->boundaries.empty() ? b->block_size : 0, b->boundaries.data(),
-        static_cast<index_t>(b->boundaries.size()), b->global_keys, b->last_block_attends_all, b->causal});
-  return Status(Errc::unsupported, "mask");
-}
-
-// forward(): with a neighborhood or block mask, as forward<V> with its policy (softmax).
+// forward(); neighborhood and block masks through their policies (detail::with_mask_policy)
+// in the task order (b, h, tile) whatever their size.
 Status call(const test::Data& d, const test::Out& out, const Options& opt, const Executor& ex) {
   if (!std::holds_alternative<NeighborhoodMask>(opt.mask) && !std::holds_alternative<BlockMask>(opt.mask))
     return forward(d.p, d.q, d.k, d.v, out.o, opt, ex);
-  return with_policy(d.p, opt.mask, [&](const auto& mask) {
-    using V = Variant<policy::RuntimeScore, std::decay_t<decltype(mask)>, policy::OnlineSoftmax, policy::NoSink,
-                      policy::OptionalSigmoidGate>;
-    return forward<V>(d.p, d.q, d.k, d.v, out.o, mask, opt, ex);
-  });
+  SINKATTN_TRY(validate(d.p, d.q, d.k, d.v, out.o, opt));
+  return detail::with_mask_policy(
+      detail::make_args(d.p, d.q, d.k, d.v, out.o, opt), opt, [&](const detail::KernelArgs& pa, const auto& mask) {
+        using V = Variant<policy::RuntimeScore, std::decay_t<decltype(mask)>, policy::OnlineSoftmax, policy::NoSink,
+                          policy::OptionalSigmoidGate>;
+        detail::KernelArgs a = pa;
+        a.heads_inner = false;
+        detail::run<V>(a, mask, ex);
+        return Status{};
+      });
 }
 
 // One call on a fresh thread (no panels from earlier calls): its O and LSE, whether it matched
