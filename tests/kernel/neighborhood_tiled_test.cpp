@@ -436,26 +436,30 @@ TEST(NeighborhoodTiledKernel, OneAndTwoThreadsBitIdentical) {
 
 // Both task orders (kernel/permute.hpp: heads innermost when one tile's keys over all KV
 // heads fit in this core's L2 when gathered, in half of it when read in place): a 16x16 grid
-// whose tiles' unions are all 256 keys (128 KiB of K/V per KV head at D 64), with 2 KV heads
-// (256 KiB: heads inner either way) and one more than the L2 takes (heads outer), each on 1 and
-// 2 threads.
+// with a 15x13 kernel (each tile's union some 200-256 keys, by the tile shape of this ISA;
+// 100-128 KiB of K/V per KV head at D 64), with 2 KV heads (heads inner either way) and enough
+// that one tile's keys over all heads exceed this machine's L2 (heads outer), each on 1 and 2
+// threads.
 TEST(NeighborhoodTiledKernel, BothTaskOrdersAgreeWithTheReference) {
   const auto m = na(2, {16, 16, 1}, {15, 13, 1});
-  const auto outer = static_cast<index_t>(std::max<std::size_t>(detail::l2_cache_bytes() / (128 * 1024) + 1, 8));
+  detail::NaPlan plan;
+  detail::na_build_plan(plan, m, detail::kBlockQ, detail::kBlockKV);
+  const double head_bytes = plan.union_keys * (64 + 64) * sizeof(float);  // one KV head's union
+  const auto outer =
+      std::max<index_t>(static_cast<index_t>(static_cast<double>(detail::l2_cache_bytes()) / head_bytes) + 1, 8);
   for (const index_t hkv : {index_t{2}, outer}) {
     const Problem p{1, 2 * hkv, hkv, 256, 256, 64, 64};  // GQA, 2 query heads per KV head
     const auto data = test::make_data(p, Layout::BSHD, 31);
     Options opt;
     opt.mask = m;
-    detail::NaPlan plan;
-    detail::na_build_plan(plan, m, detail::kBlockQ, detail::kBlockKV);
     const detail::KernelArgs a = detail::make_args(p, data.q, data.k, data.v, {}, opt);
-    const std::size_t bytes = static_cast<std::size_t>(hkv) * 128 * 1024;
+    const double bytes = static_cast<double>(hkv) * head_bytes;
+    const auto l2 = static_cast<double>(detail::l2_cache_bytes());
     float dummy = 0;  // (na_permuted_args only points the views at the buffers)
     const detail::NaBuffers gathered{&dummy, &dummy};
-    EXPECT_EQ(detail::na_permuted_args(a, plan, nullptr).heads_inner, 2 * bytes <= detail::l2_cache_bytes())
+    EXPECT_EQ(detail::na_permuted_args(a, plan, nullptr).heads_inner, 2 * bytes <= l2)
         << "in place, Hkv=" << hkv << ": union " << plan.union_keys << " keys";
-    EXPECT_EQ(detail::na_permuted_args(a, plan, &gathered).heads_inner, bytes <= detail::l2_cache_bytes())
+    EXPECT_EQ(detail::na_permuted_args(a, plan, &gathered).heads_inner, bytes <= l2)
         << "gathered, Hkv=" << hkv << ": union " << plan.union_keys << " keys";
     if (hkv == outer) {
       EXPECT_FALSE(detail::na_permuted_args(a, plan, &gathered).heads_inner) << "the outer case must not fit";
