@@ -1,8 +1,8 @@
 // K and V rows packed once per call (kernel/packed_kv.hpp) when they are strided: which calls
 // pack what, and every mask, normalization, head dim, segment layout and chunking of the packed
 // path bit-identical to reading the rows where they are, and against the fp64 reference. The
-// path runs by default on 16-register ISAs only (detail::kPackStridedKv), and only where a
-// query tile's keys exceed half the L2; the tests force it on every ISA and for every tile.
+// path runs by default (detail::kPackStridedKv) only where a query tile's keys exceed half
+// the L2; the tests force it for every tile.
 
 #include <gtest/gtest.h>
 

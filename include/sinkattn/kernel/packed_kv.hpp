@@ -5,10 +5,11 @@
 // that visits it. Two things then repeat per visit and cost more than doing them once:
 //   - RoPE on load rotates each key block into its packed panel: 64 rotations per key for
 //     dense attention over 4096 keys (1.12-1.13x the time; bench/RESULTS.md, run T);
-//   - on 16-register ISAs (AVX2; kPackStridedKv in kernel/config.hpp), K and V rows that are
-//     not contiguous (token-major layouts: rows Hkv * D floats apart) fall into a few L1 sets,
-//     and V is copied into a panel per block: 1.45x the time of head-major K and V for dense
-//     attention (B1 H8 S4096 D64 on a Zen 2; bench/RESULTS.md, run U).
+//   - K and V rows that are not contiguous (token-major layouts: rows Hkv * D floats apart;
+//     kPackStridedKv in kernel/config.hpp) fall into a few L1 sets, and on 16-register ISAs V
+//     is copied into a panel per block: 1.45x the time of head-major K and V for dense
+//     attention on a Zen 2 (B1 H8 S4096 D64; bench/RESULTS.md, run U), 1.11-1.20x on an
+//     AVX-512 Xeon (run AC).
 // When keys are visited at least twice on average, run() first packs them, in parallel, into
 // a buffer, and the tasks read it in place as unit-stride, head-major K and V:
 //
