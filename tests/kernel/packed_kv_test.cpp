@@ -8,6 +8,7 @@
 
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "harness.hpp"
@@ -113,6 +114,20 @@ TEST(PackedKv, PacksStridedRowsOnlyWhereTheyAreRevisitedAndWide) {
     const index_t tw = (pw.seq_q + detail::kBlockQ - 1) / detail::kBlockQ;
     EXPECT_FALSE(detail::kv_visits(aw, policy::SlidingWindowMaskPolicy{pw.seq_kv, 0, 20, 0, 0}, tw, 192).wide);
     EXPECT_TRUE(detail::kv_visits(aw, policy::FullMaskPolicy{pw.seq_kv}, tw, 192).wide);
+    // reused: each key read by kPackTilesPerKey tiles of a head, however narrow the tiles
+    // (16 tiles see all 1000 keys; a 20-key window's tiles see at most three blocks each).
+    const index_t narrow = pw.seq_kv;  // no tile is wider than this
+    EXPECT_TRUE(detail::kv_visits(aw, policy::FullMaskPolicy{pw.seq_kv}, tw, narrow).reused);
+    EXPECT_TRUE(detail::kv_visits(aw, policy::FullMaskPolicy{pw.seq_kv}, tw, narrow).pack_strided());
+    EXPECT_FALSE(detail::kv_visits(aw, policy::FullMaskPolicy{pw.seq_kv}, tw, -1).reused) << "not asked";
+    const auto window = detail::kv_visits(aw, policy::SlidingWindowMaskPolicy{pw.seq_kv, 0, 20, 0, 0}, tw, narrow);
+    EXPECT_TRUE(window.revisited);
+    EXPECT_FALSE(window.reused);
+    EXPECT_FALSE(window.pack_strided());
+    EXPECT_FALSE(detail::kv_visits(a, full, tiles, 150).reused) << "2 tiles per key";
+    const index_t few = detail::kPackTilesPerKey - 1;  // one tile short of the threshold
+    EXPECT_FALSE(detail::kv_visits(aw, policy::FullMaskPolicy{pw.seq_kv}, few, narrow).reused);
+    EXPECT_TRUE(detail::kv_visits(aw, policy::FullMaskPolicy{pw.seq_kv}, few + 1, narrow).reused);
   }
   {  // head-major: contiguous K; V contiguous in whole vectors, or not (Dv 13)
     const test::Data d = test::make_data(p, Layout::BHSD, 3);
@@ -125,22 +140,25 @@ TEST(PackedKv, PacksStridedRowsOnlyWhereTheyAreRevisitedAndWide) {
     EXPECT_TRUE(w.v) << "rows of 13 floats: the loop would copy them per block";
   }
   // run() packs into the calling thread's buffer when forced, and not when each tile's keys
-  // stay in L2 (the default threshold: half the L2 over 150 keys).
-  const test::Data d = test::make_data(p, Layout::BSHD, 5);
-  for (const bool forced : {true, false}) {
+  // stay in L2 (the default threshold: half the L2 over 150 keys) and each key is read by two
+  // tiles; it packs by default when each key is read by 16 (1000 queries and keys).
+  const Problem pr{1, 4, 2, 1000, 1000, 21, 16};
+  for (const auto& [pc, forced, want] :
+       {std::tuple{p, true, true}, std::tuple{p, false, false}, std::tuple{pr, false, true}}) {
+    const test::Data d = test::make_data(pc, Layout::BSHD, 5);
     std::size_t kept = 0;
-    std::thread([&] {
+    std::thread([&, pc = pc, forced = forced] {
       const Force f(true, forced ? 0 : -1);
-      test::Out out = test::make_out(p, Layout::BSHD, false);
-      EXPECT_TRUE(forward(p, d.q, d.k, d.v, out.o, Options{}).ok());
+      test::Out out = test::make_out(pc, Layout::BSHD, false);
+      EXPECT_TRUE(forward(pc, d.q, d.k, d.v, out.o, Options{}).ok());
       kept = detail::kept_kv().ws.capacity();
     }).join();
     const auto packed = static_cast<std::size_t>(
-        p.heads_kv * p.seq_kv * (tile::round_up(p.dim_qk, tile::kWidth) + tile::round_up(p.dim_v, tile::kWidth)));
-    if (forced)
-      EXPECT_GE(kept, packed);
+        pc.heads_kv * pc.seq_kv * (tile::round_up(pc.dim_qk, tile::kWidth) + tile::round_up(pc.dim_v, tile::kWidth)));
+    if (want)
+      EXPECT_GE(kept, packed) << "Sq=" << pc.seq_q << " forced=" << forced;
     else
-      EXPECT_EQ(kept, 0u);
+      EXPECT_EQ(kept, 0u) << "Sq=" << pc.seq_q;
   }
 }
 

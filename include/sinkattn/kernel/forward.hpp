@@ -127,15 +127,16 @@ void run(const KernelArgs& a, const typename V::Mask& mask, const Executor& ex) 
     av.v_panels = next_v_panel_generation();
   const auto tasks = [&](const KernelArgs& ak, index_t t0, index_t t1) { run_tasks<V>(ak, mask, ex, nqb, t0, t1); };
   // Keys visited twice on average: rotate them (RoPE on load) once, not per visit, and where
-  // a tile's keys stream from beyond L2, copy strided rows contiguous (kernel/packed_kv.hpp).
+  // a tile's keys stream from beyond L2 or each key is read by many tiles, copy strided rows
+  // contiguous (kernel/packed_kv.hpp).
   // Neighborhood calls on query slots (kernel/permute.hpp) have chosen their K/V rows already:
   // gathered where tiles share keys, in place where each key serves one tile.
   const index_t wide = wide_tile_keys(a);
-  const PackWhat rotate = pack_what(a, false), all = pack_what(a, pack_strided_kv && p.seq_kv > wide && !a.q_rows);
+  const PackWhat rotate = pack_what(a, false), all = pack_what(a, pack_strided_kv && !a.q_rows);
   if (all.any()) {
-    const bool strided = all.k != rotate.k || all.v != rotate.v;  // whether the tiles' width matters
+    const bool strided = all.k != rotate.k || all.v != rotate.v;  // whether width and reuse matter
     const KvVisits vis = kv_visits(a, mask, nqb, strided ? wide : -1);
-    const PackWhat what = vis.wide ? all : rotate;
+    const PackWhat what = vis.pack_strided() ? all : rotate;
     if (vis.revisited && what.any()) {
       if (run_with_packed_kv(av, nqb, packed_kv_plan(a, what, nqb, ex.concurrency()), ex, tasks)) return;
       // No room for K and V (a KV-head chunk would starve the executor, or no memory): K

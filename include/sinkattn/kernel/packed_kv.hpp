@@ -81,13 +81,22 @@ inline PackWhat pack_what(const KernelArgs& a, bool strided) {
   return w;
 }
 
+// Strided K/V rows are packed, whatever the tiles' width, when each key is read by at least
+// this many query tiles of one head on average: the copy, once per key, then costs less than
+// the strided reads it replaces, even from L2 (dense B1 H8 S1024 D64 and D128: 0.87x and 0.84x
+// the time, 16 tiles per key; 1024-key blocks and windows 0.94x; 256-key blocks and windows,
+// 4-5 tiles per key, 1.12-1.16x; AVX-512 Xeon, bench/RESULTS.md, run AD).
+inline constexpr index_t kPackTilesPerKey = 8;
+
 // How often the query tiles visit the keys, counted over the mask's key blocks for batch 0,
 // head 0: revisited when the visits, times the query heads sharing a KV head, reach twice Skv
 // (dense attention over two query tiles; not a decode-sized block-sparse call that picks a few
-// blocks, nor one query tile without GQA); wide when some tile visits more than `wide_keys`
-// (< 0: not asked; the count stops once the keys are revisited).
+// blocks, nor one query tile without GQA); wide when some tile visits more than `wide_keys`;
+// reused when the visits reach kPackTilesPerKey * Skv (both only when wide_keys >= 0: the
+// question whether strided rows pay to pack; the count stops once it is answered).
 struct KvVisits {
-  bool revisited = false, wide = false;
+  bool revisited = false, wide = false, reused = false;
+  bool pack_strided() const { return revisited && (wide || reused); }
 };
 template <class Mask>
 KvVisits kv_visits(const KernelArgs& a, const Mask& mask_all, index_t query_tiles, index_t wide_keys) {
@@ -97,7 +106,7 @@ KvVisits kv_visits(const KernelArgs& a, const Mask& mask_all, index_t query_tile
   decltype(auto) mask = policy::bind(mask_all, 0, 0);
   const index_t rep = p.heads_q / p.heads_kv;
   index_t visits = 0;
-  for (index_t t = 0; t < query_tiles && !(r.revisited && (r.wide || wide_keys < 0)); ++t) {
+  for (index_t t = 0; t < query_tiles && !(r.revisited && (wide_keys < 0 || r.wide || r.reused)); ++t) {
     const index_t i0 = t * kBlockQ;
     index_t keys = 0;
     policy::for_each_kv_block(mask, i0, std::min(p.seq_q, i0 + kBlockQ), kBlockKV,
@@ -105,6 +114,7 @@ KvVisits kv_visits(const KernelArgs& a, const Mask& mask_all, index_t query_tile
     visits += keys;
     r.revisited = r.revisited || rep * visits >= 2 * p.seq_kv;
     r.wide = r.wide || (wide_keys >= 0 && keys > wide_keys);
+    r.reused = r.reused || (wide_keys >= 0 && visits >= kPackTilesPerKey * p.seq_kv);
   }
   return r;
 }
