@@ -46,8 +46,8 @@ inline constexpr index_t kBlockKV = 64;
 inline constexpr bool kVRowsInPlace = tile::kRegisters >= 32;
 
 // Whether run() packs K and V rows that are not contiguous (token-major layouts) into
-// head-major buffers once per call when keys are revisited and a tile's keys stream from
-// beyond L2 (kernel/packed_kv.hpp). K rows 1-2 KiB apart fall into a quarter of the L1's sets
+// head-major buffers once per call when keys are revisited and either a tile's keys stream
+// from beyond L2 or each key is read by many tiles (kernel/packed_kv.hpp). K rows 1-2 KiB apart fall into a quarter of the L1's sets
 // (a 64-row block of D64 rows: 16 lines in each of 16 sets, more than the ways), and the
 // register-tile passes re-read them. On the 16-register ISAs, where V is also copied into a
 // panel per block, head-major K alone took 0.84x the time, V alone 0.73x, both 0.68x (dense

@@ -122,8 +122,9 @@ KvVisits kv_visits(const KernelArgs& a, const Mask& mask_all, index_t query_tile
 // Strided K/V rows pay to pack where a query tile's keys stream from beyond L2, or where each
 // key is read by many tiles (kPackTilesPerKey); keys in L2 that few tiles read (a sliding
 // window of 256 keys, neighborhood and block tiles) are read in place, and their copy cost up
-// to 1.10x (B1 H4 S4096 D64 BSHD, 1-D blocks of 256 keys; Zen 2, bench/RESULTS.md, run U). The keys above which a tile's K/V rows (those of all
-// KV heads when the heads run innermost) take more than half the L2.
+// to 1.10x (B1 H4 S4096 D64 BSHD, 1-D blocks of 256 keys; Zen 2, bench/RESULTS.md, run U).
+// The keys above which a tile's K/V rows (those of all KV heads when the heads run innermost)
+// take more than half the L2.
 inline index_t wide_tile_keys(const KernelArgs& a) {
   const Problem& p = a.p;
   if (pack_wide_keys >= 0) return pack_wide_keys;
