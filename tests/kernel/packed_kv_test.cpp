@@ -1,7 +1,7 @@
 // K and V rows packed once per call (kernel/packed_kv.hpp) when they are strided: which calls
 // pack what, and every mask, normalization, head dim, segment layout and chunking of the packed
 // path bit-identical to reading the rows where they are, and against the fp64 reference. The
-// path runs by default (detail::kPackStridedKv) only where a query tile's keys exceed half
+// path runs by default (detail::pack_strided_kv) only where a query tile's keys exceed half
 // the L2; the tests force it for every tile.
 
 #include <gtest/gtest.h>
@@ -30,7 +30,7 @@ struct Force {
     detail::packed_kv_retained = retained;
   }
   ~Force() {
-    detail::pack_strided_kv = detail::kPackStridedKv;
+    detail::pack_strided_kv = true;  // (the default)
     detail::pack_wide_keys = -1;
     detail::packed_kv_retained = detail::kPackedKvRetained;
   }

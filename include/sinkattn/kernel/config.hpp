@@ -45,19 +45,6 @@ inline constexpr index_t kBlockKV = 64;
 // in place at a 4 KiB stride and through row pointers: there the copy stays.
 inline constexpr bool kVRowsInPlace = tile::kRegisters >= 32;
 
-// Whether run() packs K and V rows that are not contiguous (token-major layouts) into
-// head-major buffers once per call when keys are revisited and either a tile's keys stream
-// from beyond L2 or each key is read by many tiles (kernel/packed_kv.hpp). K rows 1-2 KiB
-// apart fall into a quarter of the L1's sets (a 64-row block of D64 rows: 16 lines in each
-// of 16 sets, more than the ways), and the register-tile passes re-read them. On the
-// 16-register ISAs, where V is also copied into a panel per block, head-major K alone took
-// 0.84x the time, V alone 0.73x, both 0.68x (dense S4096, Zen 2; bench/RESULTS.md, run U).
-// With AVX-512 a contiguous K gained 1-3% on a Zen 4 (run T), and K and V together
-// 0.89-0.91x the time on an AVX-512 Xeon (2 MiB L2, 48 KiB 12-way L1: dense and causal B1 H2
-// S8192 D128, GQA causal S4096 D64; K alone 0.96, V alone 0.98; run AC), the copy included:
-// every ISA packs.
-inline constexpr bool kPackStridedKv = true;
-
 // The size of cpu0's level-`level` (2, 3) cache in bytes: Linux's figure (sysfs, "16384K")
 // first, then the C library's, 0 when neither says. glibc reports the whole package's L3 on
 // some AMD parts (256 MiB on an EPYC whose core complex, the L3 a core can use, has 16 MiB).

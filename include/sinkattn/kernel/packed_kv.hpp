@@ -6,7 +6,7 @@
 //   - RoPE on load rotates each key block into its packed panel: 64 rotations per key for
 //     dense attention over 4096 keys (1.12-1.13x the time; bench/RESULTS.md, run T);
 //   - K and V rows that are not contiguous (token-major layouts: rows Hkv * D floats apart;
-//     kPackStridedKv in kernel/config.hpp) fall into a few L1 sets, and on 16-register ISAs V
+//     pack_strided_kv below) fall into a few L1 sets, and on 16-register ISAs V
 //     is copied into a panel per block: 1.45x the time of head-major K and V for dense
 //     attention on a Zen 2 (B1 H8 S4096 D64; bench/RESULTS.md, run U), 1.11-1.20x on an
 //     AVX-512 Xeon (run AC).
@@ -47,10 +47,23 @@ namespace sinkattn::detail {
 
 inline constexpr std::size_t kPackedKvRetained = std::size_t{32} << 20;  // bytes
 // The limits in force: tests lower the first to reach the chunked and the allocated layouts on
-// small problems, set the second to pack strided rows on every ISA and the third to count every
-// tile as wide (wide_tile_keys; < 0: from the L2 size). Set them only while no call runs.
+// small problems, turn the second off to compare with rows read in place, and set the third to
+// count every tile as wide (wide_tile_keys; < 0: from the L2 size). Set them only while no
+// call runs.
+//
+// pack_strided_kv: whether run() (kernel/forward.hpp) packs K and V rows that are not
+// contiguous (token-major layouts) into head-major buffers once per call when keys are
+// revisited and either a tile's keys stream from beyond L2 or each key is read by many tiles.
+// K rows 1-2 KiB apart fall into a quarter of the L1's sets (a 64-row block of D64 rows: 16
+// lines in each of 16 sets, more than the ways), and the register-tile passes re-read them.
+// On the 16-register ISAs, where V is also copied into a panel per block, head-major K alone
+// took 0.84x the time, V alone 0.73x, both 0.68x (dense S4096, Zen 2; bench/RESULTS.md, run
+// U). With AVX-512 a contiguous K gained 1-3% on a Zen 4 (run T), and K and V together
+// 0.89-0.91x the time on an AVX-512 Xeon (2 MiB L2, 48 KiB 12-way L1: dense and causal B1 H2
+// S8192 D128, GQA causal S4096 D64; K alone 0.96, V alone 0.98; run AC), the copy included:
+// every ISA packs.
 inline std::size_t packed_kv_retained = kPackedKvRetained;
-inline bool pack_strided_kv = kPackStridedKv;
+inline bool pack_strided_kv = true;
 inline index_t pack_wide_keys = -1;
 inline constexpr index_t kPackRows = 512;  // rows per packing job (parallel over the executor)
 
