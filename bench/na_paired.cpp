@@ -7,7 +7,8 @@
 //   sinkattn_na_paired [rounds = 12]      (one thread: run it under taskset -c N)
 //
 // Same problem as BM_na_* (B1 H4 S4096 D64, token-major, the same 64-byte aligned buffers:
-// bench/buffer.hpp), same masks, same pair counts.
+// bench/buffer.hpp), same masks, same pair counts. The bhsd_ cases read the same buffers
+// head-major and are measured against the head-major dense call.
 
 #include <algorithm>
 #include <chrono>
@@ -37,12 +38,17 @@ struct Buffers {
     for (float* x : {q.get(), k.get(), v.get()})
       for (index_t i = 0; i < n; ++i) x[i] = nd(rng);
   }
-  double run(const Options& opt) {
+  // bhsd: the same buffers read head-major ([B, H, S, D], NATTEN's other layout) instead of
+  // token-major ([B, S, H, D]).
+  double run(const Options& opt, bool bhsd = false) {
     using CV = TensorView<const float>;
+    const auto in = [&](const float* x) {
+      return bhsd ? CV::bhsd(x, 1, p.seq_q, 4, 64) : CV::bshd(x, 1, p.seq_q, 4, 64);
+    };
+    const auto out = bhsd ? TensorView<float>::bhsd(o.get(), 1, p.seq_q, 4, 64)
+                          : TensorView<float>::bshd(o.get(), 1, p.seq_q, 4, 64);
     const auto t0 = std::chrono::steady_clock::now();
-    const Status s =
-        forward(p, CV::bshd(q.get(), 1, p.seq_q, 4, 64), CV::bshd(k.get(), 1, p.seq_kv, 4, 64),
-                CV::bshd(v.get(), 1, p.seq_kv, 4, 64), TensorView<float>::bshd(o.get(), 1, p.seq_q, 4, 64), opt);
+    const Status s = forward(p, in(q.get()), in(k.get()), in(v.get()), out, opt);
     if (!s.ok()) {
       std::fprintf(stderr, "forward failed: %s\n", s.message().c_str());
       std::exit(1);
@@ -55,6 +61,7 @@ struct Case {
   std::string name;
   NeighborhoodMask m;
   bool masked_dense = false;  // also time the dense call with a -inf bias outside the windows
+  bool bhsd = false;          // head-major tensors (then against the head-major dense call)
   double visible = 0;         // visible pairs per head
   std::vector<float> bias;
   std::vector<double> frac, speedup, ideal;  // per round
@@ -68,10 +75,10 @@ double median(std::vector<double> v) {
 // One call of a case, after a warm-up call: the first call after another mask meets its
 // plan and tables out of cache (measured 2-3% slower for k=s=8), which a model calling one
 // mask per layer does not.
-double median_warm(Buffers& b, const Options& o) {
-  b.run(o);
+double median_warm(Buffers& b, const Options& o, bool bhsd) {
+  b.run(o, bhsd);
   std::vector<double> t;
-  for (int i = 0; i < 5; ++i) t.push_back(b.run(o));
+  for (int i = 0; i < 5; ++i) t.push_back(b.run(o, bhsd));
   return median(t);
 }
 
@@ -90,11 +97,12 @@ int main(int argc, char** argv) {
     return m;
   };
   std::vector<Case> cases;
-  auto add = [&](const char* name, const NeighborhoodMask& m, bool masked_dense) {
+  auto add = [&](const char* name, const NeighborhoodMask& m, bool masked_dense, bool bhsd = false) {
     Case c;
     c.name = name;
     c.m = m;
     c.masked_dense = masked_dense;
+    c.bhsd = bhsd;
     cases.push_back(std::move(c));
   };
   add("2d_64x64_k13", na(2, {64, 64, 1}, {13, 13, 1}, {1, 1, 1}), true);
@@ -102,6 +110,8 @@ int main(int argc, char** argv) {
   add("2d_64x64_k16_s16", na(2, {64, 64, 1}, {16, 16, 1}, {16, 16, 1}), false);
   add("2d_64x64_k8_s8", na(2, {64, 64, 1}, {8, 8, 1}, {8, 8, 1}), false);
   add("1d_4096_k256_s256", na(1, {4096, 1, 1}, {256, 1, 1}, {256, 1, 1}), false);
+  add("bhsd_2d_k16_s16", na(2, {64, 64, 1}, {16, 16, 1}, {16, 16, 1}), false, true);
+  add("bhsd_2d_k8_s8", na(2, {64, 64, 1}, {8, 8, 1}, {8, 8, 1}), false, true);
   for (Case& c : cases) {
     const policy::NeighborhoodMaskPolicy pol{c.m.rank, c.m.extent, c.m.kernel, c.m.dilation, c.m.stride, c.m.causal};
     for (index_t i = 0; i < p.seq_q; ++i) c.visible += static_cast<double>(pol.count_visible(i));
@@ -114,25 +124,28 @@ int main(int argc, char** argv) {
     }
   }
   const double all = static_cast<double>(p.seq_q) * static_cast<double>(p.seq_kv);
-  std::vector<double> dense_ms;
+  std::vector<double> dense_ms, dense_bhsd_ms;
   for (int r = 0; r < rounds; ++r) {
-    const double td = buf.run(Options{});
-    dense_ms.push_back(td);
+    const double td_bshd = buf.run(Options{}), td_bhsd = buf.run(Options{}, true);
+    dense_ms.push_back(td_bshd);
+    dense_bhsd_ms.push_back(td_bhsd);
     for (Case& c : cases) {
       Options opt;
       opt.mask = c.m;
-      const double t = median_warm(buf, opt);
+      const double td = c.bhsd ? td_bhsd : td_bshd;
+      const double t = median_warm(buf, opt, c.bhsd);
       c.frac.push_back((c.visible / t) / (all / td));         // GFLOP/s over visible pairs / dense
       c.ideal.push_back(t / (td * (c.visible / all) / 0.9));  // <= 1: within 90% of the ideal speedup
       if (c.masked_dense) {
         Options ob;
         ob.score.bias = TensorView<const float>(c.bias.data(), {1, p.heads_q, p.seq_q, p.seq_kv}, {0, 0, p.seq_kv, 1});
-        c.speedup.push_back(buf.run(ob) / t);
+        c.speedup.push_back(buf.run(ob, c.bhsd) / t);
       }
     }
   }
-  std::printf("%d rounds, dense call median %.1f ms (min %.1f, max %.1f)\n", rounds, median(dense_ms),
-              *std::min_element(dense_ms.begin(), dense_ms.end()), *std::max_element(dense_ms.begin(), dense_ms.end()));
+  std::printf("%d rounds, dense call median %.1f ms (min %.1f, max %.1f); head-major (bhsd_ cases) %.1f ms\n", rounds,
+              median(dense_ms), *std::min_element(dense_ms.begin(), dense_ms.end()),
+              *std::max_element(dense_ms.begin(), dense_ms.end()), median(dense_bhsd_ms));
   std::printf("%-20s %14s %18s %22s\n", "case", "of dense", "x masked dense", "time / (ideal / 0.9)");
   for (const Case& c : cases) {
     std::printf("%-20s %14.3f", c.name.c_str(), median(c.frac));
