@@ -469,10 +469,11 @@ TEST(NeighborhoodTiledKernel, BothTaskOrdersAgreeWithTheReference) {
 }
 
 // K and V are read at the caller's rows (KernelArgs::kv_rows: K in place, V through row
-// pointers or copied per block) instead of from gathered copies: always where P.V reads V
-// rows in place (detail::kVRowsInPlace, AVX-512), else for blocked neighborhoods only (each
-// key serves about one query tile; shared keys, stride 1, are gathered). K/V whose head dim
-// is not contiguous are gathered. (The x86-64-v2 copy of this test runs the gathers.)
+// pointers or copied per block) instead of from gathered copies: where P.V reads V rows in
+// place (detail::kVRowsInPlace, AVX-512) for every mask here (rows at most 576 bytes apart; the
+// next test has wider ones), else for blocked neighborhoods only (each key serves about one
+// query tile; shared keys, stride 1, are gathered). K/V whose head dim is not contiguous are
+// gathered. (The x86-64-v2 copy of this test runs the gathers.)
 TEST(NeighborhoodTiledKernel, BlockedNeighborhoodsReadKeysAtTheCallersRows) {
   const auto in_place = [](const test::Data& d, const NeighborhoodMask& m) {
     detail::NaPlan plan;
@@ -530,6 +531,28 @@ TEST(NeighborhoodTiledKernel, BlockedNeighborhoodsReadKeysAtTheCallersRows) {
   Options opt;
   opt.mask = m;
   EXPECT_TRUE(run_and_compare(data, opt)) << "strided head dim";
+}
+
+// Keys that several tiles share are gathered where in-place reads grow costly: on every ISA
+// once the token rows lie KiBs apart (detail::kNaGatherBytes: H16 D64 token-major, 4 KiB rows,
+// each key in ~2 tiles' unions), while head-major rows of the same problem (256 bytes apart)
+// stay in place where P.V reads V rows in place (kVRowsInPlace); the gather is ever the AVX2
+// choice for shared keys. Both paths exact.
+TEST(NeighborhoodTiledKernel, SharedKeysAreGatheredFromWideTokenRows) {
+  const auto m = na(2, {24, 20, 1}, {7, 5, 1});
+  const index_t n = tokens(m);
+  detail::NaPlan plan;
+  detail::na_build_plan(plan, m, detail::kBlockQ, detail::kBlockKV);
+  ASSERT_GT(detail::na_tiles_per_key(plan), 1.5);
+  for (const Layout layout : {Layout::BSHD, Layout::BHSD}) {
+    SCOPED_TRACE(to_string(layout));
+    const auto data = test::make_data(Problem{1, 16, 16, n, n, 64, 64}, layout, 29);
+    Options opt;
+    opt.mask = m;
+    const bool in_place = detail::na_keys_in_place(detail::make_args(data.p, data.q, data.k, data.v, {}, opt), plan);
+    EXPECT_EQ(in_place, layout == Layout::BHSD && detail::kVRowsInPlace);
+    EXPECT_TRUE(run_and_compare(data, opt));
+  }
 }
 
 // The look-ahead of the permuted call (detail::next_task_streams, and task_o_stream): Q and O

@@ -138,21 +138,42 @@ inline void na_gather_inputs(const KernelArgs& a, const NaPlan& pl, const NaBuff
   });
 }
 
+// How many query tiles read each grid key, on average (the plan's mean window union per tile,
+// over all tiles, per key).
+inline double na_tiles_per_key(const NaPlan& pl) {
+  if (pl.k.size() == 0) return 0;
+  return pl.union_keys * static_cast<double>(pl.q.size() / kBlockQ) / static_cast<double>(pl.k.size());
+}
+
+// Where P.V reads V rows in place (kVRowsInPlace), the gather pays once the reads a key costs in
+// place, its tiles' visits times its rows' stride, reach kNaGatherBytes: rows further apart share
+// fewer 4 KiB pages (TLB, L2 streamer) and fewer L1 sets, so each in-place read costs more, while
+// the gather costs one read and one write per key whatever the stride. Measured on an AVX-512
+// Xeon (bench/RESULTS.md, run AE; B1 S4096, 2-D kernels 7-21 and 3-D 3-7, stride 1): at 1 KiB
+// token rows (H4 D64) the gather took 0.91-0.98x the time from 7.7 visits per key on and 1.0-1.1x
+// at 5.4; at 2 KiB 0.91-0.99x at 5.4 visits, 1.13-1.18x at 2.6-2.7; at 4 KiB 0.77-1.01x
+// everywhere. Head-major K/V (rows of one head, a few hundred bytes apart) stay in place: there
+// the gather took 1.0-1.4x.
+inline constexpr double kNaGatherBytes = 6 * 1024;
+
 // Whether the kernel reads K and V at the caller's rows (KernelArgs::kv_rows) instead of
 // gathering them first. Rows must have a unit stride. Where P.V reads V rows through
-// pointers (kVRowsInPlace, kernel/config.hpp), always: the gather wrote every row once and
-// the kernel read the copy again, while the rows read in place go straight into the
-// micro-kernels (0.96-0.97x the time for 2-D 13x13, 3-D 7^3 and 16x16 blocks, 0.96-0.98x at
-// D128 and at a 4 KiB row stride; bench/RESULTS.md run M). Otherwise (V copied into its panel
-// per block) only when each key serves about one query tile (blocked neighborhoods, stride
-// == kernel: 0.91x the time for 8x8 blocks on 64x64); keys that several tiles share (stride
-// 1: each key in ~6 tiles' unions in 2-D) are gathered once, and contiguous rows then stream
-// through the hardware prefetchers (reading them in place took 1.05x the time).
+// pointers (kVRowsInPlace, kernel/config.hpp), unless the visits times the row stride reach
+// kNaGatherBytes (above): the rows read in place go straight into the micro-kernels, where a
+// gather writes every row once and the kernel reads the copy again. Otherwise (V copied into
+// its panel per block) only when each key serves about one query tile (blocked neighborhoods,
+// stride == kernel: 0.91x the time for 8x8 blocks on 64x64 on a Zen 2); keys that several
+// tiles share (stride 1: each key in ~6 tiles' unions in 2-D) are gathered once, and
+// contiguous rows then stream through the hardware prefetchers (reading them in place took
+// 1.05x the time).
 inline bool na_keys_in_place(const KernelArgs& a, const NaPlan& pl) {
   if (a.k.stride[3] != 1 || a.v.stride[3] != 1 || pl.k.size() == 0) return false;
-  if (kVRowsInPlace) return true;
-  const double tiles = static_cast<double>(pl.q.size() / kBlockQ);
-  return pl.union_keys * tiles <= 1.5 * static_cast<double>(pl.k.size());
+  const double visits = na_tiles_per_key(pl);
+  if (kVRowsInPlace) {
+    const double row_bytes = static_cast<double>(std::max(a.k.stride[1], a.v.stride[1])) * sizeof(float);
+    return visits * row_bytes < kNaGatherBytes;
+  }
+  return visits <= 1.5;
 }
 
 // The arguments of the permuted problem: Sq = Nq query slots (padded) mapped to the caller's
