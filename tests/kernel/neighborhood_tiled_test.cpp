@@ -552,6 +552,29 @@ TEST(NeighborhoodTiledKernel, SharedKeysAreGatheredFromWideTokenRows) {
     const bool in_place = detail::na_keys_in_place(detail::make_args(data.p, data.q, data.k, data.v, {}, opt), plan);
     EXPECT_EQ(in_place, layout == Layout::BHSD && detail::kVRowsInPlace);
     EXPECT_TRUE(run_and_compare(data, opt));
+    if (in_place) continue;
+    // Copies beyond the kept buffer's cap go to the call's own memory (the kept buffer stays as
+    // it was); without memory for them the flat tiles run the call. Exact either way.
+    struct Limits {
+      Limits(std::size_t kept, std::size_t own) {
+        detail::packed_kv_retained = kept;
+        detail::na_gather_own_limit = own;
+      }
+      ~Limits() {
+        detail::packed_kv_retained = detail::kPackedKvRetained;
+        detail::na_gather_own_limit = static_cast<std::size_t>(-1);
+      }
+    };
+    const std::size_t kept = detail::permute_workspace().capacity();
+    {
+      const Limits own(0, static_cast<std::size_t>(-1));
+      EXPECT_TRUE(run_and_compare(data, opt)) << "own memory";
+      EXPECT_EQ(detail::permute_workspace().capacity(), kept);
+    }
+    {
+      const Limits none(0, 0);
+      EXPECT_TRUE(run_and_compare(data, opt)) << "no memory: the flat tiles";
+    }
   }
 }
 

@@ -251,12 +251,15 @@ Status with_mask_policy(const KernelArgs& a, const Options& opt, F&& f) {
 inline Status dispatch_mask(const KernelArgs& a, const Options& opt, const Executor& ex) {
   // 2-D/3-D (and dilated) neighborhood grids: multi-dimensional query tiles over permuted
   // tokens (kernel/permute.hpp); what that cannot take (see neighborhood_tiled_applies) keeps
-  // the flat tiles.
+  // the flat tiles, as does a call whose K/V copies find no memory.
   if (const auto* m = std::get_if<NeighborhoodMask>(&opt.mask))
-    if (detail::neighborhood_tiled_applies(a, *m, opt))
-      return detail::forward_neighborhood_tiled(a, *m, ex, [&](const detail::KernelArgs& pa, const auto& pm) {
-        return detail::dispatch_norm(pa, opt, pm, ex);
-      });
+    if (detail::neighborhood_tiled_applies(a, *m, opt)) {
+      Status s;
+      if (detail::forward_neighborhood_tiled(
+              a, *m, ex,
+              [&](const detail::KernelArgs& pa, const auto& pm) { return detail::dispatch_norm(pa, opt, pm, ex); }, s))
+        return s;
+    }
   return with_mask_policy(a, opt, [&](const KernelArgs& pa, const auto& pm) { return dispatch_norm(pa, opt, pm, ex); });
 }
 

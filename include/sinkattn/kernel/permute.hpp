@@ -20,12 +20,17 @@
 // reads every key once anyway). Everything else composes: softcap, learned sinks, every other
 // normalization (SSMax's N_i comes from the policy's count_visible), the gate, LSE, GQA.
 //
-// Workspace: one aligned thread_local buffer of the calling thread, grown on first use and
-// reused (the K and V copies: B x (E + N) x Hkv x (Dqk + Dv) floats); the copies run on the
-// executor, in chunks of rows (all heads of a token at once). Q, O, LSE and the gate went through copies too
+// Workspace: the K and V copies (B x (E + N) x Hkv x (Dqk + Dv) floats) go to an aligned
+// thread_local buffer of the calling thread, grown on first use and reused, up to the packed
+// K/V's cap (packed_kv_retained), else to memory of the call's own (NaCallBuffers); without
+// memory the call takes the flat tiles. The copies run on the executor, in chunks of rows (all
+// heads of a token at once). Q, O, LSE and the gate went through copies too
 // until the query map replaced them: half of the copy traffic (bench/RESULTS.md).
 
 #include <algorithm>
+#include <cstddef>
+#include <memory>
+#include <new>
 #include <type_traits>
 #include <utility>
 #include <variant>
@@ -36,6 +41,7 @@
 #include "sinkattn/kernel/args.hpp"
 #include "sinkattn/kernel/config.hpp"
 #include "sinkattn/kernel/decode.hpp"
+#include "sinkattn/kernel/packed_kv.hpp"
 #include "sinkattn/kernel/workspace.hpp"
 #include "sinkattn/policy/mask_neighborhood_tiled.hpp"
 #include "sinkattn/tile/ops.hpp"
@@ -76,20 +82,73 @@ struct NaBuffers {
   float* v = nullptr;  // [B, Hkv, Nk, Dv]
 };
 
-inline Workspace& permute_workspace() {
-  thread_local Workspace ws;
-  return ws;
+// The calling thread's kept buffer for the copies, and whether a call on this thread is using
+// it (an executor may run another call on the waiting caller's thread).
+struct NaKept {
+  Workspace ws;
+  bool busy = false;
+};
+inline NaKept& na_kept() {
+  thread_local NaKept k;
+  return k;
+}
+inline Workspace& permute_workspace() { return na_kept().ws; }
+
+// Floats of the copies (64-byte aligned sub-buffers), K's share in *k_floats.
+inline index_t na_buffer_floats(const KernelArgs& a, const NaPlan& pl, index_t* k_floats = nullptr) {
+  const Problem& p = a.p;
+  const index_t nk = pl.extra + pl.k.size();
+  auto pad = [](index_t n) { return (n + 15) / 16 * 16; };
+  const index_t sk = pad(p.batch * p.heads_kv * nk * p.dim_qk), sv = pad(p.batch * p.heads_kv * nk * p.dim_v);
+  if (k_floats != nullptr) *k_floats = sk;
+  return sk + sv;
+}
+
+inline NaBuffers na_carve(const KernelArgs& a, const NaPlan& pl, float* base) {
+  index_t sk = 0;
+  na_buffer_floats(a, pl, &sk);
+  return base == nullptr ? NaBuffers{} : NaBuffers{base, base + sk};
 }
 
 inline NaBuffers na_buffers(const KernelArgs& a, const NaPlan& pl, Workspace& ws) {
-  const Problem& p = a.p;
-  const index_t nk = pl.extra + pl.k.size();
-  auto pad = [](index_t n) { return (n + 15) / 16 * 16; };  // 64-byte aligned sub-buffers
-  const index_t sk = pad(p.batch * p.heads_kv * nk * p.dim_qk), sv = pad(p.batch * p.heads_kv * nk * p.dim_v);
-  NaBuffers b;
-  b.k = ws.floats(static_cast<std::size_t>(sk + sv));
-  b.v = b.k + sk;
-  return b;
+  return na_carve(a, pl, ws.floats(static_cast<std::size_t>(na_buffer_floats(a, pl))));
+}
+
+// Bytes a call may allocate for its own copies beyond the kept buffer (tests set 0 to take the
+// flat tiles' fallback; a memory-bound caller may too).
+inline std::size_t na_gather_own_limit = static_cast<std::size_t>(-1);
+
+// One call's copies: in the thread's kept buffer while they fit packed_kv_retained (the cap
+// of the packed K/V, kernel/packed_kv.hpp: 32 MiB) and no outer call on this thread holds it;
+// else in memory of the call's own (up to na_gather_own_limit), freed when it returns. buf.k
+// null: no memory could be had.
+struct NaCallBuffers {
+  struct Free {
+    void operator()(float* q) const { ::operator delete(q, std::align_val_t(tile::kAlign)); }
+  };
+  NaBuffers buf;
+  std::unique_ptr<float, Free> own;
+  bool holds_kept = false;
+  NaCallBuffers() = default;
+  NaCallBuffers(const NaCallBuffers&) = delete;
+  NaCallBuffers& operator=(const NaCallBuffers&) = delete;
+  ~NaCallBuffers() {
+    if (holds_kept) na_kept().busy = false;
+  }
+};
+inline void na_call_buffers(NaCallBuffers& r, const KernelArgs& a, const NaPlan& pl) {
+  const auto floats = static_cast<std::size_t>(na_buffer_floats(a, pl));
+  NaKept& kept = na_kept();
+  float* base = nullptr;
+  if (!kept.busy && floats * sizeof(float) <= packed_kv_retained) base = kept.ws.try_floats(floats);
+  if (base != nullptr) {
+    kept.busy = r.holds_kept = true;
+  } else if (floats * sizeof(float) <= na_gather_own_limit) {
+    r.own.reset(
+        static_cast<float*>(::operator new(floats * sizeof(float), std::align_val_t(tile::kAlign), std::nothrow)));
+    base = r.own.get();
+  }
+  r.buf = na_carve(a, pl, base);
 }
 
 inline void na_copy_row(float* dst, const float* src, index_t n, index_t stride) {
@@ -281,16 +340,24 @@ inline const NaPlan& na_plan_for(const NeighborhoodMask& m) {
 }
 
 // The whole permuted call. `dispatch(args, mask)` runs the fused kernel (forward.hpp passes
-// dispatch_norm bound to the call's options and executor).
+// dispatch_norm bound to the call's options and executor); its status goes to `status`.
+// Returns false, having run nothing, when the K/V copies it needs find no memory: the flat
+// tiles (policy::NeighborhoodMaskPolicy) then run the call on the caller's rows.
 template <class Dispatch>
-Status forward_neighborhood_tiled(const KernelArgs& a, const NeighborhoodMask& m, const Executor& ex,
-                                  Dispatch&& dispatch) {
+bool forward_neighborhood_tiled(const KernelArgs& a, const NeighborhoodMask& m, const Executor& ex, Dispatch&& dispatch,
+                                Status& status) {
   const NaPlan& plan = na_plan_for(m);
-  if (na_keys_in_place(a, plan))
-    return dispatch(na_permuted_args(a, plan, nullptr), policy::NeighborhoodTiledMaskPolicy{&plan});
-  const NaBuffers buf = na_buffers(a, plan, permute_workspace());
-  na_gather_inputs(a, plan, buf, ex);
-  return dispatch(na_permuted_args(a, plan, &buf), policy::NeighborhoodTiledMaskPolicy{&plan});
+  const policy::NeighborhoodTiledMaskPolicy pol{&plan};
+  if (na_keys_in_place(a, plan)) {
+    status = dispatch(na_permuted_args(a, plan, nullptr), pol);
+    return true;
+  }
+  NaCallBuffers mem;
+  na_call_buffers(mem, a, plan);
+  if (mem.buf.k == nullptr) return false;
+  na_gather_inputs(a, plan, mem.buf, ex);
+  status = dispatch(na_permuted_args(a, plan, &mem.buf), pol);
+  return true;
 }
 
 }  // namespace sinkattn::detail
