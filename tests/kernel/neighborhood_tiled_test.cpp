@@ -553,28 +553,25 @@ TEST(NeighborhoodTiledKernel, SharedKeysAreGatheredFromWideTokenRows) {
     EXPECT_EQ(in_place, layout == Layout::BHSD && detail::kVRowsInPlace);
     EXPECT_TRUE(run_and_compare(data, opt));
     if (in_place) continue;
-    // Copies beyond the kept buffer's cap go to the call's own memory (the kept buffer stays as
-    // it was); without memory for them the flat tiles run the call. Exact either way.
-    struct Limits {
-      Limits(std::size_t kept, std::size_t own) {
-        detail::packed_kv_retained = kept;
-        detail::na_gather_own_limit = own;
-      }
-      ~Limits() {
-        detail::packed_kv_retained = detail::kPackedKvRetained;
-        detail::na_gather_own_limit = static_cast<std::size_t>(-1);
-      }
+    // Without memory for the copies (na_gather_limit 0 here) K/V are read in place, and K/V
+    // whose head dim has a non-unit stride, which the kernel cannot read in place, take the flat
+    // tiles. Exact either way.
+    struct NoCopies {
+      NoCopies() { detail::na_gather_limit = 0; }
+      ~NoCopies() { detail::na_gather_limit = static_cast<std::size_t>(-1); }
     };
-    const std::size_t kept = detail::permute_workspace().capacity();
-    {
-      const Limits own(0, static_cast<std::size_t>(-1));
-      EXPECT_TRUE(run_and_compare(data, opt)) << "own memory";
-      EXPECT_EQ(detail::permute_workspace().capacity(), kept);
-    }
-    {
-      const Limits none(0, 0);
-      EXPECT_TRUE(run_and_compare(data, opt)) << "no memory: the flat tiles";
-    }
+    const NoCopies none;
+    EXPECT_TRUE(run_and_compare(data, opt)) << "no memory: in place";
+    std::vector<float> k2(data.kbuf.size() * 2), v2(data.vbuf.size() * 2);
+    for (std::size_t x = 0; x < data.kbuf.size(); ++x) k2[2 * x] = data.kbuf[x], v2[2 * x] = data.vbuf[x];
+    const auto every_other = [](const std::vector<float>& buf, const TensorView<const float>& like) {
+      return TensorView<const float>(buf.data(), like.shape,
+                                     {2 * like.stride[0], 2 * like.stride[1], 2 * like.stride[2], 2});
+    };
+    test::Data strided = data;
+    strided.k = every_other(k2, data.k);
+    strided.v = every_other(v2, data.v);
+    EXPECT_TRUE(run_and_compare(strided, opt)) << "no memory, strided head dim: the flat tiles";
   }
 }
 

@@ -21,11 +21,14 @@
 // normalization (SSMax's N_i comes from the policy's count_visible), the gate, LSE, GQA.
 //
 // Workspace: the K and V copies (B x (E + N) x Hkv x (Dqk + Dv) floats) go to an aligned
-// thread_local buffer of the calling thread, grown on first use and reused, up to the packed
-// K/V's cap (packed_kv_retained), else to memory of the call's own (NaCallBuffers); without
-// memory the call takes the flat tiles. The copies run on the executor, in chunks of rows (all
-// heads of a token at once). Q, O, LSE and the gate went through copies too
-// until the query map replaced them: half of the copy traffic (bench/RESULTS.md).
+// thread_local buffer of the calling thread, grown on first use and kept for the next call (a
+// model runs the same mask in every layer; a copy allocated per call page-faulted away the
+// gain: 1.06x the time of reading in place for 64 MiB of copies, H32 D64 k13); memory of the
+// call's own while an outer call on this thread holds that buffer. Without memory (or beyond
+// na_gather_limit) K/V are read in place where their rows allow it, else the call takes the
+// flat tiles. The copies run on the executor, in chunks of rows (all heads of a token at
+// once). Q, O, LSE and the gate went through copies too until the query map replaced them:
+// half of the copy traffic (bench/RESULTS.md).
 
 #include <algorithm>
 #include <cstddef>
@@ -41,7 +44,6 @@
 #include "sinkattn/kernel/args.hpp"
 #include "sinkattn/kernel/config.hpp"
 #include "sinkattn/kernel/decode.hpp"
-#include "sinkattn/kernel/packed_kv.hpp"
 #include "sinkattn/kernel/workspace.hpp"
 #include "sinkattn/policy/mask_neighborhood_tiled.hpp"
 #include "sinkattn/tile/ops.hpp"
@@ -114,21 +116,14 @@ inline NaBuffers na_buffers(const KernelArgs& a, const NaPlan& pl, Workspace& ws
   return na_carve(a, pl, ws.floats(static_cast<std::size_t>(na_buffer_floats(a, pl))));
 }
 
-// Bytes a call may allocate for its own copies beyond the kept buffer (tests set 0 to take the
-// flat tiles' fallback; a memory-bound caller may too).
-inline std::size_t na_gather_own_limit = static_cast<std::size_t>(-1);
-
-// One call's copies: in the thread's kept buffer while they fit packed_kv_retained (the cap
-// of the packed K/V, kernel/packed_kv.hpp: 32 MiB) and no outer call on this thread holds it;
-// else in memory of the call's own (up to na_gather_own_limit), freed when it returns. buf.k
-// null: no memory could be had.
+// One call's copies (na_call_buffers) and the memory that holds them.
 struct NaCallBuffers {
   struct Free {
     void operator()(float* q) const { ::operator delete(q, std::align_val_t(tile::kAlign)); }
   };
   NaBuffers buf;
-  std::unique_ptr<float, Free> own;
-  bool holds_kept = false;
+  std::unique_ptr<float, Free> own;  // memory of the call's own, or null
+  bool holds_kept = false;           // buf is in the thread's kept buffer, marked busy
   NaCallBuffers() = default;
   NaCallBuffers(const NaCallBuffers&) = delete;
   NaCallBuffers& operator=(const NaCallBuffers&) = delete;
@@ -136,14 +131,23 @@ struct NaCallBuffers {
     if (holds_kept) na_kept().busy = false;
   }
 };
+
+// Bytes of copies a call may hold (a memory-bound caller may lower it; tests set 0 to take
+// the fallbacks).
+inline std::size_t na_gather_limit = static_cast<std::size_t>(-1);
+
+// One call's copies: in the thread's kept buffer unless an outer call on this thread holds
+// it, then in memory of the call's own, freed when it returns. buf.k null: no memory could be
+// had, or more than na_gather_limit was asked for.
 inline void na_call_buffers(NaCallBuffers& r, const KernelArgs& a, const NaPlan& pl) {
   const auto floats = static_cast<std::size_t>(na_buffer_floats(a, pl));
+  if (floats * sizeof(float) > na_gather_limit) return;
   NaKept& kept = na_kept();
   float* base = nullptr;
-  if (!kept.busy && floats * sizeof(float) <= packed_kv_retained) base = kept.ws.try_floats(floats);
-  if (base != nullptr) {
-    kept.busy = r.holds_kept = true;
-  } else if (floats * sizeof(float) <= na_gather_own_limit) {
+  if (!kept.busy) {
+    base = kept.ws.try_floats(floats);
+    kept.busy = r.holds_kept = base != nullptr;
+  } else {
     r.own.reset(
         static_cast<float*>(::operator new(floats * sizeof(float), std::align_val_t(tile::kAlign), std::nothrow)));
     base = r.own.get();
@@ -341,8 +345,9 @@ inline const NaPlan& na_plan_for(const NeighborhoodMask& m) {
 
 // The whole permuted call. `dispatch(args, mask)` runs the fused kernel (forward.hpp passes
 // dispatch_norm bound to the call's options and executor); its status goes to `status`.
-// Returns false, having run nothing, when the K/V copies it needs find no memory: the flat
-// tiles (policy::NeighborhoodMaskPolicy) then run the call on the caller's rows.
+// Returns false, having run nothing, when K/V need copies (a head dim of non-unit stride) that
+// find no memory: the flat tiles (policy::NeighborhoodMaskPolicy) then run the call on the
+// caller's rows.
 template <class Dispatch>
 bool forward_neighborhood_tiled(const KernelArgs& a, const NeighborhoodMask& m, const Executor& ex, Dispatch&& dispatch,
                                 Status& status) {
@@ -354,7 +359,11 @@ bool forward_neighborhood_tiled(const KernelArgs& a, const NeighborhoodMask& m, 
   }
   NaCallBuffers mem;
   na_call_buffers(mem, a, plan);
-  if (mem.buf.k == nullptr) return false;
+  if (mem.buf.k == nullptr) {
+    if (a.k.stride[3] != 1 || a.v.stride[3] != 1 || plan.k.size() == 0) return false;
+    status = dispatch(na_permuted_args(a, plan, nullptr), pol);  // (rows of unit stride: in place)
+    return true;
+  }
   na_gather_inputs(a, plan, mem.buf, ex);
   status = dispatch(na_permuted_args(a, plan, &mem.buf), pol);
   return true;
