@@ -216,7 +216,9 @@ inline double na_tiles_per_key(const NaPlan& pl) {
 // token rows (H4 D64) the gather took 0.91-0.98x the time from 7.7 visits per key on and 1.0-1.1x
 // at 5.4; at 2 KiB 0.91-0.99x at 5.4 visits, 1.13-1.18x at 2.6-2.7; at 4 KiB 0.77-1.01x
 // everywhere. Head-major K/V (rows of one head, a few hundred bytes apart) stay in place: there
-// the gather took 1.0-1.4x.
+// the gather took 1.0-1.4x. A Zen 4 read 4 KiB rows in place in 0.96-0.98x the gather's time
+// (run M, older code, 32x32 grids): there the rule may cost a few percent where here it saves
+// 10-20%.
 inline constexpr double kNaGatherBytes = 6 * 1024;
 
 // Whether the kernel reads K and V at the caller's rows (KernelArgs::kv_rows) instead of
