@@ -176,13 +176,9 @@ inline PackedKvPlan packed_kv_plan(const KernelArgs& a, PackWhat what, index_t q
   return plan;
 }
 
-// The calling thread's kept buffer, and whether a call on this thread is using it.
-struct KeptKv {
-  Workspace ws;
-  bool busy = false;
-};
-inline KeptKv& kept_kv() {
-  thread_local KeptKv k;
+// The calling thread's kept buffer for packed K/V.
+inline KeptWorkspace& kept_kv() {
+  thread_local KeptWorkspace k;
   return k;
 }
 
@@ -224,26 +220,11 @@ bool run_with_packed_kv(const KernelArgs& a, index_t query_tiles, const PackedKv
   const index_t ldv = plan.what.v ? tile::round_up(p.dim_v, tile::kWidth) : 0;
   const index_t rep = p.heads_q / p.heads_kv;
 
-  struct Free {
-    void operator()(float* q) const { ::operator delete(q, std::align_val_t(tile::kAlign)); }
-  };
-  std::unique_ptr<float, Free> own;
-  KeptKv& kept = kept_kv();
-  float* buf = plan.kept && !kept.busy ? kept.ws.try_floats(static_cast<std::size_t>(plan.floats)) : nullptr;
-  const bool use_kept = buf != nullptr;
-  if (!use_kept) {
-    own.reset(static_cast<float*>(::operator new(static_cast<std::size_t>(plan.floats) * sizeof(float),
-                                                 std::align_val_t(tile::kAlign), std::nothrow)));
-    if (!own) return false;
-    buf = own.get();
-  }
-  struct Busy {  // the kept buffer is this call's until it returns
-    KeptKv* k;
-    ~Busy() {
-      if (k) k->busy = false;
-    }
-  } busy{use_kept ? &kept : nullptr};
-  if (use_kept) kept.busy = true;
+  // The kept buffer when the plan fits it and no outer call on this thread holds it, else the
+  // call's own memory (until it returns).
+  const ScratchLease mem(kept_kv(), static_cast<std::size_t>(plan.floats), plan.kept);
+  float* const buf = mem.data();
+  if (buf == nullptr) return false;
 
   // One (b, g) of the chunk: K's rows, then V's. The layout's strides over b and g are 0
   // where the chunk has one of them, so every pointer formed stays inside the buffer.

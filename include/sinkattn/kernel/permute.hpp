@@ -24,7 +24,7 @@
 // thread_local buffer of the calling thread, grown on first use and kept for the next call (a
 // model runs the same mask in every layer; a copy allocated per call page-faulted away the
 // gain: 1.06x the time of reading in place for 64 MiB of copies, H32 D64 k13); memory of the
-// call's own while an outer call on this thread holds that buffer. Without memory (or beyond
+// call's own while an outer call on this thread holds that buffer (ScratchLease). Without memory (or beyond
 // na_gather_limit) K/V are read in place where their rows allow it, else the call takes the
 // flat tiles. The copies run on the executor, in chunks of rows (all heads of a token at
 // once). Q, O, LSE and the gate went through copies too until the query map replaced them:
@@ -34,6 +34,7 @@
 #include <cstddef>
 #include <memory>
 #include <new>
+#include <optional>
 #include <type_traits>
 #include <utility>
 #include <variant>
@@ -84,14 +85,9 @@ struct NaBuffers {
   float* v = nullptr;  // [B, Hkv, Nk, Dv]
 };
 
-// The calling thread's kept buffer for the copies, and whether a call on this thread is using
-// it (an executor may run another call on the waiting caller's thread).
-struct NaKept {
-  Workspace ws;
-  bool busy = false;
-};
-inline NaKept& na_kept() {
-  thread_local NaKept k;
+// The calling thread's kept buffer for the K/V copies.
+inline KeptWorkspace& na_kept() {
+  thread_local KeptWorkspace k;
   return k;
 }
 inline Workspace& permute_workspace() { return na_kept().ws; }
@@ -116,44 +112,9 @@ inline NaBuffers na_buffers(const KernelArgs& a, const NaPlan& pl, Workspace& ws
   return na_carve(a, pl, ws.floats(static_cast<std::size_t>(na_buffer_floats(a, pl))));
 }
 
-// One call's copies (na_call_buffers) and the memory that holds them.
-struct NaCallBuffers {
-  struct Free {
-    void operator()(float* q) const { ::operator delete(q, std::align_val_t(tile::kAlign)); }
-  };
-  NaBuffers buf;
-  std::unique_ptr<float, Free> own;  // memory of the call's own, or null
-  bool holds_kept = false;           // buf is in the thread's kept buffer, marked busy
-  NaCallBuffers() = default;
-  NaCallBuffers(const NaCallBuffers&) = delete;
-  NaCallBuffers& operator=(const NaCallBuffers&) = delete;
-  ~NaCallBuffers() {
-    if (holds_kept) na_kept().busy = false;
-  }
-};
-
 // Bytes of copies a call may hold (a memory-bound caller may lower it; tests set 0 to take
 // the fallbacks).
 inline std::size_t na_gather_limit = static_cast<std::size_t>(-1);
-
-// One call's copies: in the thread's kept buffer unless an outer call on this thread holds
-// it, then in memory of the call's own, freed when it returns. buf.k null: no memory could be
-// had, or more than na_gather_limit was asked for.
-inline void na_call_buffers(NaCallBuffers& r, const KernelArgs& a, const NaPlan& pl) {
-  const auto floats = static_cast<std::size_t>(na_buffer_floats(a, pl));
-  if (floats * sizeof(float) > na_gather_limit) return;
-  NaKept& kept = na_kept();
-  float* base = nullptr;
-  if (!kept.busy) {
-    base = kept.ws.try_floats(floats);
-    kept.busy = r.holds_kept = base != nullptr;
-  } else {
-    r.own.reset(
-        static_cast<float*>(::operator new(floats * sizeof(float), std::align_val_t(tile::kAlign), std::nothrow)));
-    base = r.own.get();
-  }
-  r.buf = na_carve(a, pl, base);
-}
 
 inline void na_copy_row(float* dst, const float* src, index_t n, index_t stride) {
   if (stride == 1) {
@@ -359,15 +320,19 @@ bool forward_neighborhood_tiled(const KernelArgs& a, const NeighborhoodMask& m, 
     status = dispatch(na_permuted_args(a, plan, nullptr), pol);
     return true;
   }
-  NaCallBuffers mem;
-  na_call_buffers(mem, a, plan);
-  if (mem.buf.k == nullptr) {
+  // The copies: in the thread's kept buffer unless an outer call on this thread holds it, then
+  // in memory of the call's own (ScratchLease); none beyond na_gather_limit or without memory.
+  const auto floats = static_cast<std::size_t>(na_buffer_floats(a, plan));
+  std::optional<ScratchLease> mem;
+  if (floats * sizeof(float) <= na_gather_limit) mem.emplace(na_kept(), floats, true);
+  const NaBuffers buf = na_carve(a, plan, mem ? mem->data() : nullptr);
+  if (buf.k == nullptr) {
     if (a.k.stride[3] != 1 || a.v.stride[3] != 1 || plan.k.size() == 0) return false;
     status = dispatch(na_permuted_args(a, plan, nullptr), pol);  // (rows of unit stride: in place)
     return true;
   }
-  na_gather_inputs(a, plan, mem.buf, ex);
-  status = dispatch(na_permuted_args(a, plan, &mem.buf), pol);
+  na_gather_inputs(a, plan, buf, ex);
+  status = dispatch(na_permuted_args(a, plan, &buf), pol);
   return true;
 }
 

@@ -11,6 +11,11 @@
 
 namespace sinkattn::detail {
 
+// Frees floats from ::operator new(bytes, std::align_val_t(tile::kAlign)).
+struct AlignedFree {
+  void operator()(float* p) const { ::operator delete(p, std::align_val_t(tile::kAlign)); }
+};
+
 class Workspace {
  public:
   // At least n floats, aligned to tile::kAlign. Contents are unspecified.
@@ -36,10 +41,7 @@ class Workspace {
   }
 
  private:
-  struct Free {
-    void operator()(float* p) const { ::operator delete(p, std::align_val_t(tile::kAlign)); }
-  };
-  std::unique_ptr<float, Free> buf_;
+  std::unique_ptr<float, AlignedFree> buf_;
   std::size_t capacity_ = 0;
 };
 
@@ -48,5 +50,40 @@ inline Workspace& thread_workspace() {
   thread_local Workspace ws;
   return ws;
 }
+
+// A workspace a thread keeps between calls for large scratch (packed K/V, neighborhood K/V
+// copies), and whether a call on this thread is using it: an executor may run another call on
+// the waiting caller's thread, which must not take the buffer in use.
+struct KeptWorkspace {
+  Workspace ws;
+  bool busy = false;
+};
+
+// One call's scratch of n floats: from `kept` when use_kept and it is free (busy until the
+// lease ends), else memory of the call's own, freed with the lease. data() null: no memory.
+class ScratchLease {
+ public:
+  ScratchLease(KeptWorkspace& kept, std::size_t n, bool use_kept) {
+    if (use_kept && !kept.busy) data_ = kept.ws.try_floats(n);
+    if (data_ != nullptr) {
+      kept.busy = true;
+      kept_ = &kept;
+      return;
+    }
+    own_.reset(static_cast<float*>(::operator new(n * sizeof(float), std::align_val_t(tile::kAlign), std::nothrow)));
+    data_ = own_.get();
+  }
+  ~ScratchLease() {
+    if (kept_ != nullptr) kept_->busy = false;
+  }
+  ScratchLease(const ScratchLease&) = delete;
+  ScratchLease& operator=(const ScratchLease&) = delete;
+  float* data() const { return data_; }
+
+ private:
+  KeptWorkspace* kept_ = nullptr;
+  std::unique_ptr<float, AlignedFree> own_;
+  float* data_ = nullptr;
+};
 
 }  // namespace sinkattn::detail
