@@ -23,12 +23,12 @@
 // Workspace: the K and V copies (B x (E + N) x Hkv x (Dqk + Dv) floats) go to an aligned
 // thread_local buffer of the calling thread, grown on first use and kept for the next call (a
 // model runs the same mask in every layer; a copy allocated per call page-faulted away the
-// gain: 1.06x the time of reading in place for 64 MiB of copies, H32 D64 k13); memory of the
-// call's own while an outer call on this thread holds that buffer (ScratchLease). Without memory (or beyond
-// na_gather_limit) K/V are read in place where their rows allow it, else the call takes the
-// flat tiles. The copies run on the executor, in chunks of rows (all heads of a token at
-// once). Q, O, LSE and the gate went through copies too until the query map replaced them:
-// half of the copy traffic (bench/RESULTS.md).
+// gain: 1.06x the time of reading in place for 64 MiB of copies, H32 D64 k13), or to memory of
+// the call's own while an outer call on this thread holds that buffer (ScratchLease). Without
+// memory (or beyond na_gather_limit) K/V are read in place where their rows allow it, else the
+// call takes the flat tiles. The copies run on the executor, in chunks of rows (all heads of a
+// token at once). Q, O, LSE and the gate went through copies too until the query map replaced
+// them: half of the copy traffic (bench/RESULTS.md).
 
 #include <algorithm>
 #include <cstddef>
