@@ -468,6 +468,24 @@ TEST(NeighborhoodTiledKernel, BothTaskOrdersAgreeWithTheReference) {
   }
 }
 
+// d with K and V re-laid as every other float of the head dim: a head-dim stride of 2, which
+// the kernels cannot read in place (they read rows of unit stride). The copies live here.
+struct StridedHeadDim {
+  std::vector<float> k, v;
+  test::Data data;
+  explicit StridedHeadDim(const test::Data& d) : k(d.kbuf.size() * 2), v(d.vbuf.size() * 2), data(d) {
+    for (std::size_t x = 0; x < d.kbuf.size(); ++x) k[2 * x] = d.kbuf[x], v[2 * x] = d.vbuf[x];
+    const auto view = [](const std::vector<float>& buf, const TensorView<const float>& like) {
+      return TensorView<const float>(buf.data(), like.shape,
+                                     {2 * like.stride[0], 2 * like.stride[1], 2 * like.stride[2], 2});
+    };
+    data.k = view(k, d.k);
+    data.v = view(v, d.v);
+  }
+  StridedHeadDim(const StridedHeadDim&) = delete;
+  StridedHeadDim& operator=(const StridedHeadDim&) = delete;
+};
+
 // K and V are read at the caller's rows (KernelArgs::kv_rows: K in place, V through row
 // pointers or copied per block) instead of from gathered copies: where P.V reads V rows in
 // place (detail::kVRowsInPlace, AVX-512) for every mask here (rows at most 576 bytes apart; the
@@ -515,22 +533,15 @@ TEST(NeighborhoodTiledKernel, BlockedNeighborhoodsReadKeysAtTheCallersRows) {
   // K and V with every other float of the head dim: gathered (the kernels read rows of unit stride).
   const auto m = cases[0].first;
   const index_t n = tokens(m);
-  auto data = test::make_data(Problem{1, 2, 2, n, n, 24, 24}, Layout::BSHD, 41);
+  const auto data = test::make_data(Problem{1, 2, 2, n, n, 24, 24}, Layout::BSHD, 41);
   if (kTilesOf64) {
     ASSERT_TRUE(in_place(data, m));
   }
-  std::vector<float> k2(data.kbuf.size() * 2), v2(data.vbuf.size() * 2);
-  for (std::size_t x = 0; x < data.kbuf.size(); ++x) k2[2 * x] = data.kbuf[x], v2[2 * x] = data.vbuf[x];
-  const auto strided = [](const std::vector<float>& buf, const TensorView<const float>& like) {
-    return TensorView<const float>(buf.data(), like.shape,
-                                   {2 * like.stride[0], 2 * like.stride[1], 2 * like.stride[2], 2});
-  };
-  data.k = strided(k2, data.k);
-  data.v = strided(v2, data.v);
-  EXPECT_FALSE(in_place(data, m));
+  const StridedHeadDim strided(data);
+  EXPECT_FALSE(in_place(strided.data, m));
   Options opt;
   opt.mask = m;
-  EXPECT_TRUE(run_and_compare(data, opt)) << "strided head dim";
+  EXPECT_TRUE(run_and_compare(strided.data, opt)) << "strided head dim";
 }
 
 // Keys that several tiles share are gathered where in-place reads grow costly: on every ISA
@@ -562,16 +573,8 @@ TEST(NeighborhoodTiledKernel, SharedKeysAreGatheredFromWideTokenRows) {
     };
     const NoCopies none;
     EXPECT_TRUE(run_and_compare(data, opt)) << "no memory: in place";
-    std::vector<float> k2(data.kbuf.size() * 2), v2(data.vbuf.size() * 2);
-    for (std::size_t x = 0; x < data.kbuf.size(); ++x) k2[2 * x] = data.kbuf[x], v2[2 * x] = data.vbuf[x];
-    const auto every_other = [](const std::vector<float>& buf, const TensorView<const float>& like) {
-      return TensorView<const float>(buf.data(), like.shape,
-                                     {2 * like.stride[0], 2 * like.stride[1], 2 * like.stride[2], 2});
-    };
-    test::Data strided = data;
-    strided.k = every_other(k2, data.k);
-    strided.v = every_other(v2, data.v);
-    EXPECT_TRUE(run_and_compare(strided, opt)) << "no memory, strided head dim: the flat tiles";
+    const StridedHeadDim strided(data);
+    EXPECT_TRUE(run_and_compare(strided.data, opt)) << "no memory, strided head dim: the flat tiles";
   }
 }
 
