@@ -365,10 +365,11 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
     // task's V rows during P.V instead: its S^T already carries that copy, its own O rows and
     // the next K rows (0.95x the time of k = s = 8 on a Zen 2; tasks of several blocks, whose
     // last P.V writes O, lost 2-3% so; run V). Where P.V reads V in place (kVRowsInPlace), a
-    // task of one block does not ask for its O rows at all: in its only S^T, that prefetch's
-    // fill buffers delayed the rows it needs sooner (this block's V, the next task's K/V), and
-    // the stores at its end wait less (k = s = 8 0.95-0.96x the time without on an AVX-512
-    // Xeon; 13x13 and 3-D 7^3, tasks of many blocks, 1.02x without: kept there; run AF).
+    // task of one block does not ask for its O rows at all: in its only S^T that prefetch
+    // competes for fill buffers with the rows needed sooner (this block's V, the next task's
+    // K/V), and its stores fetch the lines themselves (k = s = 8 0.95-0.96x the time without
+    // on an AVX-512 Xeon; 13x13 and 3-D 7^3, tasks of many blocks, 1.02x without: kept
+    // there; run AF).
     const bool last = --blocks_left == 0;
     const index_t nn = keys || (last && nahead > 0) ? 0 : std::min(kBlockKV, pc.end - j1);
     if (nn > 0 && a.kv_rows) {
