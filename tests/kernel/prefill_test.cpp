@@ -385,6 +385,88 @@ TEST(Prefill, AutomaticOutputStoresStreamOnlyOutputsThatLeaveTheCache) {
   EXPECT_FALSE(streams({}, OutputStores::streamed, 1, 1));
 }
 
+// Prefetch streams (KernelArgs::prefetch_rows) only where the call's tensors do not fit in the
+// L2 (kernel/config.hpp): Q, K, V and O of B1 H4 S1024 D64 take 4 MiB.
+TEST(Prefill, RowsArePrefetchedOnlyForTensorsBeyondTheL2) {
+  const Problem p = problem(1, 4, 4, 1024, 1024, 64, 64);
+  constexpr std::size_t MiB = std::size_t{1} << 20;
+  EXPECT_FALSE(detail::prefetch_rows(p, 4 * MiB));
+  EXPECT_TRUE(detail::prefetch_rows(p, 4 * MiB - 64));
+  EXPECT_TRUE(detail::prefetch_rows(problem(2, 4, 4, 1024, 1024, 64, 64), 4 * MiB));   // batches count
+  EXPECT_TRUE(detail::prefetch_rows(problem(1, 4, 2, 1024, 4096, 64, 64), 4 * MiB));   // a longer K/V
+  EXPECT_FALSE(detail::prefetch_rows(problem(1, 4, 1, 1024, 1024, 64, 64), 4 * MiB));  // GQA: fewer K/V heads
+  detail::prefetch_in_l2 = true;
+  EXPECT_TRUE(detail::prefetch_rows(p, 64 * MiB));
+  detail::prefetch_in_l2 = false;
+  // make_args decides with this core's L2: a 1-token call fits any L2, 256 MiB of tensors none.
+  const auto d = test::make_data(problem(1, 2, 2, 1, 1, 16, 16));
+  test::Out out = test::make_out(d.p);
+  EXPECT_FALSE(detail::make_args(d.p, d.q, d.k, d.v, out.o, Options{}).prefetch_rows);
+  EXPECT_TRUE(detail::prefetch_rows(problem(1, 16, 16, 16384, 16384, 64, 64)));
+}
+
+// A call computes the same bits with its prefetch streams as without them: tasks of one key
+// block (blocked neighborhoods, 64-key blocks) and of many (dense, causal GQA), V read in
+// place and V copied into panels by the streams (Dv 13: rows of no whole number of vectors),
+// slot-mapped neighborhood tiles with RoPE on load (Q gathered row by row), extra keys, both
+// layouts, one thread and two; and against the fp64 reference.
+TEST(Prefill, PrefetchStreamsDoNotChangeTheResult) {
+  NeighborhoodMask blocked;
+  blocked.rank = 2;
+  blocked.extent = {16, 16, 1};
+  blocked.kernel = {8, 8, 1};
+  blocked.stride = {8, 8, 1};
+  NeighborhoodMask slabs{2, {24, 24, 1}, {9, 9, 1}};
+  NeighborhoodMask extra = slabs;
+  extra.extra_keys = 5;
+  BlockMask blocks;
+  blocks.block_size = 64;
+  blocks.global_keys = 3;
+  struct Case {
+    Problem p;
+    Options opt;
+  };
+  Options na, na_slabs, na_extra, blk;
+  na.mask = blocked;
+  na_slabs.mask = slabs;
+  na_extra.mask = extra;
+  blk.mask = blocks;
+  const RopeTable table(Rope{500.f, 32, 32, RopePairing::neox}, 600);
+  Options na_rope = na_slabs;
+  na_rope.rope = RopeOnLoad{&table, 0, 0, -1};
+  const std::vector<Case> cases = {
+      {problem(1, 2, 2, 1, 1, 64, 64), Options{}},     {problem(2, 4, 2, 65, 130, 32, 32), causal()},
+      {problem(1, 3, 1, 200, 300, 64, 64), Options{}}, {problem(1, 2, 1, 150, 300, 24, 13), causal(150)},
+      {problem(1, 4, 4, 256, 256, 64, 64), na},        {problem(1, 2, 2, 256, 256, 24, 13), na},
+      {problem(1, 2, 1, 576, 576, 32, 32), na_slabs},  {problem(1, 2, 2, 576, 581, 32, 13), na_extra},
+      {problem(1, 2, 2, 576, 576, 32, 32), na_rope},   {problem(1, 4, 2, 300, 300, 64, 64), blk},
+  };
+  for (const Case& c : cases)
+    for (const Layout layout : {Layout::BSHD, Layout::BHSD}) {
+      const Problem& p = c.p;
+      SCOPED_TRACE(::testing::Message() << to_string(layout) << " Sq " << p.seq_q << " Skv " << p.seq_kv << " Dqk "
+                                        << p.dim_qk << " Dv " << p.dim_v);
+      const auto d = test::make_data(p, layout, 23);
+      test::Out with = test::make_out(p, layout, true), without = test::make_out(p, layout, true),
+                two = test::make_out(p, layout, true);
+      const auto run = [&](test::Out& out, bool prefetch, const Executor& ex) {
+        Options o = c.opt;
+        o.lse = out.lse;
+        detail::prefetch_in_l2 = prefetch;
+        const Status st = forward(p, d.q, d.k, d.v, out.o, o, ex);
+        detail::prefetch_in_l2 = false;
+        return st;
+      };
+      ASSERT_TRUE(run(with, true, Executor::serial()).ok());
+      ASSERT_TRUE(run(without, false, Executor::serial()).ok());
+      ASSERT_TRUE(run(two, true, test::thread_executor(2)).ok());
+      EXPECT_TRUE(test::bit_identical(with.obuf, without.obuf));
+      EXPECT_TRUE(test::bit_identical(with.lsebuf, without.lsebuf));
+      EXPECT_TRUE(test::bit_identical(with.obuf, two.obuf)) << "two threads";
+      EXPECT_TRUE(test::matches_reference(d, c.opt, without));
+    }
+}
+
 TEST(Prefill, CompileTimeVariant) {
   using V = Variant<policy::Score<false, false, false>, policy::CausalMaskPolicy, policy::OnlineSoftmax, policy::NoSink,
                     policy::NoGate>;

@@ -106,6 +106,19 @@ inline std::size_t l3_cache_bytes() {
 // share of the memory traffic: streaming took 0.86x the time of a blocked 8x8 neighborhood
 // call, 0.96x for 13x13 and for 1-D 256-key blocks, 1.00x for dense (B1 H4 S4096 D64 BSHD:
 // 16 MiB of tensors, a 16 MiB L3; Zen 2, bench/RESULTS.md run W).
+// Bytes of Q, K, V and O one call reads and writes (whole tensors, every batch and head).
+struct CallBytes {
+  double o = 0, all = 0;
+};
+inline CallBytes call_bytes(const Problem& p) {
+  const double f = sizeof(float);
+  CallBytes c;
+  c.o = f * static_cast<double>(p.batch * p.seq_q * p.heads_q * p.dim_v);
+  c.all = c.o + f * static_cast<double>(p.batch * p.seq_q * p.heads_q * p.dim_qk) +
+          f * static_cast<double>(p.batch * p.seq_kv * p.heads_kv * (p.dim_qk + p.dim_v));
+  return c;
+}
+
 inline bool output_streams(const Problem& p, const TensorView<float>& o, OutputStores how,
                            std::size_t llc_bytes = l3_cache_bytes(), std::size_t l2_bytes = l2_cache_bytes()) {
   if (!tile::kStreamStores || how == OutputStores::cached || o.data == nullptr) return false;
@@ -114,11 +127,22 @@ inline bool output_streams(const Problem& p, const TensorView<float>& o, OutputS
   for (int d = 0; d < 3; ++d)
     if (o.stride[d] % tile::kWidth != 0) return false;
   if (how == OutputStores::streamed) return true;
-  const double f = sizeof(float);
-  const double o_bytes = f * static_cast<double>(p.batch * p.seq_q * p.heads_q * p.dim_v);
-  const double all = o_bytes + f * static_cast<double>(p.batch * p.seq_q * p.heads_q * p.dim_qk) +
-                     f * static_cast<double>(p.batch * p.seq_kv * p.heads_kv * (p.dim_qk + p.dim_v));
-  return all >= static_cast<double>(llc_bytes) && o_bytes > static_cast<double>(l2_bytes);
+  const CallBytes c = call_bytes(p);
+  return c.all >= static_cast<double>(llc_bytes) && c.o > static_cast<double>(l2_bytes);
+}
+
+// Whether the prefill tasks ask for rows before they use them (KernelArgs::prefetch_rows:
+// the next task's Q, K, V, a block's V and next K rows, O). Not when Q, K, V and O together
+// fit in the L2: then they are there already (from the previous call, or from the operation
+// that wrote them), and a prefetch of a line in L2 still takes a fill buffer that the
+// products' own L1 misses wait for. Without them a call whose tensors take 0.5-0.8 of a 2 MiB
+// L2 took 0.89-0.97x the time (2-D neighborhoods 8x8 blocked, 16x16 blocked and 13x13, dense;
+// both layouts), 0.97-0.99x with 64-key blocks; at 1.1x the L2 it made no difference, and past
+// it (16 MiB) the streams pay for k = s = 16 and 1-D 256-key blocks (bench/RESULTS.md, run AG).
+// prefetch_in_l2 keeps them on for every call (tests compare both; results are identical).
+inline bool prefetch_in_l2 = false;
+inline bool prefetch_rows(const Problem& p, std::size_t l2_bytes = l2_cache_bytes()) {
+  return prefetch_in_l2 || call_bytes(p).all > static_cast<double>(l2_bytes);
 }
 
 // Task order (KernelArgs::heads_inner): true when the keys one query tile visits, over all

@@ -194,7 +194,7 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
   // Q^T carries scale * log2(e): S^T comes out of the micro-kernel in log2 units.
   const bool q_inplace = !a.rope && a.q.stride[3] == 1;
   const bool o_asked = a.q_rows && !q_inplace;  // the loop below asks for the O rows
-  if (a.q_rows && !q_inplace) {
+  if (a.q_rows && !q_inplace && a.prefetch_rows) {
     // A slot map scatters the tile's rows over the caller's tensors, and the gather below
     // copies them one by one: ask for all of them at once (the Q rows to read now, the O
     // rows written at the end of this short task) rather than meeting one miss per row copy
@@ -281,7 +281,8 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
   // the copy waits on them: there they are asked for.
   const bool next_kv = !(kVRowsInPlace && next.b == b && next.qb == qb && a.k.stride[1] > a.k.stride[2] &&
                          a.v.stride[1] > a.v.stride[2]);
-  const int nahead = next_task_streams<kLists>(ahead, ahead_rows, a, mask_all, next, next_kv);
+  // (None of this where the call's tensors fit in L2: KernelArgs::prefetch_rows.)
+  const int nahead = a.prefetch_rows ? next_task_streams<kLists>(ahead, ahead_rows, a, mask_all, next, next_kv) : 0;
   // The last block's share of them: S^T issues ahead[1 .. nahead_st) (K, V), P.V ahead_pv (Q,
   // and V when it moves there below).
   tile::RowStream ahead_pv[2];
@@ -346,7 +347,7 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
     }
     tile::RowStream pf[tile::kMaxRowStreams];
     int npf = 0;
-    if ((a.kv_rows || keys || v_copy || !v_contiguous) && !v_ready) {
+    if ((a.kv_rows || keys || v_copy || !v_contiguous) && !v_ready && (v_copy || a.prefetch_rows)) {
       tile::RowStream& s = pf[npf++];
       s = {Vw.ptr(b, map ? 0 : r0, g), Vw.stride[1], nk, v_bytes};
       if (v_copy) {
@@ -371,7 +372,7 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
     // on an AVX-512 Xeon; 13x13 and 3-D 7^3, tasks of many blocks, 1.02x without: kept
     // there; run AF).
     const bool last = --blocks_left == 0;
-    const index_t nn = keys || (last && nahead > 0) ? 0 : std::min(kBlockKV, pc.end - j1);
+    const index_t nn = keys || (last && nahead > 0) || !a.prefetch_rows ? 0 : std::min(kBlockKV, pc.end - j1);
     if (nn > 0 && a.kv_rows) {
       pf[npf++] = {K.ptr(b, 0, g), K.stride[1], nn, k_bytes};
       pf[npf - 1].map = a.kv_rows + j1;
@@ -380,7 +381,7 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
     }
     if (last)
       for (int x = 1; x < nahead_st; ++x) pf[npf++] = ahead[x];
-    if (last && !o_asked && !stream_o && !(kVRowsInPlace && one_block))
+    if (last && !o_asked && !stream_o && !(kVRowsInPlace && one_block) && a.prefetch_rows)
       pf[npf++] = task_o_stream(a, PrefillTask{b, h, qb});
     const float* q_blk = a.rope_two_queries() && j0 < a.rope_sink_keys ? qt_sink : qt;
     const int v0 = static_cast<int>(rows.lo / tile::kWidth);
