@@ -10,6 +10,11 @@
 //   BM_na_copies/<mask>      the permutation alone: plan, K/V gather (Q, O go through a slot map)
 //   BM_na_plan/<mask>        a mask's whole plan with its key lists: what its first call adds
 //   BM_na_tiled_extra64/2d_64x64_k13  the 2-D case plus 64 extra (global) keys every query sees
+//   BM_na_small/<mask>, BM_na_small_streams/<mask>  a 16x16 grid (Q, K, V, O 1 MiB together):
+//                            the call as it runs (no prefetch streams where the tensors fit in
+//                            the L2; kernel/config.hpp prefetch_rows), and with the streams kept
+//                            on (detail::prefetch_in_l2, as before run AG). With an L2 under
+//                            1 MiB both run the streams.
 //
 // GFLOPS counts the VISIBLE pairs (4 * D per pair, as everywhere in bench/): for the NA cases
 // it reads directly as a fraction of BM_na_dense's GFLOPS. Goals: 13x13 (2-D) and 7x7x7 (3-D)
@@ -55,16 +60,23 @@ Data& na_data() {
   return data_for(s);
 }
 
+// The small-call cases: a 16x16 grid, 256 tokens.
+const Problem kNaSmallProblem{1, 4, 4, 256, 256, 64, 64};
+Data& na_small_data() {
+  static Shape s = na_shape("na_B1_H4_S256_D64", kNaSmallProblem);
+  return data_for(s);
+}
+
 Data& na_extra_data() {
   static Shape s = na_shape("na_B1_H4_S4096_X64_D64", kNaExtraProblem);
   return data_for(s);
 }
 
-index_t na_pairs(const NeighborhoodMask& m) {
+index_t na_pairs(const NeighborhoodMask& m, const Problem& p = kNaProblem) {
   const sinkattn::policy::NeighborhoodMaskPolicy pol{m.rank,   m.extent, m.kernel,    m.dilation,
                                                      m.stride, m.causal, m.extra_keys};
   index_t n = 0;
-  for (index_t i = 0; i < kNaProblem.seq_q; ++i) n += pol.count_visible(i);
+  for (index_t i = 0; i < p.seq_q; ++i) n += pol.count_visible(i);
   return n;
 }
 
@@ -202,6 +214,33 @@ SINKATTN_BENCH_CASES(neighborhood_cases) {
         benchmark::DoNotOptimize(plan.list_keys.data());
       }
     });
+  }
+
+  // Small calls: whether the prefetch streams pay where everything sits in the L2 already.
+  const std::vector<NaCase> small_cases = {
+      {"16x16_dense", NeighborhoodMask{}},
+      {"16x16_k13", NeighborhoodMask{2, {16, 16, 1}, {13, 13, 1}, {1, 1, 1}, {1, 1, 1}, {false, false, false}}},
+      {"16x16_k8_s8", NeighborhoodMask{2, {16, 16, 1}, {8, 8, 1}, {1, 1, 1}, {8, 8, 1}, {false, false, false}}},
+  };
+  const Problem ps = kNaSmallProblem;
+  for (const NaCase& c : small_cases) {
+    const bool dense = c.name == "16x16_dense";  // (its mask unused)
+    const index_t pairs = dense ? ps.seq_q * ps.seq_kv : na_pairs(c.mask, ps);
+    Options opt;
+    if (!dense) opt.mask = c.mask;
+    for (const bool streams : {false, true}) {
+      reg(std::string(streams ? "BM_na_small_streams/" : "BM_na_small/") + c.name, dense ? 200 : 400,
+          [ps, opt, pairs, streams](benchmark::State& st) {
+            Data& d = na_small_data();
+            detail::prefetch_in_l2 = streams;
+            for (auto _ : st) {
+              check(forward(ps, d.q, d.k, d.v, d.o, opt));
+              benchmark::ClobberMemory();
+            }
+            detail::prefetch_in_l2 = false;
+            counters(st, pairs, ps);
+          });
+    }
   }
 }
 
