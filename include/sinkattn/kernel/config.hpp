@@ -133,12 +133,14 @@ inline bool output_streams(const Problem& p, const TensorView<float>& o, OutputS
 
 // Whether the prefill tasks ask for rows before they use them (KernelArgs::prefetch_rows:
 // the next task's Q, K, V, a block's V and next K rows, O). Not when Q, K, V and O together
-// fit in the L2: then they are there already (from the previous call, or from the operation
-// that wrote them), and a prefetch of a line in L2 still takes a fill buffer that the
-// products' own L1 misses wait for. Without them a call whose tensors take 0.5-0.8 of a 2 MiB
+// fit in the L2: then they are mostly there already (from the previous call, or from the
+// operation that wrote them), and a prefetch of a line in L2 still takes a fill buffer that
+// the products' own L1 misses wait for. Without them a call whose tensors take 0.5-0.8 of a 2 MiB
 // L2 took 0.89-0.97x the time (2-D neighborhoods 8x8 blocked, 16x16 blocked and 13x13, dense;
-// both layouts), 0.97-0.99x with 64-key blocks; at 1.1x the L2 it made no difference, and past
-// it (16 MiB) the streams pay for k = s = 16 and 1-D 256-key blocks (bench/RESULTS.md, run AG).
+// both layouts), 0.97-0.99x with 64-key blocks. At 1.1-2x the L2 dense, 64-key blocks and
+// blocked 8x8 lost or gained nothing (0.99-1.02; 13x13 and 16x16 blocked 0.95-0.98: not enough
+// to draw the line there), and at 8x (16 MiB) the streams pay for k = s = 16 and 1-D 256-key
+// blocks (bench/RESULTS.md, run AG).
 // prefetch_in_l2 keeps them on for every call (tests compare both; results are identical).
 inline bool prefetch_in_l2 = false;
 inline bool prefetch_rows(const Problem& p, std::size_t l2_bytes = l2_cache_bytes()) {
