@@ -41,6 +41,19 @@ Options causal(index_t offset = 0) {
   return o;
 }
 
+// Options with a blocked 2-D neighborhood (stride == kernel) over an extent x extent grid: every
+// query tile of 64 tokens (k = 8) visits one key block.
+Options blocked_2d(index_t extent, index_t k) {
+  NeighborhoodMask m;
+  m.rank = 2;
+  m.extent = {extent, extent, 1};
+  m.kernel = {k, k, 1};
+  m.stride = {k, k, 1};
+  Options o;
+  o.mask = m;
+  return o;
+}
+
 TEST(Prefill, LengthsStraddlingTheTiles) {
   std::uint64_t seed = 1;
   for (index_t sq : test::kLengths)
@@ -306,17 +319,12 @@ TEST(Prefill, LookAheadNamesTheNextTasksRows) {
 // dims that are and are not whole vectors, both layouts, and tasks of one key block (blocked
 // 2-D neighborhoods) and of many (causal, dense).
 TEST(Prefill, StreamedOutputIsBitIdenticalToCachedStores) {
-  NeighborhoodMask blocked;
-  blocked.rank = 2;
-  blocked.extent = {16, 16, 1};
-  blocked.kernel = {8, 8, 1};
-  blocked.stride = {8, 8, 1};
   struct Case {
     Problem p;
     Options opt;
   };
-  Options na, na_slabs;
-  na.mask = blocked;
+  const Options na = blocked_2d(16, 8);
+  Options na_slabs;
   // Stride 1: slab-ordered tiles, whose last key blocks cover some lane vectors only (the
   // other rows are stored after the loop, streamed too).
   na_slabs.mask = NeighborhoodMask{2, {24, 24, 1}, {9, 9, 1}};
@@ -408,14 +416,11 @@ TEST(Prefill, RowsArePrefetchedOnlyForTensorsBeyondTheL2) {
 // A call computes the same bits with its prefetch streams as without them: tasks of one key
 // block (blocked neighborhoods, 64-key blocks) and of many (dense, causal GQA), V read in
 // place and V copied into panels by the streams (Dv 13: rows of no whole number of vectors),
-// slot-mapped neighborhood tiles with RoPE on load (Q gathered row by row), extra keys, both
-// layouts, one thread and two; and against the fp64 reference.
+// slot-mapped neighborhood tiles with RoPE on load (Q gathered row by row), extra keys, a
+// sliding window with sink tokens, block-sparse lists, both layouts; the streams also on two
+// threads (each task then asks for the rows of the task two ahead); and against the fp64
+// reference. (Most other tests' calls are small enough to run without the streams.)
 TEST(Prefill, PrefetchStreamsDoNotChangeTheResult) {
-  NeighborhoodMask blocked;
-  blocked.rank = 2;
-  blocked.extent = {16, 16, 1};
-  blocked.kernel = {8, 8, 1};
-  blocked.stride = {8, 8, 1};
   NeighborhoodMask slabs{2, {24, 24, 1}, {9, 9, 1}};
   NeighborhoodMask extra = slabs;
   extra.extra_keys = 5;
@@ -426,11 +431,16 @@ TEST(Prefill, PrefetchStreamsDoNotChangeTheResult) {
     Problem p;
     Options opt;
   };
-  Options na, na_slabs, na_extra, blk;
-  na.mask = blocked;
+  const Options na = blocked_2d(16, 8);
+  Options na_slabs, na_extra, blk, window, sparse;
   na_slabs.mask = slabs;
   na_extra.mask = extra;
   blk.mask = blocks;
+  window.mask = SlidingWindowMask{100, 0, 4};  // 4 sink tokens and 100 keys back
+  // Lists of 64-key blocks per (b, h, query block) of B1 H2 S300: 5 query and key blocks.
+  const test::BlockLists lists =
+      test::block_lists(2 * 5, 5, [](index_t r, index_t kb) { return (r + kb) % 3 != 1 || kb == r % 5; });
+  sparse.mask = BlockSparseMask{64, 64, lists.offsets.data(), lists.indices.data(), nullptr};
   const RopeTable table(Rope{500.f, 32, 32, RopePairing::neox}, 600);
   Options na_rope = na_slabs;
   na_rope.rope = RopeOnLoad{&table, 0, 0, -1};
@@ -440,6 +450,7 @@ TEST(Prefill, PrefetchStreamsDoNotChangeTheResult) {
       {problem(1, 4, 4, 256, 256, 64, 64), na},        {problem(1, 2, 2, 256, 256, 24, 13), na},
       {problem(1, 2, 1, 576, 576, 32, 32), na_slabs},  {problem(1, 2, 2, 576, 581, 32, 13), na_extra},
       {problem(1, 2, 2, 576, 576, 32, 32), na_rope},   {problem(1, 4, 2, 300, 300, 64, 64), blk},
+      {problem(1, 4, 2, 300, 300, 64, 64), window},    {problem(1, 2, 2, 300, 300, 64, 64), sparse},
   };
   for (const Case& c : cases)
     for (const Layout layout : {Layout::BSHD, Layout::BHSD}) {
