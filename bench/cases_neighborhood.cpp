@@ -12,7 +12,7 @@
 //   BM_na_tiled_extra64/2d_64x64_k13  the 2-D case plus 64 extra (global) keys every query sees
 //   BM_na_small/<mask>, BM_na_small_streams/<mask>  a 16x16 grid (Q, K, V, O 1 MiB together):
 //                            the call as it runs (no prefetch streams where the tensors fit in
-//                            the L2; kernel/config.hpp prefetch_rows), and with the streams kept
+//                            the L2; kernel/config.hpp prefetch_pays), and with the streams kept
 //                            on (detail::prefetch_in_l2, as before run AG). With an L2 under
 //                            1 MiB both run the streams.
 //

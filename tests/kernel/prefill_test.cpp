@@ -398,19 +398,19 @@ TEST(Prefill, AutomaticOutputStoresStreamOnlyOutputsThatLeaveTheCache) {
 TEST(Prefill, RowsArePrefetchedOnlyForTensorsBeyondTheL2) {
   const Problem p = problem(1, 4, 4, 1024, 1024, 64, 64);
   constexpr std::size_t MiB = std::size_t{1} << 20;
-  EXPECT_FALSE(detail::prefetch_rows(p, 4 * MiB));
-  EXPECT_TRUE(detail::prefetch_rows(p, 4 * MiB - 64));
-  EXPECT_TRUE(detail::prefetch_rows(problem(2, 4, 4, 1024, 1024, 64, 64), 4 * MiB));   // batches count
-  EXPECT_TRUE(detail::prefetch_rows(problem(1, 4, 2, 1024, 4096, 64, 64), 4 * MiB));   // a longer K/V
-  EXPECT_FALSE(detail::prefetch_rows(problem(1, 4, 1, 1024, 1024, 64, 64), 4 * MiB));  // GQA: fewer K/V heads
+  EXPECT_FALSE(detail::prefetch_pays(p, 4 * MiB));
+  EXPECT_TRUE(detail::prefetch_pays(p, 4 * MiB - 64));
+  EXPECT_TRUE(detail::prefetch_pays(problem(2, 4, 4, 1024, 1024, 64, 64), 4 * MiB));   // batches count
+  EXPECT_TRUE(detail::prefetch_pays(problem(1, 4, 2, 1024, 4096, 64, 64), 4 * MiB));   // a longer K/V
+  EXPECT_FALSE(detail::prefetch_pays(problem(1, 4, 1, 1024, 1024, 64, 64), 4 * MiB));  // GQA: fewer K/V heads
   detail::prefetch_in_l2 = true;
-  EXPECT_TRUE(detail::prefetch_rows(p, 64 * MiB));
+  EXPECT_TRUE(detail::prefetch_pays(p, 64 * MiB));
   detail::prefetch_in_l2 = false;
   // make_args decides with this core's L2: a 1-token call fits any L2, 256 MiB of tensors none.
   const auto d = test::make_data(problem(1, 2, 2, 1, 1, 16, 16));
   test::Out out = test::make_out(d.p);
   EXPECT_FALSE(detail::make_args(d.p, d.q, d.k, d.v, out.o, Options{}).prefetch_rows);
-  EXPECT_TRUE(detail::prefetch_rows(problem(1, 16, 16, 16384, 16384, 64, 64)));
+  EXPECT_TRUE(detail::prefetch_pays(problem(1, 16, 16, 16384, 16384, 64, 64)));
 }
 
 // A call computes the same bits with its prefetch streams as without them: tasks of one key

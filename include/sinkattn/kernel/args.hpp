@@ -96,7 +96,7 @@ struct KernelArgs {
   // O written with non-temporal stores where the prefill loop writes it from P.V
   // (output_streams in kernel/config.hpp): rows vector-aligned.
   bool stream_o = false;
-  // Whether tasks prefetch the rows of their next task, blocks and O (prefetch_rows in
+  // Whether tasks prefetch the rows of their next task, blocks and O (prefetch_pays in
   // kernel/config.hpp: not when the call's tensors fit in L2). Copies are made either way.
   bool prefetch_rows = true;
   // Non-zero: the generation under which tasks keep the V panels they copy (kernel/v_panels.hpp)

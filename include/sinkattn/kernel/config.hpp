@@ -143,7 +143,7 @@ inline bool output_streams(const Problem& p, const TensorView<float>& o, OutputS
 // blocks (bench/RESULTS.md, run AG).
 // prefetch_in_l2 keeps them on for every call (tests compare both; results are identical).
 inline bool prefetch_in_l2 = false;
-inline bool prefetch_rows(const Problem& p, std::size_t l2_bytes = l2_cache_bytes()) {
+inline bool prefetch_pays(const Problem& p, std::size_t l2_bytes = l2_cache_bytes()) {
   return prefetch_in_l2 || call_bytes(p).all > static_cast<double>(l2_bytes);
 }
 

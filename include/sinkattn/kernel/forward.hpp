@@ -50,7 +50,7 @@ inline KernelArgs make_args(const Problem& p, const TensorView<const float>& q, 
   a.o = o;
   a.lse = opt.lse;
   a.stream_o = output_streams(p, o, opt.output_stores);
-  a.prefetch_rows = prefetch_rows(p);
+  a.prefetch_rows = prefetch_pays(p);
   a.scale = opt.score.scale ? *opt.score.scale : (p.dim_qk > 0 ? 1.f / std::sqrt(static_cast<float>(p.dim_qk)) : 1.f);
   a.softcap = opt.score.softcap;
   a.bias = opt.score.bias;
