@@ -141,10 +141,11 @@ TEST(TileGemm, MmaKqtMatchesScalarLoops) {
 // O = diag(f) O + P V in both P orientations, with and without the row factors f, for row
 // counts and value widths that cross the tiles; and the two ends of a prefill task's blocks
 // (tile::PvIo): O starting from zero (whatever O held), the result written to rows of their
-// own, scaled, some rows dropped, O left untouched. V rows evenly strided (mma_pv) or through
-// one pointer per row, in reverse order (mma_pv_rows with RowPointers: a list block's keys).
+// own, scaled, some rows dropped, O left untouched, and the same streamed past the caches. V
+// rows evenly strided (mma_pv) or through one pointer per row, in reverse order (mma_pv_rows
+// with RowPointers: a list block's keys).
 TEST(TileGemm, MmaPvMatchesScalarLoopsInBothOrientations) {
-  Buf bo, bp, bout;
+  Buf bo, bp, bout, bstream;
   for (index_t nq : {1, 2, 3, 4, 5, 6, 7, 13, 64})
     for (index_t nk : {1, 3, 16, 64})
       for (index_t dv_vecs : {1, 2, 3, 4, 5, 9})
@@ -185,10 +186,13 @@ TEST(TileGemm, MmaPvMatchesScalarLoopsInBothOrientations) {
           const auto vrow = [&](index_t j) { return by_pointer ? nk - 1 - j : j; };
           std::vector<const float*> v_ptrs(static_cast<std::size_t>(nk));
           for (index_t j = 0; j < nk; ++j) v_ptrs[static_cast<std::size_t>(j)] = v.data() + vrow(j) * ld_v;
-          if (by_pointer)
-            tile::mma_pv_rows(o, ld_o, nq, p, pj, pr, tile::RowPointers{v_ptrs.data()}, nk, dv_vecs, io);
-          else
-            tile::mma_pv(o, ld_o, nq, p, pj, pr, v.data(), ld_v, nk, dv_vecs, io);
+          const auto run = [&](const tile::PvIo& ends) {
+            if (by_pointer)
+              tile::mma_pv_rows(o, ld_o, nq, p, pj, pr, tile::RowPointers{v_ptrs.data()}, nk, dv_vecs, ends);
+            else
+              tile::mma_pv(o, ld_o, nq, p, pj, pr, v.data(), ld_v, nk, dv_vecs, ends);
+          };
+          run(io);
           for (index_t r = 0; r < nq; ++r)
             for (index_t x = 0; x < dv; ++x) {
               const auto at = static_cast<std::size_t>(r * ld_o + x);
@@ -212,6 +216,24 @@ TEST(TileGemm, MmaPvMatchesScalarLoopsInBothOrientations) {
           if (!to_out) continue;
           for (index_t r = 0; r < nq; ++r)
             for (index_t x = dv; x < ld_out; ++x) ASSERT_EQ(out[r * ld_out + x], -7.f) << "r=" << r << " x=" << x;
+          // The same rows streamed past the caches (PvIo::stream, vector-aligned rows): the
+          // same bits, the dropped rows untouched.
+          float* streamed = bstream.get(nq * dv);
+          std::fill(streamed, streamed + nq * dv, -7.f);
+          std::vector<float*> stream_rows(static_cast<std::size_t>(nq));
+          for (index_t r = 0; r < nq; ++r)
+            stream_rows[static_cast<std::size_t>(r)] = r % 5 == 4 ? nullptr : streamed + r * dv;
+          io.out = stream_rows.data();
+          io.stream = true;
+          run(io);
+          tile::stream_fence();
+          for (index_t r = 0; r < nq; ++r)
+            for (index_t x = 0; x < dv; ++x) {
+              const float want = r % 5 == 4 ? -7.f : out[r * ld_out + x];
+              ASSERT_EQ(std::memcmp(&streamed[r * dv + x], &want, sizeof(float)), 0)
+                  << "streamed: nq=" << nq << " nk=" << nk << " dv_vecs=" << dv_vecs << " variant=" << variant
+                  << " r=" << r << " x=" << x;
+            }
         }
 }
 
