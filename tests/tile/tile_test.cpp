@@ -48,6 +48,32 @@ TEST(TileMath, Exp2EdgeValues) {
   EXPECT_EQ(tile::exp2(vf(kInf)).get(0), kInf);
   EXPECT_EQ(tile::exp2(vf(200.f)).get(0), kInf);
   EXPECT_TRUE(std::isnan(tile::exp2(vf(std::nanf(""))).get(0)));
+  EXPECT_EQ(tile::exp2(vf(-3e38f)).get(0), 0.f);  // far beyond any clamp: still exact
+  EXPECT_EQ(tile::exp2(vf(3e38f)).get(0), kInf);
+#if defined(__AVX512F__)
+  // With vscalefps the top binade stays finite up to 2^128 (x rounds to n = 128 from 127.5
+  // on); the AVX2 form, whose exponent field saturates, gives inf above 127.
+  for (float x = 127.f; x < 128.f; x += 0.0173f) {
+    const double want = std::exp2(static_cast<double>(x)), got = tile::exp2(vf(x)).get(0);
+    EXPECT_LT(std::abs(got - want) / want, 2.5e-7) << x;
+  }
+#endif
+  // Specials beside finite values in one vector: each lane gets its own result.
+  alignas(64) float in[tile::kWidth], out[tile::kWidth];
+  const float specials[] = {-kInf, kInf, std::nanf(""), -1000.f, 200.f, 0.f};
+  const float special_want[] = {0.f, kInf, std::nanf(""), 0.f, kInf, 1.f};
+  for (int l = 0; l < tile::kWidth; ++l) in[l] = l % 2 ? specials[(l / 2) % 6] : -0.37f * static_cast<float>(l);
+  tile::exp2(vf::load_aligned(in)).store_aligned(out);
+  for (int l = 0; l < tile::kWidth; ++l) {
+    if (l % 2 == 0) {
+      const double want = std::exp2(static_cast<double>(in[l]));
+      EXPECT_LT(std::abs(out[l] - want) / want, 2.5e-7) << l;
+    } else if (std::isnan(special_want[(l / 2) % 6])) {
+      EXPECT_TRUE(std::isnan(out[l])) << l;
+    } else {
+      EXPECT_EQ(out[l], special_want[(l / 2) % 6]) << l << ": " << in[l];
+    }
+  }
 }
 
 // The softmax's exp2: exp2's bits on [-126, 127], exactly 0 for -inf and far below, NaN
