@@ -402,6 +402,36 @@ TEST(TileGemm, RowStreamsCopyEveryRowOnceDuringEitherProduct) {
   }
 }
 
+// col_max over every slab of lane vectors [c0, c1) and key counts across the unrolled forms:
+// the running max of the slab's lanes (starting values included), the other vectors untouched.
+TEST(TileOps, ColMaxOverLaneSlabs) {
+  Buf b;
+  const index_t ld = kQRows + kWidth;  // a row stride longer than the tile
+  const index_t nk_max = 13;
+  float* st = b.get(nk_max * ld);
+  const auto v = test::random_vector(static_cast<std::size_t>(nk_max * ld), 9, -4, 4);
+  std::copy(v.begin(), v.end(), st);
+  const auto start = test::random_vector(static_cast<std::size_t>(kQRows), 10, -4, 6);
+  for (int c0 = 0; c0 < tile::kQVecs; ++c0) {
+    for (int c1 = c0; c1 <= tile::kQVecs; ++c1) {
+      for (index_t nk : {index_t{0}, index_t{1}, index_t{6}, nk_max}) {
+        alignas(64) float mm[kQRows];
+        std::copy(start.begin(), start.end(), mm);
+        tile::Lanes m;
+        for (int c = 0; c < tile::kQVecs; ++c) m.v[c] = vf::load_aligned(mm + c * kWidth);
+        tile::col_max(m, st, ld, nk, c0, c1);
+        m.store(mm);
+        for (index_t l = 0; l < kQRows; ++l) {
+          float want = start[static_cast<std::size_t>(l)];
+          if (l >= c0 * kWidth && l < c1 * kWidth)
+            for (index_t j = 0; j < nk; ++j) want = std::max(want, st[j * ld + l]);
+          ASSERT_EQ(mm[l], want) << "c0=" << c0 << " c1=" << c1 << " nk=" << nk << " lane " << l;
+        }
+      }
+    }
+  }
+}
+
 TEST(TileOps, LaneReductionsExpAndRowScaling) {
   Buf b;
   const index_t nk = 7;
