@@ -31,9 +31,10 @@ inline vf exp2_fraction(const vf& f) {
 // to the exponent. This is the one transcendental of the hot loop (one per score), so it
 // is kept short. With AVX-512DQ, vreduceps gives f = x - round(x) exactly in one operation
 // and gives 0 for +-inf, so n = x - f is +-inf there and vscalefps makes exact inf and 0 by
-// itself; NaN passes through both (9 ops; the same bits as the clamped form below, which
-// took 12, in the softmax's exp loop). With AVX-512F alone, the clamp to [-160, 128] does
-// that (no select); elsewhere the exponent is built by integer shifts.
+// itself; NaN passes through both. That is 9 operations where the clamped form below takes
+// 12, with the same bits for every input. With AVX-512F alone, the clamp to [-160, 128]
+// gets exact 0 and inf from vscalefps (no select); elsewhere the exponent is built by
+// integer shifts.
 inline vf exp2(const vf& x) {
 #if defined(__AVX512DQ__)
   const vf f(_mm512_reduce_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));

@@ -191,8 +191,7 @@ inline void zero(float* o, index_t ld_o, index_t nrows, index_t cols_pad) {
 // after the other's (a chain waits on the latency of every max: 0.5x the time over a 64 x 64
 // tile). Each vector still takes its rows in order: the same result, NaN and -0 included.
 inline void col_max(Lanes& m, const float* st, index_t ld, index_t nk, int c0, int c1) {
-  if (c1 <= c0) return;
-  detail::dispatch_upto<kQVecs>(c1 - c0, [&](auto nn) {
+  detail::dispatch_upto<kQVecs>(c1 - c0, [&](auto nn) {  // (no vectors: nothing)
     constexpr int N = decltype(nn)::value;
     const float* s = st + c0 * kWidth;
     vf acc[N];
