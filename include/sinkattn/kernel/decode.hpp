@@ -75,15 +75,13 @@ void decode_task(const KernelArgs& a, const typename V::Mask& mask, index_t b, i
   constexpr index_t ld_s = kDecodeBlock;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-  // RoPE on load rotates the block's K rows of all ng heads at once (see below).
-  const index_t kpack_rows = a.rope ? ng * kDecodeBlock : tile::kWidth;
-  float* qpad = ws.floats(static_cast<std::size_t>(2 * HR * dqk_pad + R * ld_s + HR * dv_pad + kpack_rows * dqk_pad +
-                                                   kDecodeBlock * dv_pad));  // (HR, Dqk_pad)
-  float* qpad_sink = qpad + HR * dqk_pad;       // (HR, Dqk_pad) RoPE on load: as the sink keys see it
-  float* s = qpad_sink + HR * dqk_pad;          // (R, kDecodeBlock) scores of one head, keys on lanes
-  float* acc = s + R * ld_s;                    // (HR, Dv_pad)
-  float* kpack = acc + HR * dv_pad;             // (kWidth or ng * kDecodeBlock, Dqk_pad)
-  float* vpack = kpack + kpack_rows * dqk_pad;  // (kDecodeBlock, Dv_pad)
+  float* qpad = ws.floats(static_cast<std::size_t>(2 * HR * dqk_pad + HR * ld_s + HR * dv_pad +
+                                                   tile::kWidth * (dqk_pad + dv_pad)));  // (HR, Dqk_pad)
+  float* qpad_sink = qpad + HR * dqk_pad;         // (HR, Dqk_pad) RoPE on load: as the sink keys see it
+  float* s = qpad_sink + HR * dqk_pad;            // (HR, kDecodeBlock) scores, keys on lanes
+  float* acc = s + HR * ld_s;                     // (HR, Dv_pad)
+  float* kpack = acc + HR * dv_pad;               // (kWidth, Dqk_pad) one group's K rows
+  float* vpack = kpack + tile::kWidth * dqk_pad;  // (kWidth, Dv_pad) and V rows
 
   // Row gg * R + hh * Sq + i is query row i of head (g0 + gg) * G + hh.
   for (index_t gg = 0; gg < ng; ++gg)
@@ -126,32 +124,32 @@ void decode_task(const KernelArgs& a, const typename V::Mask& mask, index_t b, i
     const bool k_inplace = K.stride[3] == 1 && p.dim_qk % tile::kWidth == 0 && !a.rope;
     const bool v_inplace = Vw.stride[3] == 1 && p.dim_v % tile::kWidth == 0;
     const float* q_blk = a.rope_two_queries() && j0 < a.rope_sink_keys ? qpad_sink : qpad;
-    // RoPE on load: rotate the block's K rows of every head of the task into kpack first, token
-    // by token. In token-major layouts a token's heads lie together, so this reads memory as one
-    // sequential stream; rotating per head and 16-key group instead (reads at a 4 KiB stride
-    // between stores into the pack) ran at about half the memory bandwidth.
-    if (a.rope) {
-      const index_t rows_pad = nvec * tile::kWidth;
-      for (index_t r = 0; r < nk; ++r)
-        for (index_t gg = 0; gg < ng; ++gg) {
-          float* dst = kpack + (gg * kDecodeBlock + r) * dqk_pad;
-          rope_row(dst, K.ptr(b, r0 + r, g0 + gg), K.stride[3], p.dim_qk, a.rope->config(), a.rope->row(j0 + r));
-          std::fill(dst + p.dim_qk, dst + dqk_pad, 0.f);
-        }
-      for (index_t gg = 0; gg < ng; ++gg)
-        tile::zero(kpack + (gg * kDecodeBlock + nk) * dqk_pad, dqk_pad, rows_pad - nk, dqk_pad);
-    }
-
-    for (index_t gg = 0; gg < ng; ++gg) {
-      const index_t g = g0 + gg;
-      typename Norm::RowState* st = state + gg * R;
-      float* acc_g = acc + gg * R * dv_pad;
-      for (int grp = 0; grp < nvec; ++grp) {
-        const index_t jg = grp * tile::kWidth, ng_keys = std::min<index_t>(tile::kWidth, nk - jg);
-        const float* kp = K.ptr(b, r0 + jg, g);
+    // The scores of every head, then their softmax, then P.V; both products run 16 keys (one
+    // lane group) at a time across the heads, so a token-major cache is read group of token
+    // rows by group, each row whole (every head's K, then every head's V) before the next
+    // group. One head's 64 keys at a time (its slice of 64 rows, then the next head's slice of
+    // the same rows) kept 64 rows open per product, one 4 KiB page each at Hkv8 D128, likely
+    // more streams than the L2 streamer follows: a decode step over 32768 keys in DRAM read
+    // 8.9-9.9 GB/s so, 12.8-13.6 in this order (the machine's sequential read rate), 0.70x the
+    // time; keys in L3 as fast as before (bench/RESULTS.md, run AK). The softmax still updates
+    // once per 64-key block.
+    // RoPE on load rotates each group's rows into kpack just before their scores, in the same
+    // order (rotating the whole block's rows first, token by token, took 1.09x the time of a
+    // 32-layer streaming decode step).
+    for (int grp = 0; grp < nvec; ++grp) {
+      const index_t jg = grp * tile::kWidth, ng_keys = std::min<index_t>(tile::kWidth, nk - jg);
+      for (index_t gg = 0; gg < ng; ++gg) {
+        const float* kp = K.ptr(b, r0 + jg, g0 + gg);
         index_t ld_k = K.stride[1];
-        if (a.rope) {
-          kp = kpack + (gg * kDecodeBlock + jg) * dqk_pad;  // rotated above
+        if (a.rope) {  // RoPE on load: the group's rows rotated at their positions
+          for (index_t x = 0; x < ng_keys; ++x) {
+            float* dst = kpack + x * dqk_pad;
+            rope_row(dst, K.ptr(b, r0 + jg + x, g0 + gg), K.stride[3], p.dim_qk, a.rope->config(),
+                     a.rope->row(j0 + jg + x));
+            std::fill(dst + p.dim_qk, dst + dqk_pad, 0.f);
+          }
+          tile::zero(kpack + ng_keys * dqk_pad, dqk_pad, tile::kWidth - ng_keys, dqk_pad);
+          kp = kpack;
           ld_k = dqk_pad;
         } else if (!k_inplace || ng_keys < tile::kWidth) {
           tile::pack_rows(kpack, dqk_pad, kp, ld_k, K.stride[3], ng_keys, p.dim_qk, dqk_pad);
@@ -159,33 +157,43 @@ void decode_task(const KernelArgs& a, const typename V::Mask& mask, index_t b, i
           kp = kpack;
           ld_k = dqk_pad;
         }
-        for (index_t r = 0; r < R; ++r)
-          tile::dot_keys(s + r * ld_s + grp * tile::kWidth, q_blk + (gg * R + r) * dqk_pad, kp, ld_k, dqk_vecs);
+        for (index_t r = gg * R; r < (gg + 1) * R; ++r)
+          tile::dot_keys(s + r * ld_s + jg, q_blk + r * dqk_pad, kp, ld_k, dqk_vecs);
       }
+    }
 
+    for (index_t gg = 0; gg < ng; ++gg) {
+      const index_t g = g0 + gg;
+      float* s_g = s + gg * R * ld_s;
       for (index_t hh = 0; hh < G; ++hh) {
-        const policy::ScoreTile t{s + hh * Sq * ld_s, ld_s, Sq, nvec, b, g * G + hh, 0, Sq, j0, nk, ld_s, 1, nullptr};
+        const policy::ScoreTile t{s_g + hh * Sq * ld_s, ld_s, Sq, nvec, b, g * G + hh, 0, Sq, j0, nk, ld_s, 1, nullptr};
         V::Score::apply(a, t);
         if (kind == policy::BlockKind::partial) policy::apply_mask(mask, t);
       }
       // Lanes past the last key: after the score policy, which may map -inf to a finite value.
       for (index_t r = 0; r < R; ++r)
-        for (index_t x = nk; x < nvec * tile::kWidth; ++x) s[r * ld_s + x] = kNegInf;
+        for (index_t x = nk; x < nvec * tile::kWidth; ++x) s_g[r * ld_s + x] = kNegInf;
 
       for (index_t r = 0; r < R; ++r) {
-        const float alpha = Norm::update_row(st[r], s + r * ld_s, nvec);
-        if (alpha != 1.f) tile::scale_rows(acc_g + r * dv_pad, dv_pad, 1, dv_vecs, &alpha);
+        const float alpha = Norm::update_row(state[gg * R + r], s_g + r * ld_s, nvec);
+        if (alpha != 1.f) tile::scale_rows(acc + (gg * R + r) * dv_pad, dv_pad, 1, dv_vecs, &alpha);
       }
+    }
 
-      const float* vp = Vw.ptr(b, r0, g);
-      index_t ld_v = Vw.stride[1];
-      if (!v_inplace) {
-        tile::pack_rows(vpack, dv_pad, vp, ld_v, Vw.stride[3], nk, p.dim_v, dv_pad);
-        vp = vpack;
-        ld_v = dv_pad;
+    // (Each row's keys in the same order as one call over the block: the same sums, bit for bit.)
+    for (int grp = 0; grp < nvec; ++grp) {
+      const index_t jg = grp * tile::kWidth, ng_keys = std::min<index_t>(tile::kWidth, nk - jg);
+      for (index_t gg = 0; gg < ng; ++gg) {
+        const float* vp = Vw.ptr(b, r0 + jg, g0 + gg);
+        index_t ld_v = Vw.stride[1];
+        if (!v_inplace) {
+          tile::pack_rows(vpack, dv_pad, vp, ld_v, Vw.stride[3], ng_keys, p.dim_v, dv_pad);
+          vp = vpack;
+          ld_v = dv_pad;
+        }
+        tile::mma_pv(acc + gg * R * dv_pad, dv_pad, R, s + gg * R * ld_s + jg, 1, ld_s, vp, ld_v, ng_keys, dv_vecs);
+        if constexpr (Norm::kSumsV) vsums.add(mask, kind, 0, Sq, j0 + jg, ng_keys, vp, ld_v);
       }
-      tile::mma_pv(acc_g, dv_pad, R, s, 1, ld_s, vp, ld_v, nk, dv_vecs);
-      if constexpr (Norm::kSumsV) vsums.add(mask, kind, 0, Sq, j0, nk, vp, ld_v);
     }
   }
 
