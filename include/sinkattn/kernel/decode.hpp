@@ -128,11 +128,11 @@ void decode_task(const KernelArgs& a, const typename V::Mask& mask, index_t b, i
     // lane group) at a time across the heads, so a token-major cache is read group of token
     // rows by group, each row whole (every head's K, then every head's V) before the next
     // group. One head's 64 keys at a time (its slice of 64 rows, then the next head's slice of
-    // the same rows) kept 64 rows open per product, one 4 KiB page each at Hkv8 D128, likely
-    // more streams than the L2 streamer follows: a decode step over 32768 keys in DRAM read
-    // 8.9-9.9 GB/s so, 12.8-13.6 in this order (the machine's sequential read rate), 0.70x the
-    // time; keys in L3 as fast as before (bench/RESULTS.md, run AK). The softmax still updates
-    // once per 64-key block.
+    // the same rows; one 4 KiB page per row at Hkv8 D128): a decode step over 32768 keys in DRAM
+    // read 8.9-9.9 GB/s so, 12.8-13.6 in this order (the machine's sequential read rate), 0.75x
+    // the time; keys in L3 as fast as before (bench/RESULTS.md, run AK). A plain read loop
+    // reads either order equally fast: what the old one lost is how its reads met the
+    // computation between them. The softmax still updates once per 64-key block.
     // RoPE on load rotates each group's rows into kpack just before their scores, in the same
     // order (rotating the whole block's rows first, token by token, took 1.09x the time of a
     // 32-layer streaming decode step).
