@@ -124,18 +124,19 @@ void decode_task(const KernelArgs& a, const typename V::Mask& mask, index_t b, i
     const bool k_inplace = K.stride[3] == 1 && p.dim_qk % tile::kWidth == 0 && !a.rope;
     const bool v_inplace = Vw.stride[3] == 1 && p.dim_v % tile::kWidth == 0;
     const float* q_blk = a.rope_two_queries() && j0 < a.rope_sink_keys ? qpad_sink : qpad;
-    // The scores of every head, then their softmax, then P.V; both products run 16 keys (one
-    // lane group) at a time across the heads, so a token-major cache is read group of token
-    // rows by group, each row whole (every head's K, then every head's V) before the next
-    // group. One head's 64 keys at a time (its slice of 64 rows, then the next head's slice of
-    // the same rows; one 4 KiB page per row at Hkv8 D128): a decode step over 32768 keys in DRAM
-    // read 8.9-9.9 GB/s so, 12.8-13.6 in this order (the machine's sequential read rate), 0.75x
-    // the time; keys in L3 as fast as before (bench/RESULTS.md, run AK). A plain read loop
-    // reads either order equally fast: what the old one lost is how its reads met the
-    // computation between them. The softmax still updates once per 64-key block.
+    // The scores of every head of the task, then their softmax, then P.V; both products run
+    // one lane group of keys at a time across the heads: the K rows of all the task's heads for
+    // 16 tokens (AVX-512), then the next 16 tokens' (a token-major cache read token row after
+    // token row, whole rows where the task has every KV head), and V the same way after the
+    // softmax. One head's 64 keys at a time (its slice of 64 rows, then the next head's slice
+    // of the same rows; one 4 KiB page per row at Hkv8 D128) read a DRAM-resident cache at
+    // 0.65-0.71 of the machine's read bandwidth, this order at 0.88-0.91 (0.75x the time; keys
+    // in L3 as fast as before; bench/RESULTS.md, run AK). A plain read loop reads either order
+    // equally fast: what the old one lost is in how its reads met the computation between
+    // them. The softmax still updates once per 64-key block.
     // RoPE on load rotates each group's rows into kpack just before their scores, in the same
-    // order (rotating the whole block's rows first, token by token, took 1.09x the time of a
-    // 32-layer streaming decode step).
+    // order (rotating the whole block's rows first, token by token, took 1.08-1.12x the time of
+    // a 32-layer streaming decode step).
     for (int grp = 0; grp < nvec; ++grp) {
       const index_t jg = grp * tile::kWidth, ng_keys = std::min<index_t>(tile::kWidth, nk - jg);
       for (index_t gg = 0; gg < ng; ++gg) {
