@@ -142,7 +142,10 @@ void decode_task(const KernelArgs& a, const typename V::Mask& mask, index_t b, i
       for (index_t gg = 0; gg < ng; ++gg) {
         const float* kp = K.ptr(b, r0 + jg, g0 + gg);
         index_t ld_k = K.stride[1];
-        if (a.rope) {  // RoPE on load: the group's rows rotated at their positions
+        if (a.rope) {
+          // RoPE on load: the group's rows rotated at their positions, row after row.
+          // (`rope_rows`, which prefill uses, walks chunks of pairs across the rows: here it
+          // took 1.08x the time of a 32-layer streaming decode step with RoPE on load.)
           for (index_t x = 0; x < ng_keys; ++x) {
             float* dst = kpack + x * dqk_pad;
             rope_row(dst, K.ptr(b, r0 + jg + x, g0 + gg), K.stride[3], p.dim_qk, a.rope->config(),
