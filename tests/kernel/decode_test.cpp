@@ -118,6 +118,43 @@ TEST(Decode, BitIdenticalAcrossThreadCounts) {
   EXPECT_TRUE(test::bit_identical(one.lsebuf, two.lsebuf));
 }
 
+// Each P.V product asks for the next one's V rows (kernel/decode.hpp) where the call's tensors
+// do not fit in the L2. With the requests made at any size (detail::prefetch_in_l2), the
+// results are the same bits and match the reference: lengths that end inside a lane group and
+// a key block, several KV heads per task and a last task with fewer, a value dimension of no
+// whole number of vectors (V packed), a sliding window, both layouts.
+TEST(Decode, PrefetchOfTheNextVRowsDoesNotChangeTheResult) {
+  struct Case {
+    Problem p;
+    Options opt;
+  };
+  Options window;
+  window.mask = SlidingWindowMask{90, 0, 4};
+  const std::vector<Case> cases = {{Problem{1, 8, 2, 1, 77, 64, 64}, Options{}},
+                                   {Problem{2, 20, 10, 1, 1100, 64, 64}, causal()},
+                                   {Problem{1, 16, 4, 1, 300, 48, 13}, causal()},
+                                   {Problem{1, 6, 3, 2, 500, 32, 32}, window}};
+  for (const Case& c : cases)
+    for (const Layout layout : {Layout::BSHD, Layout::BHSD}) {
+      const Problem& p = c.p;
+      SCOPED_TRACE(::testing::Message() << "Hkv " << p.heads_kv << " Skv " << p.seq_kv << " Dv " << p.dim_v);
+      const auto data = test::make_data(p, layout, 29);
+      ASSERT_TRUE(detail::use_decode(p));
+      test::Out with = test::make_out(p, layout, true), without = test::make_out(p, layout, true);
+      Options o = c.opt;
+      o.lse = without.lse;
+      ASSERT_TRUE(forward(p, data.q, data.k, data.v, without.o, o).ok());
+      o.lse = with.lse;
+      detail::prefetch_in_l2 = true;
+      const Status st = forward(p, data.q, data.k, data.v, with.o, o);
+      detail::prefetch_in_l2 = false;
+      ASSERT_TRUE(st.ok());
+      EXPECT_TRUE(test::bit_identical(with.obuf, without.obuf));
+      EXPECT_TRUE(test::bit_identical(with.lsebuf, without.lsebuf));
+      EXPECT_TRUE(test::matches_reference(data, c.opt, with, 1e-5));
+    }
+}
+
 // The last row of a causal prefill is a decode step over the same keys: both paths agree.
 TEST(Decode, AgreesWithPrefill) {
   const index_t n = 700, d = 64;

@@ -185,9 +185,26 @@ void decode_task(const KernelArgs& a, const typename V::Mask& mask, index_t b, i
     }
 
     // (Each row's keys in the same order as one call over the block: the same sums, bit for bit.)
+    // Each product asks for the V rows of the one after it (the next head's, or the next lane
+    // group's first head's) while it runs, spread between its register tiles (tile::RowStream).
+    // Token-major rows of one head lie a row of every KV head apart (2-4 KiB), past the stride
+    // the L1 prefetcher follows, and one head's 16 rows are too few for P.V's own misses to
+    // overlap: a cache in DRAM read 1.09-1.13x faster with it, keys in L3 0.95-1.0x (Hkv8 and
+    // Hkv4, D128; bench/RESULTS.md, run AL). The K rows the same way cost more than they gained
+    // (keys in L2 or L3 0.9x as fast: dot_keys has 16 rows' misses in flight by itself).
+    const bool prefetch_v = a.prefetch_rows && Vw.stride[3] == 1;
     for (int grp = 0; grp < nvec; ++grp) {
       const index_t jg = grp * tile::kWidth, ng_keys = std::min<index_t>(tile::kWidth, nk - jg);
       for (index_t gg = 0; gg < ng; ++gg) {
+        tile::RowStream next_v;  // the next product's V rows
+        const index_t ngg = gg + 1 < ng ? gg + 1 : 0, njg = gg + 1 < ng ? jg : jg + tile::kWidth;
+        const int npf = prefetch_v && njg < nk ? 1 : 0;
+        if (npf > 0) {
+          next_v.p = Vw.ptr(b, r0 + njg, g0 + ngg);
+          next_v.ld = Vw.stride[1];
+          next_v.rows = std::min<index_t>(tile::kWidth, nk - njg);
+          next_v.bytes = p.dim_v * static_cast<index_t>(sizeof(float));
+        }
         const float* vp = Vw.ptr(b, r0 + jg, g0 + gg);
         index_t ld_v = Vw.stride[1];
         if (!v_inplace) {
@@ -195,7 +212,8 @@ void decode_task(const KernelArgs& a, const typename V::Mask& mask, index_t b, i
           vp = vpack;
           ld_v = dv_pad;
         }
-        tile::mma_pv(acc + gg * R * dv_pad, dv_pad, R, s + gg * R * ld_s + jg, 1, ld_s, vp, ld_v, ng_keys, dv_vecs);
+        tile::mma_pv(acc + gg * R * dv_pad, dv_pad, R, s + gg * R * ld_s + jg, 1, ld_s, vp, ld_v, ng_keys, dv_vecs, {},
+                     &next_v, npf);
         if constexpr (Norm::kSumsV) vsums.add(mask, kind, 0, Sq, j0 + jg, ng_keys, vp, ld_v);
       }
     }
