@@ -118,6 +118,14 @@ TEST(TileMath, SigmoidTanhAndReductions) {
   for (float e : lanes) s += e, m = std::max(m, e);
   EXPECT_EQ(tile::hsum(x), s);
   EXPECT_EQ(tile::hmax(x), m);
+  // The largest lane in every position, among -inf lanes and among finite ones.
+  for (int at = 0; at < kWidth; ++at)
+    for (float rest : {-kInf, -5.f}) {
+      for (int i = 0; i < kWidth; ++i) lanes[i] = i == at ? -4.5f : rest - static_cast<float>(i);
+      EXPECT_EQ(tile::hmax(vf::load_aligned(lanes)), -4.5f) << at << " " << rest;
+    }
+  for (int i = 0; i < kWidth; ++i) lanes[i] = -kInf;
+  EXPECT_EQ(tile::hmax(vf::load_aligned(lanes)), -kInf);
 }
 
 TEST(TileGemm, TransposeSumPutsTheSumOfVectorIIntoLaneI) {
@@ -278,6 +286,27 @@ TEST(TileGemm, DotKeysMatchesScalarLoops) {
       for (index_t x = 0; x < d; ++x) want += double(q[x]) * k[j * ld_k + x];
       EXPECT_NEAR(s[j], want, 1e-5 * d) << "j=" << j << " d=" << d;
     }
+  }
+}
+
+// Two rows at a time: the same bits as one row at a time (the decode loop mixes both), and
+// the right row in each output.
+TEST(TileGemm, DotKeysTwoRowsEqualsOneRowAtATime) {
+  Buf bq, bs;
+  for (index_t dvecs : {1, 2, 3, 8}) {
+    const index_t d = dvecs * kWidth, ld_k = d + 3;
+    float* q = bq.get(2 * d);
+    const auto qv = test::random_vector(static_cast<std::size_t>(2 * d), 5 + d, -1, 1);
+    std::copy(qv.begin(), qv.end(), q);
+    const auto k = test::random_vector(static_cast<std::size_t>(kWidth * ld_k), 6 + d, -1, 1);
+    float* s = bs.get(4 * kWidth);  // [row 0, row 1] two at a time, then one at a time
+    tile::dot_keys_2rows(s, s + kWidth, q, q + d, k.data(), ld_k, dvecs);
+    tile::dot_keys(s + 2 * kWidth, q, k.data(), ld_k, dvecs);
+    tile::dot_keys(s + 3 * kWidth, q + d, k.data(), ld_k, dvecs);
+    for (index_t i = 0; i < 2 * kWidth; ++i) EXPECT_EQ(s[i], s[2 * kWidth + i]) << "i=" << i << " d=" << d;
+    double want = 0;  // row 1, last key: not row 0's
+    for (index_t x = 0; x < d; ++x) want += double(q[d + x]) * k[(kWidth - 1) * ld_k + x];
+    EXPECT_NEAR(s[2 * kWidth - 1], want, 1e-5 * d);
   }
 }
 

@@ -161,8 +161,11 @@ void decode_task(const KernelArgs& a, const typename V::Mask& mask, index_t b, i
           kp = kpack;
           ld_k = dqk_pad;
         }
-        for (index_t r = gg * R; r < (gg + 1) * R; ++r)
-          tile::dot_keys(s + r * ld_s + jg, q_blk + r * dqk_pad, kp, ld_k, dqk_vecs);
+        index_t r = gg * R;  // the head's rows two at a time (tile::dot_keys_2rows), then the odd one
+        for (; r + 1 < (gg + 1) * R; r += 2)
+          tile::dot_keys_2rows(s + r * ld_s + jg, s + (r + 1) * ld_s + jg, q_blk + r * dqk_pad,
+                               q_blk + (r + 1) * dqk_pad, kp, ld_k, dqk_vecs);
+        if (r < (gg + 1) * R) tile::dot_keys(s + r * ld_s + jg, q_blk + r * dqk_pad, kp, ld_k, dqk_vecs);
       }
     }
 

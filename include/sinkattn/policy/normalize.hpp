@@ -96,7 +96,9 @@ struct OnlineSoftmax {
     for (int c = 0; c < nvec; ++c) mv = xsimd::max(mv, vf::load_aligned(row + c * tile::kWidth));
     const float m_new = std::fmax(s.m, tile::hmax(mv));
     const float m_safe = m_new == kNegInf ? 0.f : m_new;
-    const float alpha = s.m == kNegInf ? 0.f : std::exp2(s.m - m_safe);
+    // (A row's max seldom moves after its first blocks: then alpha is exactly 1 = 2^0, without
+    // a call of libm's exp2.)
+    const float alpha = s.m == kNegInf ? 0.f : s.m == m_safe ? 1.f : std::exp2(s.m - m_safe);
     const vf ms(m_safe);
     vf sum(0.f);
     for (int c = 0; c < nvec; ++c) {

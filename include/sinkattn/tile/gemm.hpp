@@ -447,4 +447,47 @@ inline void dot_keys(float* s, const float* q, const float* k, index_t ld_k, ind
   transpose_sum(acc).store_aligned(s);
 }
 
+// The same for two query rows against the same key rows, kWidth / 2 keys at a time: each K
+// load feeds both rows' FMAs (one row's scores load a K vector per FMA, which bound the loop),
+// and one transposing add reduces the 2 x kWidth / 2 partial sums, row 0's keys in the low
+// half of the result, row 1's in the high half. Each sum is formed in the same order as by
+// dot_keys: the same bits. A decode call with 4-8 query rows per KV head and its keys in L2
+// took 0.8x the time (bench/RESULTS.md, run AL).
+//   s0, s1  kWidth floats each, aligned
+//   q0, q1  as q above
+namespace detail {
+inline void store_halves(float* lo, float* hi, const vf& r) {
+#if defined(__AVX512F__)
+  _mm256_store_ps(lo, _mm512_castps512_ps256(r));
+  _mm256_store_ps(hi, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(r), 1)));
+#elif defined(__AVX__)
+  _mm_store_ps(lo, _mm256_castps256_ps128(r));
+  _mm_store_ps(hi, _mm256_extractf128_ps(r, 1));
+#else
+  alignas(64) float t[kWidth];
+  r.store_aligned(t);
+  std::copy(t, t + kWidth / 2, lo);
+  std::copy(t + kWidth / 2, t + kWidth, hi);
+#endif
+}
+}  // namespace detail
+inline void dot_keys_2rows(float* s0, float* s1, const float* q0, const float* q1, const float* k, index_t ld_k,
+                           index_t dqk_vecs) {
+  constexpr int H = kWidth / 2;
+  for (int h = 0; h < kWidth; h += H) {
+    vf acc[kWidth];  // [row 0: keys h .. h + H) [row 1: the same keys)
+    for (int j = 0; j < kWidth; ++j) acc[j] = vf(0.f);
+    const float* kh = k + h * ld_k;
+    for (index_t c = 0; c < dqk_vecs; ++c) {
+      const vf a = vf::load_aligned(q0 + c * kWidth), b = vf::load_aligned(q1 + c * kWidth);
+      for (int j = 0; j < H; ++j) {
+        const vf kv = vf::load_unaligned(kh + j * ld_k + c * kWidth);
+        acc[j] = xsimd::fma(kv, a, acc[j]);
+        acc[H + j] = xsimd::fma(kv, b, acc[H + j]);
+      }
+    }
+    detail::store_halves(s0 + h, s1 + h, transpose_sum(acc));
+  }
+}
+
 }  // namespace sinkattn::tile

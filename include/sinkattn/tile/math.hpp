@@ -76,14 +76,36 @@ inline vf exp2_nonpositive(const vf& x) {
 #endif
 }
 
-// Horizontal sum and max of one register (xsimd 8.1 has hadd but no max reducer).
+// Horizontal sum and max of one register (xsimd 8.1 has hadd but no max reducer). hmax is a
+// tree of vector maxima: the decode softmax takes one per row and 64-key block, and the
+// scalar loop it replaces (15 calls of libm's fmaxf) cost 5-8% of a decode call with its
+// keys in L2 (bench/RESULTS.md, run AL). A NaN lane may or may not win (the scores' NaN
+// reaches the row's sum either way).
 inline float hsum(const vf& x) { return xsimd::hadd(x); }
+#if defined(__AVX512F__) || defined(__AVX__) || defined(__SSE2__)
+namespace detail {
+inline float hmax4(__m128 m) {  // the max of 4 lanes
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  return _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, _MM_SHUFFLE(1, 1, 1, 1))));
+}
+}  // namespace detail
+#endif
 inline float hmax(const vf& x) {
+#if defined(__AVX512F__)
+  const __m256 h =
+      _mm256_max_ps(_mm512_castps512_ps256(x), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)));
+  return detail::hmax4(_mm_max_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+#elif defined(__AVX__)
+  return detail::hmax4(_mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1)));
+#elif defined(__SSE2__)
+  return detail::hmax4(x);
+#else
   alignas(64) float t[kWidth];
   x.store_aligned(t);
   float m = t[0];
   for (int i = 1; i < kWidth; ++i) m = std::fmax(m, t[i]);
   return m;
+#endif
 }
 
 // e^x.
