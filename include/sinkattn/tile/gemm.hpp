@@ -452,7 +452,7 @@ inline void dot_keys(float* s, const float* q, const float* k, index_t ld_k, ind
 // and one transposing add reduces the 2 x kWidth / 2 partial sums, row 0's keys in the low
 // half of the result, row 1's in the high half. Each sum is formed in the same order as by
 // dot_keys: the same bits. A decode call with 4-8 query rows per KV head and its keys in L2
-// took 0.8x the time (bench/RESULTS.md, run AL).
+// took 0.77-0.85x the time (bench/RESULTS.md, run AL).
 //   s0, s1  kWidth floats each, aligned
 //   q0, q1  as q above
 namespace detail {
