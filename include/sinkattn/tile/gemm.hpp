@@ -458,11 +458,11 @@ inline void dot_keys(float* s, const float* q, const float* k, index_t ld_k, ind
 namespace detail {
 inline void store_halves(float* lo, float* hi, const vf& r) {
 #if defined(__AVX512F__)
-  _mm256_store_ps(lo, _mm512_castps512_ps256(r));
-  _mm256_store_ps(hi, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(r), 1)));
+  _mm256_store_ps(lo, low_half(r));
+  _mm256_store_ps(hi, high_half(r));
 #elif defined(__AVX__)
-  _mm_store_ps(lo, _mm256_castps256_ps128(r));
-  _mm_store_ps(hi, _mm256_extractf128_ps(r, 1));
+  _mm_store_ps(lo, low_half(r));
+  _mm_store_ps(hi, high_half(r));
 #else
   alignas(64) float t[kWidth];
   r.store_aligned(t);

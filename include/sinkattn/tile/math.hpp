@@ -92,11 +92,10 @@ inline float hmax4(__m128 m) {  // the max of 4 lanes
 #endif
 inline float hmax(const vf& x) {
 #if defined(__AVX512F__)
-  const __m256 h =
-      _mm256_max_ps(_mm512_castps512_ps256(x), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)));
-  return detail::hmax4(_mm_max_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+  const __m256 h = _mm256_max_ps(low_half(x), high_half(x));
+  return detail::hmax4(_mm_max_ps(low_half(h), high_half(h)));
 #elif defined(__AVX__)
-  return detail::hmax4(_mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1)));
+  return detail::hmax4(_mm_max_ps(low_half(x), high_half(x)));
 #elif defined(__SSE2__)
   return detail::hmax4(x);
 #else

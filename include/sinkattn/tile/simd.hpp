@@ -108,6 +108,17 @@ inline vb lanes_of(std::uint32_t bits) {
 #endif
 }
 
+// The low and high halves of a native register as the ISA's half-width register (AVX-512:
+// two __m256, AVX: two __m128), for reductions and half-vector stores.
+#if defined(__AVX512F__)
+inline __m256 low_half(__m512 x) { return _mm512_castps512_ps256(x); }
+inline __m256 high_half(__m512 x) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)); }
+#endif
+#if defined(__AVX__)
+inline __m128 low_half(__m256 x) { return _mm256_castps256_ps128(x); }
+inline __m128 high_half(__m256 x) { return _mm256_extractf128_ps(x, 1); }
+#endif
+
 // Non-temporal stores: a vector written to memory past the caches, without first reading its
 // line (read for ownership). p must be aligned to a vector. Where the ISA has none (NEON),
 // kStreamStores is false and stream_store is a plain aligned store.
