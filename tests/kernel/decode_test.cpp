@@ -105,6 +105,25 @@ TEST(Decode, HugeLogits) {
   }
 }
 
+// A NaN key poisons the query heads of its KV head only, wherever it lies in its lane group,
+// key block and split. Two ways to lose it, both seen: the row max taking the NaN lane (the
+// row keeps a max of -inf), and a row whose only key is the NaN (Skv 1: its sum is NaN, which
+// the finalisation took for a row with no visible key); either gave zeros.
+TEST(Decode, NanInOneKvHeadStaysInItsQueryHeads) {
+  for (index_t skv : {1, 16, 30, 64, 100, 1100})
+    for (index_t at : {index_t{0}, index_t{15}, skv / 2, skv - 1}) {
+      if (at >= skv) continue;
+      const Problem p{1, 4, 2, 1, skv, 16, 16};
+      auto data = test::make_data(p, Layout::BSHD, 53);
+      data.mk()(0, at, 1, 3) = std::nanf("");  // a key of KV head 1 (query heads 2, 3)
+      test::Out out = test::make_out(p);
+      ASSERT_TRUE(forward(p, data.q, data.k, data.v, out.o).ok());
+      for (index_t h = 0; h < 4; ++h)
+        for (index_t x = 0; x < p.dim_v; ++x)
+          EXPECT_EQ(std::isnan(out.o(0, 0, h, x)), h >= 2) << "skv=" << skv << " at=" << at << " h=" << h;
+    }
+}
+
 TEST(Decode, BitIdenticalAcrossThreadCounts) {
   const Problem p{2, 16, 4, 1, 9000, 128, 128};
   const auto data = test::make_data(p, Layout::BSHD, 17);

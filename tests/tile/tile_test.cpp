@@ -126,6 +126,14 @@ TEST(TileMath, SigmoidTanhAndReductions) {
     }
   for (int i = 0; i < kWidth; ++i) lanes[i] = -kInf;
   EXPECT_EQ(tile::hmax(vf::load_aligned(lanes)), -kInf);
+  for (int at = 0; at < kWidth; ++at) {  // NaN lanes are skipped (std::fmax), wherever they are
+    float want = -kInf;
+    for (int i = 0; i < kWidth; ++i) {
+      lanes[i] = i == at ? std::nanf("") : static_cast<float>((i * 7) % kWidth) - 9.f;
+      if (i != at) want = std::max(want, lanes[i]);
+    }
+    EXPECT_EQ(tile::hmax(vf::load_aligned(lanes)), want) << at;
+  }
 }
 
 TEST(TileGemm, TransposeSumPutsTheSumOfVectorIIntoLaneI) {

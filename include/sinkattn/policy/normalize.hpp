@@ -127,6 +127,10 @@ struct OnlineSoftmax {
   // O = acc * 2^(m - M) / (l * 2^(m - M) + 2^(s - M)), M = max(m, s).
   static void finalize_row(float m, float l, float extra_logit2, float& out_scale, float& lse) {
     constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+    if (std::isnan(l)) {    // a NaN score reached the sum: NaN out, as the reference gives
+      out_scale = lse = l;  // (the test below would take the row for one with no visible key)
+      return;
+    }
     const float mr = l > 0.f ? m : kNegInf;  // no visible key (l = 0): nothing to weigh
     const float M = std::fmax(mr, extra_logit2);
     if (M == kNegInf) {

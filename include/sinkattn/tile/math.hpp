@@ -79,8 +79,8 @@ inline vf exp2_nonpositive(const vf& x) {
 // Horizontal sum and max of one register (xsimd 8.1 has hadd but no max reducer). hmax is a
 // tree of vector maxima: the decode softmax takes one per row and 64-key block, and the
 // scalar loop it replaces (15 calls of libm's fmaxf) cost 5-8% of a decode call with its
-// keys in L2 (bench/RESULTS.md, run AL). A NaN lane may or may not win (the scores' NaN
-// reaches the row's sum either way).
+// keys in L2 (bench/RESULTS.md, run AL). NaN lanes are skipped, as std::fmax skips them
+// (the vector max would let one win or lose by its position); all NaN gives -inf.
 inline float hsum(const vf& x) { return xsimd::hadd(x); }
 #if defined(__AVX512F__) || defined(__AVX__) || defined(__SSE2__)
 namespace detail {
@@ -90,7 +90,8 @@ inline float hmax4(__m128 m) {  // the max of 4 lanes
 }
 }  // namespace detail
 #endif
-inline float hmax(const vf& x) {
+inline float hmax(const vf& v) {
+  const vf x = xsimd::select(v == v, v, vf(-std::numeric_limits<float>::infinity()));
 #if defined(__AVX512F__)
   const __m256 h = _mm256_max_ps(low_half(x), high_half(x));
   return detail::hmax4(_mm_max_ps(low_half(h), high_half(h)));
