@@ -141,7 +141,9 @@ TEST(Decode, BitIdenticalAcrossThreadCounts) {
 // do not fit in the L2. With the requests made at any size (detail::prefetch_in_l2), the
 // results are the same bits and match the reference: lengths that end inside a lane group and
 // a key block, several KV heads per task and a last task with fewer, a value dimension of no
-// whole number of vectors (V packed), a sliding window, both layouts.
+// whole number of vectors (V packed), three query rows per head (two at a time, then one), a
+// sliding window, both layouts. (A prefetch cannot change a value: what this guards is the
+// P.V call that interleaves the requests with its register tiles.)
 TEST(Decode, PrefetchOfTheNextVRowsDoesNotChangeTheResult) {
   struct Case {
     Problem p;
@@ -152,6 +154,7 @@ TEST(Decode, PrefetchOfTheNextVRowsDoesNotChangeTheResult) {
   const std::vector<Case> cases = {{Problem{1, 8, 2, 1, 77, 64, 64}, Options{}},
                                    {Problem{2, 20, 10, 1, 1100, 64, 64}, causal()},
                                    {Problem{1, 16, 4, 1, 300, 48, 13}, causal()},
+                                   {Problem{1, 6, 2, 1, 333, 64, 64}, Options{}},
                                    {Problem{1, 6, 3, 2, 500, 32, 32}, window}};
   for (const Case& c : cases)
     for (const Layout layout : {Layout::BSHD, Layout::BHSD}) {

@@ -192,7 +192,7 @@ void decode_task(const KernelArgs& a, const typename V::Mask& mask, index_t b, i
     // group's first head's) while it runs, spread between its register tiles (tile::RowStream).
     // Token-major rows of one head lie a row of every KV head apart (2-4 KiB), past the stride
     // the L1 prefetcher follows, and one head's 16 rows are too few for P.V's own misses to
-    // overlap: a cache in DRAM read 1.09-1.13x faster with it, keys in L3 0.95-1.0x (Hkv8 and
+    // overlap: a cache in DRAM read 1.09-1.13x faster with it, keys in L3 0.97-1.0x (Hkv8 and
     // Hkv4, D128; bench/RESULTS.md, run AL). The K rows the same way cost more than they gained
     // (keys in L2 or L3 0.9x as fast: dot_keys has 16 rows' misses in flight by itself).
     const bool prefetch_v = a.prefetch_rows && Vw.stride[3] == 1;

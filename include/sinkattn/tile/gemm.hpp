@@ -447,14 +447,7 @@ inline void dot_keys(float* s, const float* q, const float* k, index_t ld_k, ind
   transpose_sum(acc).store_aligned(s);
 }
 
-// The same for two query rows against the same key rows, kWidth / 2 keys at a time: each K
-// load feeds both rows' FMAs (one row's scores load a K vector per FMA, which bound the loop),
-// and one transposing add reduces the 2 x kWidth / 2 partial sums, row 0's keys in the low
-// half of the result, row 1's in the high half. Each sum is formed in the same order as by
-// dot_keys: the same bits. A decode call with 4-8 query rows per KV head and its keys in L2
-// took 0.77-0.85x the time (bench/RESULTS.md, run AL).
-//   s0, s1  kWidth floats each, aligned
-//   q0, q1  as q above
+// A vector's low half to lo, its high half to hi (kWidth / 2 floats each, aligned).
 namespace detail {
 inline void store_halves(float* lo, float* hi, const vf& r) {
 #if defined(__AVX512F__)
@@ -471,6 +464,15 @@ inline void store_halves(float* lo, float* hi, const vf& r) {
 #endif
 }
 }  // namespace detail
+
+// The same for two query rows against the same key rows, kWidth / 2 keys at a time: each K
+// load feeds both rows' FMAs (one row's scores load a K vector per FMA, which bound the loop),
+// and one transposing add reduces the 2 x kWidth / 2 partial sums, row 0's keys in the low
+// half of the result, row 1's in the high half. Each sum is formed in the same order as by
+// dot_keys: the same bits. A decode call with 4-8 query rows per KV head and its keys in L2
+// took 0.77-0.85x the time (bench/RESULTS.md, run AL).
+//   s0, s1  kWidth floats each, aligned
+//   q0, q1  as q above
 inline void dot_keys_2rows(float* s0, float* s1, const float* q0, const float* q1, const float* k, index_t ld_k,
                            index_t dqk_vecs) {
   constexpr int H = kWidth / 2;
