@@ -154,6 +154,37 @@ TEST(Norm, LargeLogitsStayFinite) {
   }
 }
 
+// A NaN key makes NaN the rows that see it (query heads 2, 3 of KV head 1, causal rows at or
+// past it) and no other row, under every normalization and plain softmax, in the prefill and
+// the decode orientation. Each policy reaches the NaN its own way: softpick's numerator drops
+// it (max(NaN, 0) is 0) and only its denominator keeps it, and a row max that skipped the NaN
+// lane would leave an ordinary-looking row.
+TEST(Norm, NanKeyPoisonsOnlyTheRowsThatSeeIt) {
+  for (const index_t sq : {index_t(1), index_t(100)})
+    for (const index_t skv : {index_t(1), index_t(100), index_t(2100)})
+      for (const index_t at : {index_t(0), index_t(37), skv - 1}) {
+        if (at >= skv || (sq > 1 && skv != sq)) continue;
+        const Problem p{1, 4, 2, sq, skv, 32, 32};
+        auto d = test::make_data(p, Layout::BSHD, 61 + skv);
+        d.mk()(0, at, 1, 5) = std::nanf("");
+        Norms norms(p);
+        norms.list.push_back({"softmax", Softmax{}});
+        for (const auto& [name, spec] : norms.list) {
+          Options opt = causal(skv - sq);
+          opt.norm = spec;
+          test::Out out = test::make_out(p);
+          ASSERT_TRUE(forward(p, d.q, d.k, d.v, out.o, opt).ok());
+          for (index_t i = 0; i < sq; ++i)
+            for (index_t h = 0; h < 4; ++h) {
+              const bool sees = h >= 2 && i + skv - sq >= at;
+              for (index_t x = 0; x < p.dim_v; ++x)
+                ASSERT_EQ(std::isnan(out.o(0, i, h, x)), sees)
+                    << name << " sq=" << sq << " skv=" << skv << " at=" << at << " i=" << i << " h=" << h;
+            }
+        }
+      }
+}
+
 TEST(Norm, SigmoidCausalAlibi) {
   const auto slopes = alibi_slopes(8, 8.f);
   for (index_t sq : {index_t(1), index_t(130)}) {
