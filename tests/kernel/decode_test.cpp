@@ -31,6 +31,39 @@ TEST(Decode, TakesTheDecodePathForFewRowsPerKvHead) {
   EXPECT_FALSE(detail::use_decode(Problem{1, 8, 8, 64, 100, 128, 128}));
 }
 
+TEST(Decode, HeadsPerTaskCoverFourKiBOfATokenRow) {
+  using detail::decode_heads_per_task;
+  using Soft = policy::OnlineSoftmax;
+  EXPECT_EQ(decode_heads_per_task<Soft>(Problem{1, 32, 8, 1, 9000, 128, 128}, 9, 1), 8);
+  EXPECT_EQ(decode_heads_per_task<Soft>(Problem{1, 64, 16, 1, 9000, 64, 64}, 9, 1), 16);   // 4 KiB of D64
+  EXPECT_EQ(decode_heads_per_task<Soft>(Problem{1, 32, 32, 1, 9000, 96, 96}, 9, 1), 11);   // ceil(4096 / 384)
+  EXPECT_EQ(decode_heads_per_task<Soft>(Problem{1, 32, 32, 1, 9000, 32, 32}, 9, 1), 16);   // at most 16
+  EXPECT_EQ(decode_heads_per_task<Soft>(Problem{1, 32, 32, 1, 9000, 256, 256}, 9, 1), 8);  // at least 8
+  EXPECT_EQ(decode_heads_per_task<Soft>(Problem{1, 12, 12, 1, 9000, 64, 64}, 9, 1), 12);   // all there are
+  EXPECT_EQ(decode_heads_per_task<Soft>(Problem{1, 4, 4, 1, 9000, 64, 128}, 9, 1), 4);
+  // Fewer tasks than the executor runs at once: back to 8 heads.
+  EXPECT_EQ(decode_heads_per_task<Soft>(Problem{1, 16, 16, 1, 900, 64, 64}, 1, 2), 8);
+  EXPECT_EQ(decode_heads_per_task<Soft>(Problem{1, 16, 16, 1, 900, 64, 64}, 1, 1), 16);
+  EXPECT_EQ(decode_heads_per_task<Soft>(Problem{2, 16, 16, 1, 900, 64, 64}, 1, 2), 16);
+  EXPECT_EQ(decode_heads_per_task<policy::AffineScaledNorm>(Problem{1, 16, 16, 1, 900, 64, 64}, 1, 1), 1);
+  // Tensors within the L2: 8 heads (no stream to help, and the L1 keeps 8 heads' rows).
+  EXPECT_EQ(decode_heads_per_task<Soft>(Problem{1, 64, 16, 1, 9000, 64, 64}, 9, 1, false), 8);
+}
+
+// The grouping of heads into tasks follows the executor (above) but never changes a bit.
+TEST(Decode, HeadGroupingDoesNotChangeTheResult) {
+  detail::prefetch_in_l2 = true;  // the grouping above applies past the L2 only
+  for (const Problem& p : {Problem{1, 32, 16, 1, 1000, 64, 64}, Problem{1, 24, 12, 1, 700, 64, 48}}) {
+    const auto data = test::make_data(p, Layout::BSHD, 19);
+    test::Out one = test::make_out(p), two = test::make_out(p);
+    EXPECT_TRUE(forward(p, data.q, data.k, data.v, one.o, causal()).ok());
+    EXPECT_TRUE(forward(p, data.q, data.k, data.v, two.o, causal(), test::thread_executor(2)).ok());
+    EXPECT_TRUE(test::bit_identical(one.obuf, two.obuf)) << p.heads_kv;
+    EXPECT_TRUE(test::matches_reference(data, causal(), one)) << p.heads_kv;
+  }
+  detail::prefetch_in_l2 = false;
+}
+
 TEST(Decode, LengthsAcrossBlocksAndSplits) {
   // Crosses the lane groups (16), the key blocks (64) and the split size (1024).
   static_assert(detail::kDecodeSplitKeys == 1024, "update the lengths below");
@@ -51,9 +84,11 @@ TEST(Decode, HeadDimsGroupsAndRows) {
         EXPECT_TRUE(run_and_compare(data, causal())) << "d=" << d << " group=" << group << " sq=" << sq;
       }
   EXPECT_TRUE(run_and_compare(test::make_data(Problem{1, 4, 1, 1, 200, 96, 40}), Options{}));
-  // More KV heads than one task takes (8): the last task gets the remaining 2.
-  EXPECT_TRUE(run_and_compare(test::make_data(Problem{2, 20, 10, 1, 1500, 64, 64}, Layout::BSHD, 5), causal()));
-  EXPECT_TRUE(run_and_compare(test::make_data(Problem{1, 20, 10, 1, 1500, 64, 64}, Layout::BHSD, 6), Options{}));
+  // More KV heads than one task takes (8 at D128, 16 at D64): the last task gets the rest.
+  EXPECT_TRUE(run_and_compare(test::make_data(Problem{2, 20, 10, 1, 1500, 128, 128}, Layout::BSHD, 5), causal()));
+  EXPECT_TRUE(run_and_compare(test::make_data(Problem{1, 20, 10, 1, 1500, 128, 128}, Layout::BHSD, 6), Options{}));
+  EXPECT_TRUE(run_and_compare(test::make_data(Problem{2, 40, 20, 1, 1500, 64, 64}, Layout::BSHD, 7), causal()));
+  EXPECT_TRUE(run_and_compare(test::make_data(Problem{1, 20, 20, 2, 1500, 64, 48}, Layout::BHSD, 8), Options{}));
 }
 
 TEST(Decode, BhsdLayoutAndScoreModifiers) {

@@ -56,10 +56,30 @@ inline Workspace& partials_workspace() {
 // KV heads handled by one task. Token-major layouts (BSHD, the usual KV cache) store the
 // rows of all KV heads of one token next to each other, so walking the keys of several heads
 // together reads memory sequentially (a stream the hardware prefetchers follow, one page per
-// token) instead of one row per 4 KiB page and head. Affine-scaled attention keeps one head
-// per task (its V-sum accumulator is per head).
+// token) instead of one row per 4 KiB page and head. A cache in DRAM streams fastest when a
+// task reads at least 4 KiB of each token row: at 2 KiB per token (8 heads of D64, or every
+// head of Hkv4 D128) it read at 0.72-0.78 of the 4 KiB rate, at 1 KiB 0.73, with the same
+// work per byte (bench/RESULTS.md, run AM). So a task takes 8 heads, more for head dims
+// under 128 (up to kDecodeMaxHeads) where the call's tensors exceed the L2 (`streams`, i.e.
+// KernelArgs::prefetch_rows; within the L2 there is no stream to help, and 16 heads' scores
+// and queries no longer fit the L1: 0.92x as fast), unless that leaves fewer tasks than the
+// executor runs at once. The result does not depend on the grouping (each row's sums are its
+// own). Affine-scaled attention keeps one head per task (its V-sum accumulator is per head).
+inline constexpr index_t kDecodeMaxHeads = 16;
 template <class Norm>
-inline constexpr index_t kDecodeHeads = Norm::kSumsV ? 1 : 8;
+inline index_t decode_heads_per_task(const Problem& p, index_t splits, int concurrency, bool streams = true) {
+  if constexpr (Norm::kSumsV) {
+    return 1;
+  } else {
+    constexpr index_t kBase = 8, kRowBytes = 4096;
+    if (!streams) return std::min(kBase, p.heads_kv);
+    const index_t head_bytes = static_cast<index_t>(sizeof(float)) * std::max<index_t>(1, std::min(p.dim_qk, p.dim_v));
+    const index_t want = std::clamp<index_t>((kRowBytes + head_bytes - 1) / head_bytes, kBase, kDecodeMaxHeads);
+    const index_t hpt = std::min(want, p.heads_kv);
+    const auto tasks = [&](index_t h) { return p.batch * ((p.heads_kv + h - 1) / h) * splits; };
+    return hpt > kBase && tasks(hpt) < concurrency ? std::min(kBase, p.heads_kv) : hpt;
+  }
+}
 
 // One task: keys [k_lo, k_hi) of KV heads [g0, g0 + ng) of batch b, every query row of those
 // heads. Writes one partial row per query row into part (see decode_row_floats).
@@ -102,7 +122,7 @@ void decode_task(const KernelArgs& a, const typename V::Mask& mask, index_t b, i
     }
   }
   tile::zero(acc, dv_pad, HR, dv_pad);
-  typename Norm::RowState state[kDecodeMaxRows * kDecodeHeads<Norm>];
+  typename Norm::RowState state[kDecodeMaxRows * kDecodeMaxHeads];
   for (index_t r = 0; r < HR; ++r) state[r] = Norm::init_row(a, mask, b, g0 * G + r / Sq, r % Sq);
   [[maybe_unused]] policy::VSums vsums;  // affine-scaled: running sums of the visible V rows (ng == 1)
   if constexpr (Norm::kSumsV) vsums = policy::VSums::make(R, dv_pad, kDecodeBlock);
@@ -241,7 +261,8 @@ void run_decode(const KernelArgs& a, const typename V::Mask& mask, const Executo
   const index_t G = p.group_size(), Sq = p.seq_q, R = G * Sq;
   const index_t dv_pad = tile::round_up(p.dim_v, tile::kWidth);
   const index_t splits = std::max<index_t>(1, (p.seq_kv + kDecodeSplitKeys - 1) / kDecodeSplitKeys);
-  const index_t hpt = std::min(kDecodeHeads<Norm>, p.heads_kv), chunks = (p.heads_kv + hpt - 1) / hpt;
+  const index_t hpt = decode_heads_per_task<Norm>(p, splits, ex.concurrency(), a.prefetch_rows),
+                chunks = (p.heads_kv + hpt - 1) / hpt;
   const index_t row_floats = decode_row_floats<Norm>(dv_pad);
   const index_t task_floats = hpt * R * row_floats;
   const index_t tasks = p.batch * chunks * splits;
