@@ -46,7 +46,7 @@ TEST(Decode, HeadsPerTaskCoverFourKiBOfATokenRow) {
   EXPECT_EQ(decode_heads_per_task<Soft>(Problem{1, 16, 16, 1, 900, 64, 64}, 1, 1), 16);
   EXPECT_EQ(decode_heads_per_task<Soft>(Problem{2, 16, 16, 1, 900, 64, 64}, 1, 2), 16);
   EXPECT_EQ(decode_heads_per_task<policy::AffineScaledNorm>(Problem{1, 16, 16, 1, 900, 64, 64}, 1, 1), 1);
-  // Tensors within the L2: 8 heads (no stream to help, and the L1 keeps 8 heads' rows).
+  // No longer runs to gain (tensors within the L2, or head-major K/V): 8 heads.
   EXPECT_EQ(decode_heads_per_task<Soft>(Problem{1, 64, 16, 1, 9000, 64, 64}, 9, 1, false), 8);
 }
 

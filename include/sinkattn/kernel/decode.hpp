@@ -57,28 +57,40 @@ inline Workspace& partials_workspace() {
 // rows of all KV heads of one token next to each other, so walking the keys of several heads
 // together reads memory sequentially (a stream the hardware prefetchers follow, one page per
 // token) instead of one row per 4 KiB page and head. A cache in DRAM streams fastest when a
-// task reads at least 4 KiB of each token row: at 2 KiB per token (8 heads of D64, or every
-// head of Hkv4 D128) it read at 0.72-0.78 of the 4 KiB rate, at 1 KiB 0.73, with the same
-// work per byte (bench/RESULTS.md, run AM). So a task takes 8 heads, more for head dims
-// under 128 (up to kDecodeMaxHeads) where the call's tensors exceed the L2 (`streams`, i.e.
-// KernelArgs::prefetch_rows; within the L2 there is no stream to help, and 16 heads' scores
-// and queries no longer fit the L1: 0.92x as fast), unless that leaves fewer tasks than the
-// executor runs at once. The result does not depend on the grouping (each row's sums are its
-// own). Affine-scaled attention keeps one head per task (its V-sum accumulator is per head).
+// task reads at least 4 KiB of each token row: reading 2 KiB of each 4 KiB row (8 of 16 heads
+// of D64) went at 0.72-0.75 of the rate of whole rows, with the same work per byte (whole
+// rows that are short by themselves go at 0.82-0.85 for 2 KiB, 0.75 for 1 KiB; bench/RESULTS.md,
+// run AM). So a task takes 8 heads, more for head dims
+// under 128 (up to kDecodeMaxHeads), where `runs` says longer runs would be read: K and V
+// token-major (head-major rows are runs of their own; there 16 heads' 32 streams read a
+// DRAM-resident cache 0.9x as fast as 8 heads' 16) and the call's tensors larger than the L2
+// (KernelArgs::prefetch_rows: within it there is no stream to help, and 16 heads' scores and
+// queries no longer fit the L1). And not where the larger groups would leave fewer tasks than
+// the executor runs at once. The result does not depend on the grouping (each row's sums are
+// its own). Affine-scaled attention keeps one head per task (its V-sum accumulator is per
+// head).
 inline constexpr index_t kDecodeMaxHeads = 16;
 template <class Norm>
-inline index_t decode_heads_per_task(const Problem& p, index_t splits, int concurrency, bool streams = true) {
+inline index_t decode_heads_per_task(const Problem& p, index_t splits, int concurrency, bool runs = true) {
   if constexpr (Norm::kSumsV) {
     return 1;
   } else {
     constexpr index_t kBase = 8, kRowBytes = 4096;
-    if (!streams) return std::min(kBase, p.heads_kv);
+    if (!runs) return std::min(kBase, p.heads_kv);
     const index_t head_bytes = static_cast<index_t>(sizeof(float)) * std::max<index_t>(1, std::min(p.dim_qk, p.dim_v));
     const index_t want = std::clamp<index_t>((kRowBytes + head_bytes - 1) / head_bytes, kBase, kDecodeMaxHeads);
     const index_t hpt = std::min(want, p.heads_kv);
     const auto tasks = [&](index_t h) { return p.batch * ((p.heads_kv + h - 1) / h) * splits; };
     return hpt > kBase && tasks(hpt) < concurrency ? std::min(kBase, p.heads_kv) : hpt;
   }
+}
+
+// O (nq, Dv) += P (nq, nk) . V (nk, Dv) for one head of a decode task, behind a call: merged
+// into decode_task (GCC's choice, which other code in the same unit can flip) the product ran
+// 0.92-0.96x as fast, from L2 and from memory alike (bench/RESULTS.md, run AM).
+SINKATTN_NOINLINE void decode_pv(float* acc, index_t ld_acc, index_t nq, const float* p, index_t ld_p, const float* v,
+                                 index_t ld_v, index_t nk, index_t dv_vecs, const tile::RowStream* pf, int npf) {
+  tile::mma_pv(acc, ld_acc, nq, p, 1, ld_p, v, ld_v, nk, dv_vecs, {}, pf, npf);
 }
 
 // One task: keys [k_lo, k_hi) of KV heads [g0, g0 + ng) of batch b, every query row of those
@@ -235,8 +247,8 @@ void decode_task(const KernelArgs& a, const typename V::Mask& mask, index_t b, i
           vp = vpack;
           ld_v = dv_pad;
         }
-        tile::mma_pv(acc + gg * R * dv_pad, dv_pad, R, s + gg * R * ld_s + jg, 1, ld_s, vp, ld_v, ng_keys, dv_vecs, {},
-                     &next_v, npf);
+        decode_pv(acc + gg * R * dv_pad, dv_pad, R, s + gg * R * ld_s + jg, ld_s, vp, ld_v, ng_keys, dv_vecs, &next_v,
+                  npf);
         if constexpr (Norm::kSumsV) vsums.add(mask, kind, 0, Sq, j0 + jg, ng_keys, vp, ld_v);
       }
     }
@@ -261,7 +273,14 @@ void run_decode(const KernelArgs& a, const typename V::Mask& mask, const Executo
   const index_t G = p.group_size(), Sq = p.seq_q, R = G * Sq;
   const index_t dv_pad = tile::round_up(p.dim_v, tile::kWidth);
   const index_t splits = std::max<index_t>(1, (p.seq_kv + kDecodeSplitKeys - 1) / kDecodeSplitKeys);
-  const index_t hpt = decode_heads_per_task<Norm>(p, splits, ex.concurrency(), a.prefetch_rows),
+  // Token-major: a token's head rows lie closer together than its neighbours' (the last
+  // segment's views: a streaming cache's window, which holds most of the keys).
+  bool token_major = false;
+  if (p.seq_kv > 0) {
+    const KernelArgs::KvPiece last = a.piece(p.seq_kv - 1);
+    token_major = last.k->stride[2] < last.k->stride[1] && last.v->stride[2] < last.v->stride[1];
+  }
+  const index_t hpt = decode_heads_per_task<Norm>(p, splits, ex.concurrency(), token_major && a.prefetch_rows),
                 chunks = (p.heads_kv + hpt - 1) / hpt;
   const index_t row_floats = decode_row_floats<Norm>(dv_pad);
   const index_t task_floats = hpt * R * row_floats;
