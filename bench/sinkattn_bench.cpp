@@ -43,12 +43,13 @@ Shape prefill(index_t s, index_t d, Mask m) {
   return sh;
 }
 
-Shape decode(index_t skv) {
+Shape decode(index_t skv, index_t hq = 32, index_t hkv = 8, index_t d = 128) {
   Shape sh;
-  sh.problem = Problem{1, 32, 8, 1, skv, 128, 128};
+  sh.problem = Problem{1, hq, hkv, 1, skv, d, d};
   sh.mask = Mask::full;
   sh.kind = Kind::decode;
-  sh.name = "decode_B1_Hq32_Hkv8_D128_Skv" + std::to_string(skv);
+  sh.name = "decode_B1_Hq" + std::to_string(hq) + "_Hkv" + std::to_string(hkv) + "_D" + std::to_string(d) + "_Skv" +
+            std::to_string(skv);
   return sh;
 }
 
@@ -378,6 +379,8 @@ const std::vector<Shape>& shapes() {
     // The causal-skipping target compares causal and dense GFLOP/s at S2048 D128.
     for (Mask m : {Mask::full, Mask::causal}) t.push_back(prefill(2048, 128, m));
     for (index_t skv : {4096, 32768}) t.push_back(decode(skv));
+    // Small head rows: 16 KV heads of D64 make a 4 KiB token row, which a task reads whole.
+    t.push_back(decode(32768, 64, 16, 64));
     return t;
   }();
   return table;
