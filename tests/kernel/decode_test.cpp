@@ -33,21 +33,19 @@ TEST(Decode, TakesTheDecodePathForFewRowsPerKvHead) {
 
 TEST(Decode, HeadsPerTaskCoverFourKiBOfATokenRow) {
   using detail::decode_heads_per_task;
-  using Soft = policy::OnlineSoftmax;
-  EXPECT_EQ(decode_heads_per_task<Soft>(Problem{1, 32, 8, 1, 9000, 128, 128}, 9, 1), 8);
-  EXPECT_EQ(decode_heads_per_task<Soft>(Problem{1, 64, 16, 1, 9000, 64, 64}, 9, 1), 16);   // 4 KiB of D64
-  EXPECT_EQ(decode_heads_per_task<Soft>(Problem{1, 32, 32, 1, 9000, 96, 96}, 9, 1), 11);   // ceil(4096 / 384)
-  EXPECT_EQ(decode_heads_per_task<Soft>(Problem{1, 32, 32, 1, 9000, 32, 32}, 9, 1), 16);   // at most 16
-  EXPECT_EQ(decode_heads_per_task<Soft>(Problem{1, 32, 32, 1, 9000, 256, 256}, 9, 1), 8);  // at least 8
-  EXPECT_EQ(decode_heads_per_task<Soft>(Problem{1, 12, 12, 1, 9000, 64, 64}, 9, 1), 12);   // all there are
-  EXPECT_EQ(decode_heads_per_task<Soft>(Problem{1, 4, 4, 1, 9000, 64, 128}, 9, 1), 4);
+  EXPECT_EQ(decode_heads_per_task(Problem{1, 32, 8, 1, 9000, 128, 128}, 9, 1), 8);
+  EXPECT_EQ(decode_heads_per_task(Problem{1, 64, 16, 1, 9000, 64, 64}, 9, 1), 16);   // 4 KiB of D64
+  EXPECT_EQ(decode_heads_per_task(Problem{1, 32, 32, 1, 9000, 96, 96}, 9, 1), 11);   // ceil(4096 / 384)
+  EXPECT_EQ(decode_heads_per_task(Problem{1, 32, 32, 1, 9000, 32, 32}, 9, 1), 16);   // at most 16
+  EXPECT_EQ(decode_heads_per_task(Problem{1, 32, 32, 1, 9000, 256, 256}, 9, 1), 8);  // at least 8
+  EXPECT_EQ(decode_heads_per_task(Problem{1, 12, 12, 1, 9000, 64, 64}, 9, 1), 12);   // all there are
+  EXPECT_EQ(decode_heads_per_task(Problem{1, 4, 4, 1, 9000, 64, 128}, 9, 1), 4);
   // Fewer tasks than the executor runs at once: back to 8 heads.
-  EXPECT_EQ(decode_heads_per_task<Soft>(Problem{1, 16, 16, 1, 900, 64, 64}, 1, 2), 8);
-  EXPECT_EQ(decode_heads_per_task<Soft>(Problem{1, 16, 16, 1, 900, 64, 64}, 1, 1), 16);
-  EXPECT_EQ(decode_heads_per_task<Soft>(Problem{2, 16, 16, 1, 900, 64, 64}, 1, 2), 16);
-  EXPECT_EQ(decode_heads_per_task<policy::AffineScaledNorm>(Problem{1, 16, 16, 1, 900, 64, 64}, 1, 1), 1);
+  EXPECT_EQ(decode_heads_per_task(Problem{1, 16, 16, 1, 900, 64, 64}, 1, 2), 8);
+  EXPECT_EQ(decode_heads_per_task(Problem{1, 16, 16, 1, 900, 64, 64}, 1, 1), 16);
+  EXPECT_EQ(decode_heads_per_task(Problem{2, 16, 16, 1, 900, 64, 64}, 1, 2), 16);
   // No longer runs to gain (tensors within the L2, or head-major K/V): 8 heads.
-  EXPECT_EQ(decode_heads_per_task<Soft>(Problem{1, 64, 16, 1, 9000, 64, 64}, 9, 1, false), 8);
+  EXPECT_EQ(decode_heads_per_task(Problem{1, 64, 16, 1, 9000, 64, 64}, 9, 1, false), 8);
 }
 
 // The grouping of heads into tasks follows the executor (above) but never changes a bit.

@@ -67,22 +67,16 @@ inline Workspace& partials_workspace() {
 // (KernelArgs::prefetch_rows: within it there is no stream to help, and 16 heads' scores and
 // queries no longer fit the L1). And not where the larger groups would leave fewer tasks than
 // the executor runs at once. The result does not depend on the grouping (each row's sums are
-// its own). Affine-scaled attention keeps one head per task (its V-sum accumulator is per
-// head).
+// its own).
 inline constexpr index_t kDecodeMaxHeads = 16;
-template <class Norm>
 inline index_t decode_heads_per_task(const Problem& p, index_t splits, int concurrency, bool runs = true) {
-  if constexpr (Norm::kSumsV) {
-    return 1;
-  } else {
-    constexpr index_t kBase = 8, kRowBytes = 4096;
-    if (!runs) return std::min(kBase, p.heads_kv);
-    const index_t head_bytes = static_cast<index_t>(sizeof(float)) * std::max<index_t>(1, std::min(p.dim_qk, p.dim_v));
-    const index_t want = std::clamp<index_t>((kRowBytes + head_bytes - 1) / head_bytes, kBase, kDecodeMaxHeads);
-    const index_t hpt = std::min(want, p.heads_kv);
-    const auto tasks = [&](index_t h) { return p.batch * ((p.heads_kv + h - 1) / h) * splits; };
-    return hpt > kBase && tasks(hpt) < concurrency ? std::min(kBase, p.heads_kv) : hpt;
-  }
+  constexpr index_t kBase = 8, kRowBytes = 4096;
+  if (!runs) return std::min(kBase, p.heads_kv);
+  const index_t head_bytes = static_cast<index_t>(sizeof(float)) * std::max<index_t>(1, std::min(p.dim_qk, p.dim_v));
+  const index_t want = std::clamp<index_t>((kRowBytes + head_bytes - 1) / head_bytes, kBase, kDecodeMaxHeads);
+  const index_t hpt = std::min(want, p.heads_kv);
+  const auto tasks = [&](index_t h) { return p.batch * ((p.heads_kv + h - 1) / h) * splits; };
+  return hpt > kBase && tasks(hpt) < concurrency ? std::min(kBase, p.heads_kv) : hpt;
 }
 
 // O (nq, Dv) += P (nq, nk) . V (nk, Dv) for one head of a decode task, behind a call: merged
@@ -136,8 +130,8 @@ void decode_task(const KernelArgs& a, const typename V::Mask& mask, index_t b, i
   tile::zero(acc, dv_pad, HR, dv_pad);
   typename Norm::RowState state[kDecodeMaxRows * kDecodeMaxHeads];
   for (index_t r = 0; r < HR; ++r) state[r] = Norm::init_row(a, mask, b, g0 * G + r / Sq, r % Sq);
-  [[maybe_unused]] policy::VSums vsums;  // affine-scaled: running sums of the visible V rows (ng == 1)
-  if constexpr (Norm::kSumsV) vsums = policy::VSums::make(R, dv_pad, kDecodeBlock);
+  [[maybe_unused]] policy::VSums vsums;  // affine-scaled: running sums of the visible V rows, per head
+  if constexpr (Norm::kSumsV) vsums = policy::VSums::make(R, dv_pad, kDecodeBlock, ng);
 
   const index_t lo = std::max(k_lo, mask.kv_begin(0, Sq)), hi = std::min(k_hi, mask.kv_end(0, Sq));
 
@@ -249,7 +243,7 @@ void decode_task(const KernelArgs& a, const typename V::Mask& mask, index_t b, i
         }
         decode_pv(acc + gg * R * dv_pad, dv_pad, R, s + gg * R * ld_s + jg, ld_s, vp, ld_v, ng_keys, dv_vecs, &next_v,
                   npf);
-        if constexpr (Norm::kSumsV) vsums.add(mask, kind, 0, Sq, j0 + jg, ng_keys, vp, ld_v);
+        if constexpr (Norm::kSumsV) vsums.add(mask, kind, 0, Sq, j0 + jg, ng_keys, vp, ld_v, gg);
       }
     }
   }
@@ -280,7 +274,7 @@ void run_decode(const KernelArgs& a, const typename V::Mask& mask, const Executo
     const KernelArgs::KvPiece last = a.piece(p.seq_kv - 1);
     token_major = last.k->stride[2] < last.k->stride[1] && last.v->stride[2] < last.v->stride[1];
   }
-  const index_t hpt = decode_heads_per_task<Norm>(p, splits, ex.concurrency(), token_major && a.prefetch_rows),
+  const index_t hpt = decode_heads_per_task(p, splits, ex.concurrency(), token_major && a.prefetch_rows),
                 chunks = (p.heads_kv + hpt - 1) / hpt;
   const index_t row_floats = decode_row_floats<Norm>(dv_pad);
   const index_t task_floats = hpt * R * row_floats;

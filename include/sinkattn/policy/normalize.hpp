@@ -495,57 +495,60 @@ struct AffineScaledNorm : OnlineSoftmax {
   }
 };
 
-// Running sums of the visible V rows of `rows` query rows (kSumsV normalizations), without a
-// second pass over V: a Full block's keys are visible to every row, so its V column sum is
-// accumulated once into a shared row; a Partial block goes through the P.V micro-kernel with
+// Running sums of the visible V rows of `rows` query rows per head, for `heads` heads
+// (kSumsV normalizations; decode takes several KV heads per task), without a second pass over
+// V: a Full block's keys are visible to every row, so its V column sum is accumulated once
+// into a row shared by the head's rows; a Partial block goes through the P.V micro-kernel with
 // a 0/1 visibility indicator (mask-visible keys count, also those a -inf bias silences).
 // Memory: a per-thread workspace of its own.
 struct VSums {
-  float* full = nullptr;  // (dv_pad)
-  float* part = nullptr;  // (rows, dv_pad)
+  float* full = nullptr;  // (heads, dv_pad)
+  float* part = nullptr;  // (heads * rows, dv_pad)
   float* ind = nullptr;   // (rows, max_keys) indicator of a Partial block
   float* ones = nullptr;  // (max_keys)
-  index_t rows = 0, dv_pad = 0, max_keys = 0;
+  index_t rows = 0, heads = 1, dv_pad = 0, max_keys = 0;
 
   static ::sinkattn::detail::Workspace& workspace() {
     thread_local ::sinkattn::detail::Workspace ws;
     return ws;
   }
-  static VSums make(index_t rows, index_t dv_pad, index_t max_keys) {
+  static VSums make(index_t rows, index_t dv_pad, index_t max_keys, index_t heads = 1) {
     VSums s;
     s.rows = rows;
+    s.heads = heads;
     s.dv_pad = dv_pad;
     s.max_keys = tile::round_up(max_keys, tile::kWidth);
-    s.full = workspace().floats(static_cast<std::size_t>((rows + 1) * dv_pad + (rows + 1) * s.max_keys));
-    s.part = s.full + dv_pad;
-    s.ind = s.part + rows * dv_pad;
+    const index_t sums = heads * (rows + 1) * dv_pad;
+    s.full = workspace().floats(static_cast<std::size_t>(sums + (rows + 1) * s.max_keys));
+    s.part = s.full + heads * dv_pad;
+    s.ind = s.full + sums;
     s.ones = s.ind + rows * s.max_keys;
-    std::fill(s.full, s.full + (rows + 1) * dv_pad, 0.f);
+    std::fill(s.full, s.full + sums, 0.f);
     std::fill(s.ones, s.ones + s.max_keys, 1.f);
     return s;
   }
-  // Keys [j0, j0 + nk) with V rows at v (unit stride, dv_pad readable floats, row stride ld_v).
-  // Accumulator row r holds query row i0 + r % period (prefill: i0 + r; decode, where the rows
-  // of several heads share positions: r % Sq).
+  // Keys [j0, j0 + nk) of head `head` with V rows at v (unit stride, dv_pad readable floats,
+  // row stride ld_v). Accumulator row r of the head holds query row i0 + r % period (prefill:
+  // i0 + r; decode, where the rows of several query heads share positions: r % Sq).
   template <class Mask>
   void add(const Mask& mask, BlockKind kind, index_t i0, index_t period, index_t j0, index_t nk, const float* v,
-           index_t ld_v) const {
+           index_t ld_v, index_t head = 0) const {
     const index_t dv_vecs = dv_pad / tile::kWidth;
     if (kind == BlockKind::full) {
-      tile::mma_pv(full, dv_pad, 1, ones, 1, 0, v, ld_v, nk, dv_vecs);
+      tile::mma_pv(full + head * dv_pad, dv_pad, 1, ones, 1, 0, v, ld_v, nk, dv_vecs);
       return;
     }
     for (index_t r = 0; r < rows; ++r) {
       const index_t i = i0 + r % period;
       for (index_t x = 0; x < nk; ++x) ind[r * max_keys + x] = mask.visible(i, j0 + x) ? 1.f : 0.f;
     }
-    tile::mma_pv(part, dv_pad, rows, ind, 1, max_keys, v, ld_v, nk, dv_vecs);
+    tile::mma_pv(part + head * rows * dv_pad, dv_pad, rows, ind, 1, max_keys, v, ld_v, nk, dv_vecs);
   }
-  // Row r's total (after fold()).
+  // Row r's total (after fold()); r < heads * rows, the rows of head r / rows.
   const float* row(index_t r) const { return part + r * dv_pad; }
   void fold() const {
-    for (index_t r = 0; r < rows; ++r)
-      for (index_t x = 0; x < dv_pad; ++x) part[r * dv_pad + x] += full[x];
+    for (index_t r = 0; r < heads * rows; ++r)
+      for (index_t x = 0; x < dv_pad; ++x) part[r * dv_pad + x] += full[(r / rows) * dv_pad + x];
   }
 };
 
