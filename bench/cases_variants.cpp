@@ -8,6 +8,8 @@
 //   BM_v_sigmoid      sigmoid weights, b = -log(n); BM_v_sigmoid_norm: with row normalization
 //   BM_v_softpick, BM_v_ssmax, BM_v_affine (beta = (1 - alpha) / N_i)
 //   BM_v_gate         softmax + elementwise sigmoid output gate (Qwen3-Next)
+// The normalizations also run on the Skv32768 decode shapes (K/V from DRAM), where each
+// should read K and V as fast as softmax does (affine-scaled sums V rows besides).
 #if __has_include("sinkattn/kernel/forward.hpp")
 #include <memory>
 #include <string>
@@ -58,6 +60,14 @@ SINKATTN_BENCH_CASES(variant_cases) {
       o.gate = SigmoidGate{gate};
       sinkattn::check(forward(s.problem, d.q, d.k, d.v, d.o, o));
     });
+  }
+  for (const Shape& s : shapes()) {
+    if (s.kind != Kind::decode || s.problem.seq_kv != 32768) continue;
+    auto vd = std::make_shared<VariantData>(s.problem);
+    for (const auto& [name, n] : variant_norms(s.problem, *vd))
+      register_case(name, s, [vd, n = n](const Shape& s, Data& d) {
+        sinkattn::check(forward(s.problem, d.q, d.k, d.v, d.o, with(s, n)));  // single thread (serial)
+      });
   }
 }
 
