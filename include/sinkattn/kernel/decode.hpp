@@ -59,15 +59,15 @@ inline Workspace& partials_workspace() {
 // token) instead of one row per 4 KiB page and head. A cache in DRAM streams fastest when a
 // task reads at least 4 KiB of each token row: reading 2 KiB of each 4 KiB row (8 of 16 heads
 // of D64) went at 0.72-0.75 of the rate of whole rows, with the same work per byte (whole
-// rows that are short by themselves go at 0.82-0.85 for 2 KiB, 0.75 for 1 KiB; bench/RESULTS.md,
-// run AM). So a task takes 8 heads, more for head dims
-// under 128 (up to kDecodeMaxHeads), where `runs` says longer runs would be read: K and V
-// token-major (head-major rows are runs of their own; there 16 heads' 32 streams read a
-// DRAM-resident cache 0.9x as fast as 8 heads' 16) and the call's tensors larger than the L2
-// (KernelArgs::prefetch_rows: within it there is no stream to help, and 16 heads' scores and
-// queries no longer fit the L1). And not where the larger groups would leave fewer tasks than
-// the executor runs at once. The result does not depend on the grouping (each row's sums are
-// its own).
+// rows that are short by themselves: 0.82-0.85 for 2 KiB, 0.75 for 1 KiB; bench/RESULTS.md,
+// run AM). So a task takes 8 heads, or as many as make 4 KiB for head dims under 128 (up to
+// kDecodeMaxHeads) where `runs` says that reads longer runs: K and V token-major (head-major
+// rows are runs of their own, and there 16 heads' 32 streams read a DRAM-resident cache 0.9x
+// as fast as 8 heads' 16) and the call's tensors larger than the L2 (KernelArgs::prefetch_rows;
+// within it there is no stream to help, and 16 heads' queries and scores leave the L1). Not
+// where the larger groups would leave fewer tasks than the executor runs at once. The result
+// does not depend on the grouping: each row's sums are its own (affine-scaled attention keeps
+// one running V sum per head, policy::VSums).
 inline constexpr index_t kDecodeMaxHeads = 16;
 inline index_t decode_heads_per_task(const Problem& p, index_t splits, int concurrency, bool runs = true) {
   constexpr index_t kBase = 8, kRowBytes = 4096;
