@@ -507,6 +507,9 @@ struct VSums {
   float* ind = nullptr;   // (rows, max_keys) indicator of a Partial block
   float* ones = nullptr;  // (max_keys)
   index_t rows = 0, heads = 1, dv_pad = 0, max_keys = 0;
+  // The rows and keys `ind` was last built for: the heads of a decode task see the same keys
+  // at the same positions, so the indicator is built once per block, not once per head.
+  mutable index_t ind_i0 = -1, ind_j0 = -1, ind_nk = 0;
 
   static ::sinkattn::detail::Workspace& workspace() {
     thread_local ::sinkattn::detail::Workspace ws;
@@ -538,9 +541,12 @@ struct VSums {
       tile::mma_pv(full + head * dv_pad, dv_pad, 1, ones, 1, 0, v, ld_v, nk, dv_vecs);
       return;
     }
-    for (index_t r = 0; r < rows; ++r) {
-      const index_t i = i0 + r % period;
-      for (index_t x = 0; x < nk; ++x) ind[r * max_keys + x] = mask.visible(i, j0 + x) ? 1.f : 0.f;
+    if (i0 != ind_i0 || j0 != ind_j0 || nk != ind_nk) {
+      for (index_t r = 0; r < rows; ++r) {
+        const index_t i = i0 + r % period;
+        for (index_t x = 0; x < nk; ++x) ind[r * max_keys + x] = mask.visible(i, j0 + x) ? 1.f : 0.f;
+      }
+      ind_i0 = i0, ind_j0 = j0, ind_nk = nk;
     }
     tile::mma_pv(part + head * rows * dv_pad, dv_pad, rows, ind, 1, max_keys, v, ld_v, nk, dv_vecs);
   }
