@@ -411,9 +411,18 @@ TEST(Prefill, RowsArePrefetchedOnlyForTensorsBeyondTheL2) {
   test::Out out = test::make_out(d.p);
   EXPECT_FALSE(detail::make_args(d.p, d.q, d.k, d.v, out.o, Options{}).prefetch_rows);
   EXPECT_TRUE(detail::prefetch_pays(problem(1, 16, 16, 16384, 16384, 64, 64)));
+  // One-block tasks' O prefetch: make_args takes the rule's answer, which the override replaces.
+  EXPECT_EQ(detail::make_args(d.p, d.q, d.k, d.v, out.o, Options{}).o_prefetch_one_block,
+            detail::o_prefetch_one_block());
+  for (const int forced : {0, 1}) {
+    detail::o_prefetch_one_block_override = forced;
+    EXPECT_EQ(detail::make_args(d.p, d.q, d.k, d.v, out.o, Options{}).o_prefetch_one_block, forced == 1);
+  }
+  detail::o_prefetch_one_block_override = -1;
 }
 
-// A call computes the same bits with its prefetch streams as without them: tasks of one key
+// A call computes the same bits with its prefetch streams as without them (and with one-block
+// tasks' O prefetch either way): tasks of one key
 // block (blocked neighborhoods, 64-key blocks) and of many (dense, causal GQA), V read in
 // place and V copied into panels by the streams (Dv 13: rows of no whole number of vectors),
 // slot-mapped neighborhood tiles with RoPE on load (Q gathered row by row), extra keys, a
@@ -459,21 +468,26 @@ TEST(Prefill, PrefetchStreamsDoNotChangeTheResult) {
                                         << p.dim_qk << " Dv " << p.dim_v);
       const auto d = test::make_data(p, layout, 23);
       test::Out with = test::make_out(p, layout, true), without = test::make_out(p, layout, true),
-                two = test::make_out(p, layout, true);
-      const auto run = [&](test::Out& out, bool prefetch, const Executor& ex) {
+                two = test::make_out(p, layout, true), flipped = test::make_out(p, layout, true);
+      const auto run = [&](test::Out& out, bool prefetch, const Executor& ex, int o_one_block = -1) {
         Options o = c.opt;
         o.lse = out.lse;
         detail::prefetch_in_l2 = prefetch;
+        detail::o_prefetch_one_block_override = o_one_block;
         const Status st = forward(p, d.q, d.k, d.v, out.o, o, ex);
         detail::prefetch_in_l2 = false;
+        detail::o_prefetch_one_block_override = -1;
         return st;
       };
       ASSERT_TRUE(run(with, true, Executor::serial()).ok());
       ASSERT_TRUE(run(without, false, Executor::serial()).ok());
       ASSERT_TRUE(run(two, true, test::thread_executor(2)).ok());
+      // One-block tasks' O prefetch the other way round from this CPU's rule.
+      ASSERT_TRUE(run(flipped, true, Executor::serial(), detail::o_prefetch_one_block() ? 0 : 1).ok());
       EXPECT_TRUE(test::bit_identical(with.obuf, without.obuf));
       EXPECT_TRUE(test::bit_identical(with.lsebuf, without.lsebuf));
       EXPECT_TRUE(test::bit_identical(with.obuf, two.obuf)) << "two threads";
+      EXPECT_TRUE(test::bit_identical(with.obuf, flipped.obuf)) << "O prefetch of one-block tasks flipped";
       EXPECT_TRUE(test::matches_reference(d, c.opt, without));
     }
 }

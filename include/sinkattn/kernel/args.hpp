@@ -99,6 +99,9 @@ struct KernelArgs {
   // Whether tasks prefetch the rows of their next task, blocks and O (prefetch_pays in
   // kernel/config.hpp: not when the call's tensors fit in L2). Copies are made either way.
   bool prefetch_rows = true;
+  // Whether a task of one key block with V read in place also asks for its own O rows
+  // (o_prefetch_one_block in kernel/config.hpp: by CPU vendor).
+  bool o_prefetch_one_block = true;
   // Non-zero: the generation under which tasks keep the V panels they copy (kernel/v_panels.hpp)
   // for the next tasks on their thread, set by run() where tiles revisit key blocks.
   std::uint64_t v_panels = 0;

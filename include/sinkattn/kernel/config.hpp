@@ -147,6 +147,29 @@ inline bool prefetch_pays(const Problem& p, std::size_t l2_bytes = l2_cache_byte
   return prefetch_in_l2 || call_bytes(p).all > static_cast<double>(l2_bytes);
 }
 
+// Whether a task of one key block (blocked 8x8 neighborhoods, 64-key blocks) whose P.V reads
+// V in place (kVRowsInPlace) asks for its own O rows during its only S^T
+// (KernelArgs::o_prefetch_one_block). The two AVX-512 cores measured disagree, so the rule
+// follows the vendor. On an Intel Xeon (Sapphire Rapids class) that prefetch held fill buffers
+// the rows needed sooner waited for (this block's V, the next task's K/V): k = s = 8 took
+// 0.95-0.96x the time without it (run AF). On a Zen 4 the same change took 1.13-1.19x the time
+// (in-binary A/B, B1 H4 S4096 D64 token-major; run AN): its L1 tracks more misses at once, and
+// the stores at the task's end then wait on O lines from memory. Other CPUs keep the prefetch,
+// the older rule. o_prefetch_one_block_override (tests): -1 the rule, 0 never, 1 always.
+inline int o_prefetch_one_block_override = -1;
+inline bool o_prefetch_one_block() {
+  if (o_prefetch_one_block_override >= 0) return o_prefetch_one_block_override != 0;
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+  static const bool intel = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_is("intel") != 0;
+  }();
+  return !intel;
+#else
+  return true;
+#endif
+}
+
 // Task order (KernelArgs::heads_inner): true when the keys one query tile visits, over all
 // KV heads, take at most half of the L2. Then the heads of a tile can run back to back with
 // their K/V in L2 together, and a token's Q and O rows (every head, adjacent in token-major

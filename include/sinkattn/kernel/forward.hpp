@@ -51,6 +51,7 @@ inline KernelArgs make_args(const Problem& p, const TensorView<const float>& q, 
   a.lse = opt.lse;
   a.stream_o = output_streams(p, o, opt.output_stores);
   a.prefetch_rows = prefetch_pays(p);
+  a.o_prefetch_one_block = o_prefetch_one_block();
   a.scale = opt.score.scale ? *opt.score.scale : (p.dim_qk > 0 ? 1.f / std::sqrt(static_cast<float>(p.dim_qk)) : 1.f);
   a.softcap = opt.score.softcap;
   a.bias = opt.score.bias;

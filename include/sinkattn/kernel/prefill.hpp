@@ -366,11 +366,10 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
     // task's V rows during P.V instead: its S^T already carries that copy, its own O rows and
     // the next K rows (0.95x the time of k = s = 8 on a Zen 2; tasks of several blocks, whose
     // last P.V writes O, lost 2-3% so; run V). Where P.V reads V in place (kVRowsInPlace), a
-    // task of one block does not ask for its O rows at all: in its only S^T that prefetch
-    // competes for fill buffers with the rows needed sooner (this block's V, the next task's
-    // K/V), and its stores fetch the lines themselves (k = s = 8 0.95-0.96x the time without
-    // on an AVX-512 Xeon; 13x13 and 3-D 7^3, tasks of many blocks, 1.02x without: kept
-    // there; run AF).
+    // task of one block asks for its O rows only where a.o_prefetch_one_block says so: on an
+    // Intel Xeon that prefetch competes for fill buffers with the rows needed sooner (this
+    // block's V, the next task's K/V), on a Zen 4 it pays (kernel/config.hpp; runs AF, AN).
+    // Tasks of many blocks (13x13, 3-D 7^3) keep it on both (1.02x without on the Xeon).
     const bool last = --blocks_left == 0;
     const index_t nn = keys || (last && nahead > 0) || !a.prefetch_rows ? 0 : std::min(kBlockKV, pc.end - j1);
     if (nn > 0 && a.kv_rows) {
@@ -381,7 +380,7 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
     }
     if (last)
       for (int x = 1; x < nahead_st; ++x) pf[npf++] = ahead[x];
-    if (last && !o_asked && !stream_o && !(kVRowsInPlace && one_block) && a.prefetch_rows)
+    if (last && !o_asked && !stream_o && !(kVRowsInPlace && one_block && !a.o_prefetch_one_block) && a.prefetch_rows)
       pf[npf++] = task_o_stream(a, PrefillTask{b, h, qb});
     const float* q_blk = a.rope_two_queries() && j0 < a.rope_sink_keys ? qt_sink : qt;
     const int v0 = static_cast<int>(rows.lo / tile::kWidth);
