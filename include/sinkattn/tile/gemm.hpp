@@ -449,18 +449,6 @@ inline void dot_keys(float* s, const float* q, const float* k, index_t ld_k, ind
 
 // A vector's low half to lo, its high half to hi (kWidth / 2 floats each, aligned).
 namespace detail {
-// Makes x opaque to the compiler, so that it stays in a register: GCC otherwise folds a
-// loaded vector into every FMA that reads it as a memory operand, one load per use.
-inline void in_register(vf& x) {
-#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__)) && defined(__AVX__)
-  typename vf::register_type r = x;
-  __asm__("" : "+v"(r));
-  x = r;
-#else
-  (void)x;
-#endif
-}
-
 inline void store_halves(float* lo, float* hi, const vf& r) {
 #if defined(__AVX512F__)
   _mm256_store_ps(lo, low_half(r));
@@ -495,8 +483,7 @@ inline void dot_keys_2rows(float* s0, float* s1, const float* q0, const float* q
     for (index_t c = 0; c < dqk_vecs; ++c) {
       const vf a = vf::load_aligned(q0 + c * kWidth), b = vf::load_aligned(q1 + c * kWidth);
       for (int j = 0; j < H; ++j) {
-        vf kv = vf::load_unaligned(kh + j * ld_k + c * kWidth);
-        detail::in_register(kv);
+        const vf kv = vf::load_unaligned(kh + j * ld_k + c * kWidth);
         acc[j] = xsimd::fma(kv, a, acc[j]);
         acc[H + j] = xsimd::fma(kv, b, acc[H + j]);
       }
