@@ -421,14 +421,14 @@ TEST(Prefill, RowsArePrefetchedOnlyForTensorsBeyondTheL2) {
   detail::o_prefetch_one_block_override = -1;
 }
 
-// A call computes the same bits with its prefetch streams as without them (and with one-block
-// tasks' O prefetch either way): tasks of one key
-// block (blocked neighborhoods, 64-key blocks) and of many (dense, causal GQA), V read in
-// place and V copied into panels by the streams (Dv 13: rows of no whole number of vectors),
-// slot-mapped neighborhood tiles with RoPE on load (Q gathered row by row), extra keys, a
-// sliding window with sink tokens, block-sparse lists, both layouts; the streams also on two
-// threads (each task then asks for the rows of the task two ahead); and against the fp64
-// reference. (Most other tests' calls are small enough to run without the streams.)
+// A call computes the same bits with its prefetch streams as without them, and with one-block
+// tasks' O prefetch either way: tasks of one key block (blocked neighborhoods, 64-key blocks)
+// and of many (dense, causal GQA), V read in place and V copied into panels by the streams
+// (Dv 13: rows of no whole number of vectors), slot-mapped neighborhood tiles with RoPE on
+// load (Q gathered row by row), extra keys, a sliding window with sink tokens, block-sparse
+// lists, both layouts; the streams also on two threads (each task then asks for the rows of
+// the task two ahead); and against the fp64 reference. (Most other tests' calls are small
+// enough to run without the streams.)
 TEST(Prefill, PrefetchStreamsDoNotChangeTheResult) {
   NeighborhoodMask slabs{2, {24, 24, 1}, {9, 9, 1}};
   NeighborhoodMask extra = slabs;
