@@ -8,7 +8,8 @@
 //
 // Same problem as BM_na_* (B1 H4 S4096 D64, token-major, the same 64-byte aligned buffers:
 // bench/buffer.hpp), same masks, same pair counts. The bhsd_ cases read the same buffers
-// head-major and are measured against the head-major dense call.
+// head-major and are measured against the head-major dense call. Last, a diagnostic that is
+// not a goal: k = s = 8 on one head over grids whose tensors fit the L2 and the L3.
 
 #include <algorithm>
 #include <chrono>
@@ -28,11 +29,16 @@ namespace {
 using namespace sinkattn;
 
 struct Buffers {
-  Problem p{1, 4, 4, 4096, 4096, 64, 64};
-  const index_t n = p.seq_q * p.heads_q * p.dim_qk;
-  sinkattn_bench::Buffer q = sinkattn_bench::alloc(n), k = sinkattn_bench::alloc(n), v = sinkattn_bench::alloc(n),
-                         o = sinkattn_bench::alloc(n);
-  Buffers() {
+  Problem p;
+  index_t n;
+  sinkattn_bench::Buffer q, k, v, o;
+  explicit Buffers(index_t heads = 4, index_t seq = 4096)
+      : p{1, heads, heads, seq, seq, 64, 64},
+        n(seq * heads * 64),
+        q(sinkattn_bench::alloc(n)),
+        k(sinkattn_bench::alloc(n)),
+        v(sinkattn_bench::alloc(n)),
+        o(sinkattn_bench::alloc(n)) {
     std::mt19937 rng(7);
     std::normal_distribution<float> nd;
     for (float* x : {q.get(), k.get(), v.get()})
@@ -43,10 +49,10 @@ struct Buffers {
   double run(const Options& opt, bool bhsd = false) {
     using CV = TensorView<const float>;
     const auto in = [&](const float* x) {
-      return bhsd ? CV::bhsd(x, 1, p.seq_q, 4, 64) : CV::bshd(x, 1, p.seq_q, 4, 64);
+      return bhsd ? CV::bhsd(x, 1, p.seq_q, p.heads_q, 64) : CV::bshd(x, 1, p.seq_q, p.heads_q, 64);
     };
-    const auto out = bhsd ? TensorView<float>::bhsd(o.get(), 1, p.seq_q, 4, 64)
-                          : TensorView<float>::bshd(o.get(), 1, p.seq_q, 4, 64);
+    const auto out = bhsd ? TensorView<float>::bhsd(o.get(), 1, p.seq_q, p.heads_q, 64)
+                          : TensorView<float>::bshd(o.get(), 1, p.seq_q, p.heads_q, 64);
     const auto t0 = std::chrono::steady_clock::now();
     const Status s = forward(p, in(q.get()), in(k.get()), in(v.get()), out, opt);
     if (!s.ok()) {
@@ -154,5 +160,25 @@ int main(int argc, char** argv) {
     else
       std::printf(" %18s", "-");
     std::printf(" %22.2f\n", median(c.ideal));
+  }
+
+  // Where the k = s = 8 line's time goes: the same call on smaller grids of one head, each
+  // against its own dense call. A task of one key block reads its 64 KiB (Q, K, V, O rows)
+  // once, so its line depends on where the call's tensors live, which dense attention (each
+  // K/V row read by 64 query tiles) hides: 1 MiB in all fits a core's L2 (the kernel's own
+  // efficiency), 4 MiB the L3, and the 16 MiB of the cases above sat at the edge of this
+  // guest's share of its L3 (bench/RESULTS.md, run AO).
+  std::printf("k = s = 8 by working set (one head, B1 D64, token-major), time / (ideal / 0.9):\n");
+  for (const index_t side : {32, 64}) {
+    Buffers small(1, side * side);
+    Options opt;
+    opt.mask = na(2, {side, side, 1}, {8, 8, 1}, {8, 8, 1});
+    std::vector<double> ideal;
+    for (int r = 0; r < rounds; ++r) {
+      const double td = median_warm(small, Options{}, false), t = median_warm(small, opt, false);
+      ideal.push_back(t / (td * (64.0 / static_cast<double>(side * side)) / 0.9));
+    }
+    std::printf("  %2dx%-2d grid, Q+K+V+O %2d MiB %30.2f\n", static_cast<int>(side), static_cast<int>(side),
+                static_cast<int>(4 * small.n * static_cast<index_t>(sizeof(float)) >> 20), median(ideal));
   }
 }
