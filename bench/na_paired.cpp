@@ -165,9 +165,9 @@ int main(int argc, char** argv) {
   // Where the k = s = 8 line's time goes: the same call on smaller grids of one head, each
   // against its own dense call. A task of one key block reads its 64 KiB (Q, K, V, O rows)
   // once, so its line depends on where the call's tensors live, which dense attention (each
-  // K/V row read by 64 query tiles) hides: 1 MiB in all fits a core's L2 (the kernel's own
-  // efficiency), 4 MiB the L3, and the 16 MiB of the cases above sat at the edge of this
-  // guest's share of its L3 (bench/RESULTS.md, run AO).
+  // K/V row read by 64 query tiles) hides: 1 MiB in all stays about a core's L2 (the kernel's
+  // own efficiency), 4 MiB in the L3, and the 16 MiB of the cases above sat at the edge of
+  // what a Zen 4 guest kept in its L3 (bench/RESULTS.md, run AO).
   std::printf("k = s = 8 by working set (one head, B1 D64, token-major), time / (ideal / 0.9):\n");
   for (const index_t side : {32, 64}) {
     Buffers small(1, side * side);
@@ -176,7 +176,7 @@ int main(int argc, char** argv) {
     std::vector<double> ideal;
     for (int r = 0; r < rounds; ++r) {
       const double td = median_warm(small, Options{}, false), t = median_warm(small, opt, false);
-      ideal.push_back(t / (td * (64.0 / static_cast<double>(side * side)) / 0.9));
+      ideal.push_back(t / (td * (8.0 * 8.0 / static_cast<double>(side * side)) / 0.9));  // 8x8 keys per query
     }
     std::printf("  %2dx%-2d grid, Q+K+V+O %2d MiB %30.2f\n", static_cast<int>(side), static_cast<int>(side),
                 static_cast<int>(4 * small.n * static_cast<index_t>(sizeof(float)) >> 20), median(ideal));
