@@ -78,6 +78,18 @@ double median(std::vector<double> v) {
   return v.empty() ? 0 : v[v.size() / 2];
 }
 
+// A call's time over the goal's line, dense time x visible / all pairs / 0.9 (<= 1: within
+// 90% of the ideal speedup).
+double over_line(double t, double t_dense, double visible, double all) { return t / (t_dense * (visible / all) / 0.9); }
+
+// The pairs a neighborhood mask leaves visible over seq queries.
+double visible_pairs(const NeighborhoodMask& m, index_t seq) {
+  const policy::NeighborhoodMaskPolicy pol{m.rank, m.extent, m.kernel, m.dilation, m.stride, m.causal};
+  double n = 0;
+  for (index_t i = 0; i < seq; ++i) n += static_cast<double>(pol.count_visible(i));
+  return n;
+}
+
 // One call of a case, after a warm-up call: the first call after another mask meets its
 // plan and tables out of cache (measured 2-3% slower for k=s=8), which a model calling one
 // mask per layer does not.
@@ -120,7 +132,7 @@ int main(int argc, char** argv) {
   add("bhsd_2d_k8_s8", na(2, {64, 64, 1}, {8, 8, 1}, {8, 8, 1}), false, true);
   for (Case& c : cases) {
     const policy::NeighborhoodMaskPolicy pol{c.m.rank, c.m.extent, c.m.kernel, c.m.dilation, c.m.stride, c.m.causal};
-    for (index_t i = 0; i < p.seq_q; ++i) c.visible += static_cast<double>(pol.count_visible(i));
+    c.visible = visible_pairs(c.m, p.seq_q);
     if (c.masked_dense) {
       c.bias.resize(static_cast<std::size_t>(p.seq_q * p.seq_kv));
       for (index_t i = 0; i < p.seq_q; ++i)
@@ -140,8 +152,8 @@ int main(int argc, char** argv) {
       opt.mask = c.m;
       const double td = c.bhsd ? td_bhsd : td_bshd;
       const double t = median_warm(buf, opt, c.bhsd);
-      c.frac.push_back((c.visible / t) / (all / td));         // GFLOP/s over visible pairs / dense
-      c.ideal.push_back(t / (td * (c.visible / all) / 0.9));  // <= 1: within 90% of the ideal speedup
+      c.frac.push_back((c.visible / t) / (all / td));  // GFLOP/s over visible pairs / dense
+      c.ideal.push_back(over_line(t, td, c.visible, all));
       if (c.masked_dense) {
         Options ob;
         ob.score.bias = TensorView<const float>(c.bias.data(), {1, p.heads_q, p.seq_q, p.seq_kv}, {0, 0, p.seq_kv, 1});
@@ -171,12 +183,15 @@ int main(int argc, char** argv) {
   std::printf("k = s = 8 by working set (one head, B1 D64, token-major), time / (ideal / 0.9):\n");
   for (const index_t side : {32, 64}) {
     Buffers small(1, side * side);
+    const NeighborhoodMask m = na(2, {side, side, 1}, {8, 8, 1}, {8, 8, 1});
     Options opt;
-    opt.mask = na(2, {side, side, 1}, {8, 8, 1}, {8, 8, 1});
+    opt.mask = m;
+    const double visible = visible_pairs(m, side * side);
+    const double all = static_cast<double>(side * side) * static_cast<double>(side * side);
     std::vector<double> ideal;
     for (int r = 0; r < rounds; ++r) {
       const double td = median_warm(small, Options{}, false), t = median_warm(small, opt, false);
-      ideal.push_back(t / (td * (8.0 * 8.0 / static_cast<double>(side * side)) / 0.9));  // 8x8 keys per query
+      ideal.push_back(over_line(t, td, visible, all));
     }
     std::printf("  %2dx%-2d grid, Q+K+V+O %2d MiB %30.2f\n", static_cast<int>(side), static_cast<int>(side),
                 static_cast<int>(4 * small.n * static_cast<index_t>(sizeof(float)) >> 20), median(ideal));
