@@ -47,9 +47,9 @@ namespace detail {
 // is loaded with four columns of row 4L + m (one load and three inserts from memory), so
 // only the 4x4 blocks inside the lanes are left to shuffle: 32 shuffles per 16x16 block
 // instead of 64 for a transpose of whole rows in registers (0.73x the time of a 64x64 pack).
-// That is 80 shuffle-port operations per block, one per cycle; on a Zen 4 masked 128-bit
-// broadcasts in place of the inserts took 1.05x the time, broadcasts and blends 1.3x, and
-// vpermt2ps over whole rows 1.25x (bench/RESULTS.md, run AP).
+// That is 80 shuffle-port operations per block, about a cycle each on a Zen 4; there masked
+// 128-bit broadcasts in place of the inserts took 1.05x the time, broadcasts and blends 1.3x,
+// and vpermt2ps over whole rows 1.25x (bench/RESULTS.md, run AP).
 SINKATTN_ALWAYS_INLINE void transpose16_cols(float* qt, index_t r, const float* const* src, index_t x, __m512 sv) {
   for (int b = 0; b < 4; ++b) {  // columns x + 4b .. x + 4b + 3
     const index_t col = x + 4 * b;
