@@ -20,9 +20,11 @@
 //     listed. With causal, keys right of a row's position are masked inside them by a
 //     CausalElementMask (which the fast path turns into a key cap, policy/mask_block_sparse.hpp);
 //   - top_k more blocks among the candidates, highest score first (ties: the lower block
-//     index first; a NaN score counts as -inf). Causal: the candidates are the blocks strictly before
-//     the first own block (wholly in the past of every row of the query block: future blocks are
-//     never selected). Non-causal: every block that is not an own block.
+//     index first, among scores equal as doubles: two scores equal in exact arithmetic can round
+//     apart through the means and come out in either order; a NaN score counts as -inf).
+//     Causal: the candidates are the blocks strictly before the first own block (wholly in
+//     the past of every row of the query block: future blocks are never selected).
+//     Non-causal: every block that is not an own block.
 //   Note MoBA's code counts the current block in its k (gate = +inf, then top-k): its
 //   top-k = 3 is our top_k = 2. Rows with no key position (p_i < 0 for every row, Sq > Skv)
 //   get an empty list: output 0, LSE -inf.
