@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "harness.hpp"
@@ -257,6 +258,11 @@ TEST(StreamingCache, BadArgumentsAreClearErrors) {
   cfg.rope.rotary_dim = 3;
   EXPECT_NE(StreamingCache::create(cfg, &cache).message().find("rope.rotary_dim"), std::string::npos);
   cfg.rope.rotary_dim = 0;
+  cfg.rope.theta = std::numeric_limits<float>::infinity();  // once accepted, then every call failed
+  st = StreamingCache::create(cfg, &cache);
+  EXPECT_EQ(st.code(), Errc::out_of_range);
+  EXPECT_NE(st.message().find("config.rope.theta"), std::string::npos) << st.message();
+  cfg.rope.theta = 10000.f;
   ASSERT_TRUE(StreamingCache::create(cfg, &cache).ok());
 
   std::vector<float> buf(64, 0.f), obuf(64);

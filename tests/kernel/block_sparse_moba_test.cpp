@@ -325,6 +325,8 @@ TEST(Moba, ErrorsNameTheArgument) {
   };
   expect(data.q, data.k, {0, 2, true}, Errc::out_of_range, "moba.block");
   expect(data.q, data.k, {-4, 2, true}, Errc::out_of_range, "moba.block");
+  // (once accepted: the key block count wrapped around to 0 and the pooled keys were read)
+  expect(data.q, data.k, {std::numeric_limits<index_t>::max(), 2, true}, Errc::out_of_range, "moba.block");
   expect(data.q, data.k, {16, -1, true}, Errc::out_of_range, "moba.top_k");
   auto k = data.k;
   k.shape[0] = 2;

@@ -30,6 +30,7 @@
 // Every sequence of the batch has streamed the same number of tokens.
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -85,7 +86,8 @@ class StreamingCache {
       r.dim = cfg.dim_qk;
       if (r.rotary_dim < 0 || r.rot() % 2 != 0 || r.rot() > r.dim)
         return bad("rope.rotary_dim", r.rot(), " (must be even and <= dim_qk)");
-      if (!(r.theta > 0.f)) return Status(Errc::out_of_range, "config.rope.theta must be > 0");
+      if (!(r.theta > 0.f) || !std::isfinite(r.theta))
+        return Status(Errc::out_of_range, "config.rope.theta must be finite and > 0");
       c.rope_ = RopeTable(r, c.cap_ + 1);
     }
     *out = std::move(c);

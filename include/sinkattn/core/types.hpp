@@ -9,6 +9,11 @@ namespace sinkattn {
 // reported, not wrapped around.
 using index_t = std::int64_t;
 
+// The largest size, position, offset or window a call accepts (2^40, a trillion tokens):
+// sums of a few such values then stay far inside index_t in the kernels and the reference,
+// and INT64_MAX passed as "unbounded" is refused by name instead of wrapping around.
+inline constexpr index_t kMaxIndex = index_t{1} << 40;
+
 // The shape of one attention call. Q is [B, Sq, Hq, Dqk], K [B, Skv, Hkv, Dqk],
 // V [B, Skv, Hkv, Dv], O [B, Sq, Hq, Dv], LSE [B, Hq, Sq] (logical orders; any strides).
 struct Problem {

@@ -79,7 +79,8 @@ namespace detail {
 inline std::string moba_str(index_t v) { return std::to_string(v); }
 
 inline Status moba_check(const TensorView<const float>& q, const TensorView<const float>& k, const MobaOptions& opt) {
-  if (opt.block <= 0) return Status(Errc::out_of_range, "moba.block is " + moba_str(opt.block) + " (must be > 0)");
+  if (opt.block <= 0 || opt.block > kMaxIndex)
+    return Status(Errc::out_of_range, "moba.block is " + moba_str(opt.block) + " (must be in (0, 2^40])");
   if (opt.top_k < 0) return Status(Errc::out_of_range, "moba.top_k is " + moba_str(opt.top_k) + " (must be >= 0)");
   static const char* const dims[4] = {"batch", "seq", "heads", "dim"};
   for (int d = 0; d < 4; ++d) {
@@ -89,6 +90,9 @@ inline Status moba_check(const TensorView<const float>& q, const TensorView<cons
     if (k.shape[d] < 0)
       return Status(Errc::negative_size,
                     std::string("k: shape[") + moba_str(d) + "] (" + dims[d] + ") is " + moba_str(k.shape[d]));
+    if (q.shape[d] > kMaxIndex || k.shape[d] > kMaxIndex)
+      return Status(Errc::out_of_range, std::string(q.shape[d] > kMaxIndex ? "q" : "k") + ": shape[" + moba_str(d) +
+                                            "] (" + dims[d] + ") exceeds 2^40 (kMaxIndex)");
   }
   if (k.shape[0] != q.shape[0])
     return Status(Errc::shape_mismatch,
