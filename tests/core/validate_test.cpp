@@ -217,10 +217,12 @@ TEST(Validate, OutputOverlappingQueryIsAliasing) {
 
 TEST(Validate, OutputOverlappingKeyOrValueIsAliasing) {
   Call c(base());
-  c.o = MView(c.kb.data() + 1, c.o.shape, {1, 1, 1, 1});
+  // (views of O's own shape and dense strides placed over K's and V's buffers: only their
+  // addresses are compared, nothing is written)
+  c.o = MView::bshd(c.kb.data() + 1, c.p.batch, c.p.seq_q, c.p.heads_q, c.p.dim_v);
   EXPECT_FAILS(c, Errc::aliasing, "o overlaps input k");
   Call c2(base());
-  c2.o = MView(c2.vb.data() + 3, c2.o.shape, {c2.o.size(), 1, 1, 1});
+  c2.o = MView::bshd(c2.vb.data() + 3, c2.p.batch, c2.p.seq_q, c2.p.heads_q, c2.p.dim_v);
   EXPECT_FAILS(c2, Errc::aliasing, "o overlaps input v");
 }
 
@@ -240,6 +242,66 @@ TEST(Validate, GateOverlappingOutputIsAliasing) {
   Call c(base());
   c.opt.gate = sinkattn::SigmoidGate{CView(c.ob.data(), {c.p.batch, c.p.seq_q, c.p.heads_q, 1}, {0, 0, 0, 0})};
   EXPECT_FAILS(c, Errc::aliasing, "gate.g");
+}
+
+// Every other input the options hand the call (bias, per-head arrays, normalization and gate
+// tensors): an output row written over it would change what later rows read.
+TEST(Validate, OutputsOverlappingOptionInputsAreAliasing) {
+  {
+    Call c(base());
+    c.opt.score.bias = CView(c.ob.data() + 3, {c.p.batch, c.p.heads_q, c.p.seq_q, c.p.seq_kv}, {0, 0, 0, 0});
+    EXPECT_FAILS(c, Errc::aliasing, "o overlaps input score.bias");
+  }
+  {
+    Call c(base());
+    c.opt.score.alibi_slopes = c.ob.data() + c.ob.size() - 1;  // Hq floats from O's last one
+    EXPECT_FAILS(c, Errc::aliasing, "o overlaps input score.alibi_slopes");
+  }
+  {
+    Call c(base());
+    c.opt.norm = sinkattn::SinkSoftmax{c.ob.data()};
+    EXPECT_FAILS(c, Errc::aliasing, "o overlaps input norm.sinks");
+  }
+  {
+    Call c(base());
+    c.opt.norm = sinkattn::ScalableSoftmax{c.ob.data() + 1};
+    EXPECT_FAILS(c, Errc::aliasing, "o overlaps input norm.s");
+  }
+  {
+    Call c(base());
+    sinkattn::Sigmoid n;
+    n.head_bias = c.ob.data();
+    c.opt.norm = n;
+    EXPECT_FAILS(c, Errc::aliasing, "o overlaps input norm.head_bias");
+  }
+  {
+    Call c(base());
+    sinkattn::AffineScaled n;
+    n.alpha = CView(c.ob.data(), {c.p.batch, c.p.seq_q, c.p.heads_q, 1}, {0, 0, 0, 0});
+    c.opt.norm = n;
+    EXPECT_FAILS(c, Errc::aliasing, "o overlaps input norm.alpha");
+    n.alpha = CView(c.sinks.data(), {c.p.batch, c.p.seq_q, c.p.heads_q, 1}, {0, 0, 0, 0});
+    n.beta = CView(c.ob.data() + 7, {c.p.batch, c.p.seq_q, c.p.heads_q, 1}, {0, 0, 0, 0});
+    c.opt.norm = n;
+    EXPECT_FAILS(c, Errc::aliasing, "o overlaps input norm.beta");
+  }
+  {  // the LSE output against the same inputs
+    Call c(base());
+    c.opt.lse = c.lse();
+    c.opt.gate = sinkattn::SigmoidGate{CView(c.lseb.data() + 2, {c.p.batch, c.p.seq_q, c.p.heads_q, 1}, {0, 0, 0, 0})};
+    EXPECT_FAILS(c, Errc::aliasing, "lse overlaps input gate.g");
+    c.opt.gate = sinkattn::NoGate{};
+    c.opt.norm = sinkattn::SinkSoftmax{c.lseb.data() + 1};
+    EXPECT_FAILS(c, Errc::aliasing, "lse overlaps input norm.sinks");
+  }
+  {  // disjoint buffers pass
+    Call c(base());
+    c.opt.lse = c.lse();
+    c.opt.norm = sinkattn::SinkSoftmax{c.sinks.data()};
+    c.opt.score.bias = CView(c.qb.data(), {c.p.batch, c.p.heads_q, c.p.seq_q, c.p.seq_kv}, {0, 0, 0, 0});
+    const Status s = c.run();
+    EXPECT_TRUE(s.ok()) << s.message();
+  }
 }
 
 TEST(Validate, InputsMaySharePackedQkvBuffer) {
@@ -263,6 +325,31 @@ TEST(Validate, ZeroStrideOnOutputIsRefused) {
   c2.opt.lse = c2.lse();
   c2.opt.lse.stride[1] = 0;
   EXPECT_FAILS(c2, Errc::invalid_argument, "lse: stride[1]");
+}
+
+// Strides that interleave dimensions (heads 1 float apart over dim rows 1 float apart) write
+// the same element from different indices, as a zero stride does.
+TEST(Validate, SelfOverlappingOutputStridesAreRefused) {
+  Call c(base());
+  c.o.stride[2] = 1;  // heads 1 float apart, each head's Dv = 6 floats also 1 apart
+  EXPECT_FAILS(c, Errc::invalid_argument, "o: stride[");
+  Call c2(base());
+  c2.o.stride[0] = c2.o.stride[1];  // batch 1 and sequence row 1 start at the same float
+  EXPECT_FAILS(c2, Errc::invalid_argument, "write the same element");
+  Call c3(base());
+  c3.opt.lse = c3.lse();
+  c3.opt.lse.stride[1] = 2;  // heads 2 apart over sequences of 5
+  EXPECT_FAILS(c3, Errc::invalid_argument, "lse: stride[");
+  // Disjoint permuted and padded layouts pass: BHSD with rows padded to 8 floats, and the
+  // sequence stored innermost (stride 1) with the dim stride past it.
+  Call c4(base());
+  std::vector<float> big(static_cast<size_t>(2 * 4 * 5 * 8));
+  c4.o = MView(big.data(), {2, 5, 4, 6}, {4 * 5 * 8, 8, 5 * 8, 1});
+  Status s = c4.run();
+  EXPECT_TRUE(s.ok()) << s.message();
+  c4.o = MView(big.data(), {2, 5, 4, 6}, {5 * 4 * 6, 1, 5 * 6, 5});
+  s = c4.run();
+  EXPECT_TRUE(s.ok()) << s.message();
 }
 
 TEST(Validate, ZeroStrideOnExtentOneOutputDimensionIsFine) {
@@ -401,6 +488,97 @@ TEST(Validate, BlockSparseArgs) {
 }
 
 // ---- Normalizations and scores -------------------------------------------------------------
+// Sizes, positions, offsets and windows beyond 2^40 (kMaxIndex): INT64_MAX passed to mean
+// "unbounded" once wrapped around in the kernels' sums (a window of every key came out as
+// none) and in the checks themselves (dilation * kernel, the grid's product, q_block's count).
+TEST(Validate, ValuesBeyondTheIndexLimitNameTheArgument) {
+  constexpr index_t kHuge = std::numeric_limits<index_t>::max();
+  {
+    Call c(base());
+    c.opt.mask = sinkattn::SlidingWindowMask{kHuge, 0, 0, 0};
+    EXPECT_FAILS(c, Errc::out_of_range, "mask.left");
+    c.opt.mask = sinkattn::SlidingWindowMask{-1, kHuge, 0, 0};
+    EXPECT_FAILS(c, Errc::out_of_range, "mask.right");
+    c.opt.mask = sinkattn::SlidingWindowMask{4, 0, 0, -kHuge};
+    EXPECT_FAILS(c, Errc::out_of_range, "mask.offset");
+    c.opt.mask = sinkattn::SlidingWindowMask{sinkattn::kMaxIndex, 0, 0, 0};  // the limit itself is fine
+    const Status s = c.run();
+    EXPECT_TRUE(s.ok()) << s.message();
+  }
+  {
+    Call c(base());
+    c.opt.mask = sinkattn::CausalMask{kHuge};
+    EXPECT_FAILS(c, Errc::out_of_range, "mask.offset");
+    sinkattn::BlockMask b;
+    b.block_size = kHuge;
+    c.opt.mask = b;
+    EXPECT_FAILS(c, Errc::out_of_range, "mask.block_size");
+    b.block_size = 2;
+    b.global_keys = kHuge;
+    c.opt.mask = b;
+    EXPECT_FAILS(c, Errc::out_of_range, "mask.global_keys");
+  }
+  {  // validate() once passed this and forward() then read the null offsets
+    Call c(base());
+    sinkattn::BlockSparseMask m;
+    m.q_block = kHuge;
+    m.kv_block = 4;
+    c.opt.mask = m;
+    EXPECT_FAILS(c, Errc::out_of_range, "mask.q_block");
+  }
+  {
+    Call c(grid_problem(4));
+    sinkattn::NeighborhoodMask m;
+    m.extent = {4, 1, 1};
+    m.kernel = {2, 1, 1};
+    m.dilation = {index_t{1} << 62, 1, 1};
+    c.opt.mask = m;
+    EXPECT_FAILS(c, Errc::out_of_range, "mask.dilation[0]");
+    m.dilation = {3, 1, 1};  // 3 * 2 > 4, from the quotient, not the product
+    c.opt.mask = m;
+    EXPECT_FAILS(c, Errc::out_of_range, "exceeds extent");
+    m.rank = 3;
+    m.dilation = {1, 1, 1};
+    m.extent = {index_t{1} << 20, index_t{1} << 20, index_t{1} << 20};
+    c.opt.mask = m;
+    EXPECT_FAILS(c, Errc::out_of_range, "more than 2^40 tokens");
+  }
+  {
+    Problem p = base();
+    p.seq_kv = index_t{1} << 41;
+    Call c(Problem{1, 1, 1, 1, 1, 1, 1});
+    c.p = p;
+    EXPECT_FAILS(c, Errc::out_of_range, "problem.seq_kv");
+  }
+  {  // element counts past 2^60 through zero-stride views of any shape
+    Call c(Problem{1, 1, 1, 1, 1, 1, 1});
+    c.p = Problem{index_t{1} << 30, 1 << 20, 1 << 20, 1 << 20, 1 << 20, 64, 64};
+    EXPECT_FAILS(c, Errc::out_of_range, "2^60 elements");
+  }
+  {  // strides whose reach along a dimension wraps around (and the aliasing test's sums with it)
+    Call c(base());
+    c.q.stride[1] = kHuge;
+    EXPECT_FAILS(c, Errc::out_of_range, "q: stride[1]");
+    Call c2(base());
+    c2.o.stride[0] = std::numeric_limits<index_t>::min();
+    EXPECT_FAILS(c2, Errc::out_of_range, "o: stride[0]");
+  }
+  {
+    Call c(base());
+    sinkattn::Rope r;
+    r.dim = c.p.dim_qk;
+    const sinkattn::RopeTable table(r, 64);
+    c.opt.rope.table = &table;
+    c.opt.rope.query_position = kHuge;
+    EXPECT_FAILS(c, Errc::out_of_range, "rope.query_position");
+    c.opt.rope.query_position = 64 - c.p.seq_q + 1;  // one past the table
+    EXPECT_FAILS(c, Errc::out_of_range, "rope.table");
+    c.opt.rope.query_position = 64 - c.p.seq_q;
+    const Status s = c.run();
+    EXPECT_TRUE(s.ok()) << s.message();
+  }
+}
+
 TEST(Validate, LseWithSigmoidOrSoftpickIsRefused) {
   Call c(base());
   c.opt.norm = sinkattn::Sigmoid{};

@@ -103,6 +103,14 @@ TEST(Segments, BadArgumentsNameTheSegment) {
   EXPECT_EQ(st.code(), Errc::shape_mismatch);
   EXPECT_NE(st.message().find("segments[1].v"), std::string::npos) << st.message();
   s.seg[1].v.shape[3] = 8;
+  // Row counts whose sum wraps around to seq_kv: refused at the first segment past it.
+  std::vector<KvSegment> huge(5, s.seg[0]);
+  for (int i = 0; i < 4; ++i)
+    for (auto* view : {&huge[i].k, &huge[i].v}) view->shape[1] = index_t{1} << 62, view->stride = {0, 0, 0, 0};
+  huge[4].k.shape[1] = huge[4].v.shape[1] = 20;
+  st = forward(p, d.q, huge.data(), 5, out.o);
+  EXPECT_EQ(st.code(), Errc::shape_mismatch);
+  EXPECT_NE(st.message().find("segments[0]"), std::string::npos) << st.message();
   s.seg[0].k.data = nullptr;
   st = forward(p, d.q, s.seg.data(), 2, out.o);
   EXPECT_EQ(st.code(), Errc::null_data);

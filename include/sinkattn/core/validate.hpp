@@ -2,6 +2,7 @@
 // Up-front validation of one call: everything the kernels assume is checked here, once,
 // and reported with the name of the offending argument.
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -19,11 +20,34 @@ inline std::string str(index_t v) { return std::to_string(v); }
 
 inline Status fail(Errc c, std::string msg) { return Status(c, std::move(msg)); }
 
+// |v| <= kMaxIndex (core/types.hpp), for every size, position, offset and window.
+inline Status check_bound(const std::string& name, index_t v) {
+  if (v > kMaxIndex || v < -kMaxIndex)
+    return fail(Errc::out_of_range, name + " is " + str(v) + ", beyond the limit of 2^40 (kMaxIndex)");
+  return {};
+}
+
+// a * b <= limit for a, b >= 0, without forming a product that could overflow.
+inline bool product_within(index_t a, index_t b, index_t limit) { return a == 0 || b <= limit / a; }
+
+// The most elements a tensor may hold, and the farthest a view's stride may reach along one
+// dimension (|stride| * (extent - 1)): zero-stride views can claim any shape without the
+// memory behind it, and four such reaches must still add up inside index_t.
+inline constexpr index_t kMaxElements = index_t{1} << 60;
+
 inline Status check_problem(const Problem& p) {
   const char* names[] = {"batch", "heads_q", "heads_kv", "seq_q", "seq_kv", "dim_qk", "dim_v"};
   const index_t vals[] = {p.batch, p.heads_q, p.heads_kv, p.seq_q, p.seq_kv, p.dim_qk, p.dim_v};
-  for (int i = 0; i < 7; ++i)
+  for (int i = 0; i < 7; ++i) {
     if (vals[i] < 0) return fail(Errc::negative_size, std::string("problem.") + names[i] + " is " + str(vals[i]));
+    SINKATTN_TRY(check_bound(std::string("problem.") + names[i], vals[i]));
+  }
+  // Element counts: B * H * S * D of every tensor, B * Hq * Sq * Skv of a bias.
+  const index_t seq = std::max(p.seq_q, p.seq_kv), heads = std::max(p.heads_q, p.heads_kv);
+  const index_t inner = std::max({p.dim_qk, p.dim_v, p.seq_kv});
+  if (!product_within(p.batch, heads, kMaxElements) || !product_within(p.batch * heads, seq, kMaxElements) ||
+      !product_within(p.batch * heads * seq, inner, kMaxElements))
+    return fail(Errc::out_of_range, "problem: batch * heads * seq * dim exceeds 2^60 elements");
   if (p.heads_kv == 0 && p.heads_q != 0)
     return fail(Errc::heads_not_divisible, "problem.heads_kv is 0 but heads_q is " + str(p.heads_q));
   if (p.heads_kv > 0 && p.heads_q % p.heads_kv != 0)
@@ -51,6 +75,13 @@ Status check_view(const char* name, const TensorView<T>& v, std::array<index_t, 
   }
   if (!v.empty() && v.data == nullptr)
     return fail(Errc::null_data, std::string(name) + ": data is null but the view is not empty");
+  for (int d = 0; d < 4; ++d) {
+    const index_t s = v.stride[d];
+    if (v.shape[d] > 1 &&
+        (s < -kMaxElements || s > kMaxElements || !product_within(v.shape[d] - 1, s < 0 ? -s : s, kMaxElements)))
+      return fail(Errc::out_of_range,
+                  std::string(name) + ": stride[" + str(d) + "] (" + str(s) + ") reaches past 2^60 elements");
+  }
   return {};
 }
 
@@ -66,13 +97,27 @@ Status check_no_alias(const char* out_name, const TensorView<T>& out, const char
 }
 
 // An output must not write the same element twice from different indices (a zero stride on
-// a dimension longer than 1 would make the result depend on the order of writes).
+// a dimension longer than 1, or strides that interleave, e.g. the heads 1 float apart over
+// rows of 8: the result would depend on the order of writes). Sufficient and the usual test:
+// with the dimensions longer than 1 sorted by |stride|, each stride exceeds the reach of the
+// ones below it. (Legal layouts that interleave differently are not worth the exact test.)
 template <class T>
 Status check_writable(const char* name, const TensorView<T>& v) {
   if (v.empty()) return {};  // writes nothing (e.g. seq_q == 0, where bshd() gives stride[0] == 0)
   for (int d = 0; d < 4; ++d)
     if (v.shape[d] > 1 && v.stride[d] == 0)
       return fail(Errc::invalid_argument, std::string(name) + ": stride[" + str(d) + "] is 0 on an output");
+  int order[4] = {0, 1, 2, 3};
+  const auto mag = [&](int d) { return v.stride[d] < 0 ? -v.stride[d] : v.stride[d]; };
+  std::sort(order, order + 4, [&](int a, int b) { return mag(a) < mag(b); });
+  index_t reach = 0;  // the largest offset the dimensions so far reach
+  for (int d : order) {
+    if (v.shape[d] <= 1) continue;
+    if (mag(d) <= reach)
+      return fail(Errc::invalid_argument, std::string(name) + ": stride[" + str(d) + "] (" + str(v.stride[d]) +
+                                              ") lets different indices write the same element");
+    reach += (v.shape[d] - 1) * mag(d);
+  }
   return {};
 }
 
@@ -80,13 +125,16 @@ inline Status check_mask(const Problem& p, const FullMask&) {
   (void)p;
   return {};
 }
-inline Status check_mask(const Problem&, const CausalMask&) { return {}; }
+inline Status check_mask(const Problem&, const CausalMask& m) { return check_bound("mask.offset", m.offset); }
 
 inline Status check_mask(const Problem&, const SlidingWindowMask& m) {
   if (m.left < -1) return fail(Errc::out_of_range, "mask.left is " + str(m.left) + " (use -1 for unbounded)");
   if (m.right < -1) return fail(Errc::out_of_range, "mask.right is " + str(m.right) + " (use -1 for unbounded)");
   if (m.sink_tokens < 0) return fail(Errc::out_of_range, "mask.sink_tokens is " + str(m.sink_tokens));
-  return {};
+  SINKATTN_TRY(check_bound("mask.left", m.left));
+  SINKATTN_TRY(check_bound("mask.right", m.right));
+  SINKATTN_TRY(check_bound("mask.sink_tokens", m.sink_tokens));
+  return check_bound("mask.offset", m.offset);
 }
 
 inline Status check_mask(const Problem&, const BlockMask& m) {
@@ -101,7 +149,10 @@ inline Status check_mask(const Problem&, const BlockMask& m) {
         return fail(Errc::out_of_range, "mask.boundaries must be strictly ascending (index " + str(index_t(i)) + ")");
   }
   if (m.global_keys < 0) return fail(Errc::out_of_range, "mask.global_keys is " + str(m.global_keys));
-  return {};
+  SINKATTN_TRY(check_bound("mask.block_size", m.block_size));
+  if (!m.boundaries.empty()) SINKATTN_TRY(check_bound("mask.boundaries (last)", m.boundaries.back()));
+  SINKATTN_TRY(check_bound("mask.global_keys", m.global_keys));
+  return check_bound("mask.offset", m.offset);
 }
 
 inline Status check_mask(const Problem& p, const NeighborhoodMask& m) {
@@ -115,18 +166,23 @@ inline Status check_mask(const Problem& p, const NeighborhoodMask& m) {
     if (m.kernel[d] <= 0) return fail(Errc::out_of_range, "mask.kernel" + at + " is " + str(m.kernel[d]));
     if (m.dilation[d] <= 0) return fail(Errc::out_of_range, "mask.dilation" + at + " is " + str(m.dilation[d]));
     if (m.stride[d] <= 0) return fail(Errc::out_of_range, "mask.stride" + at + " is " + str(m.stride[d]));
+    SINKATTN_TRY(check_bound("mask.extent" + at, m.extent[d]));
+    SINKATTN_TRY(check_bound("mask.dilation" + at, m.dilation[d]));  // (kernel, stride <= extent below)
     if (m.kernel[d] > m.extent[d])
       return fail(Errc::out_of_range,
                   "mask.kernel" + at + " (" + str(m.kernel[d]) + ") exceeds extent (" + str(m.extent[d]) + ")");
     if (m.stride[d] > m.kernel[d])
       return fail(Errc::out_of_range,
                   "mask.stride" + at + " (" + str(m.stride[d]) + ") exceeds kernel (" + str(m.kernel[d]) + ")");
-    if (m.dilation[d] * m.kernel[d] > m.extent[d])
-      return fail(Errc::out_of_range, "mask.dilation" + at + " * kernel (" + str(m.dilation[d] * m.kernel[d]) +
-                                          ") exceeds extent (" + str(m.extent[d]) + ")");
+    if (!product_within(m.kernel[d], m.dilation[d], m.extent[d]))  // dilation * kernel > extent
+      return fail(Errc::out_of_range, "mask.dilation" + at + " (" + str(m.dilation[d]) + ") * kernel (" +
+                                          str(m.kernel[d]) + ") exceeds extent (" + str(m.extent[d]) + ")");
+    if (!product_within(n, m.extent[d], kMaxIndex))
+      return fail(Errc::out_of_range, "mask.extent: the grid holds more than 2^40 tokens (kMaxIndex)");
     n *= m.extent[d];
   }
   if (m.extra_keys < 0) return fail(Errc::out_of_range, "mask.extra_keys is " + str(m.extra_keys));
+  SINKATTN_TRY(check_bound("mask.extra_keys", m.extra_keys));
   if (p.seq_q != n || p.seq_kv - n != m.extra_keys)  // (a difference: no overflow for huge extra_keys)
     return fail(Errc::shape_mismatch, "mask.extent: the grid holds " + str(n) +
                                           " tokens (+ mask.extra_keys = " + str(m.extra_keys) +
@@ -137,6 +193,8 @@ inline Status check_mask(const Problem& p, const NeighborhoodMask& m) {
 inline Status check_mask(const Problem& p, const BlockSparseMask& m) {
   if (m.q_block <= 0) return fail(Errc::out_of_range, "mask.q_block is " + str(m.q_block) + " (must be > 0)");
   if (m.kv_block <= 0) return fail(Errc::out_of_range, "mask.kv_block is " + str(m.kv_block) + " (must be > 0)");
+  SINKATTN_TRY(check_bound("mask.q_block", m.q_block));
+  SINKATTN_TRY(check_bound("mask.kv_block", m.kv_block));
   const index_t nqb = (p.seq_q + m.q_block - 1) / m.q_block;
   const index_t nkb = (p.seq_kv + m.kv_block - 1) / m.kv_block;
   const index_t rows = p.batch * p.heads_q * nqb;
@@ -203,6 +261,9 @@ inline Status check_rope(const Problem& p, const RopeOnLoad& r) {
   if (r.query_position < -1) return fail(Errc::out_of_range, "rope.query_position is " + str(r.query_position));
   if (r.sink_keys < 0) return fail(Errc::out_of_range, "rope.sink_keys is " + str(r.sink_keys));
   if (r.sink_query_max < -1) return fail(Errc::out_of_range, "rope.sink_query_max is " + str(r.sink_query_max));
+  SINKATTN_TRY(check_bound("rope.query_position", r.query_position));
+  SINKATTN_TRY(check_bound("rope.sink_keys", r.sink_keys));
+  SINKATTN_TRY(check_bound("rope.sink_query_max", r.sink_query_max));
   const index_t q0 = r.query_position < 0 ? p.seq_kv - p.seq_q : r.query_position;
   const index_t need = std::max(p.seq_kv, q0 + p.seq_q);
   if (need > r.table->positions())
@@ -238,6 +299,32 @@ inline Status check_act(const Problem& p, const ActCalibration& act) {
     if (seen[static_cast<size_t>(j)]) return fail(Errc::invalid_argument, "act.keys holds key " + str(j) + " twice");
     seen[static_cast<size_t>(j)] = 1;
   }
+  return {};
+}
+
+// f(name, bytes) for each input the options hand the call besides Q, K and V (bias, gate,
+// normalization tensors and per-head arrays): an output that overlaps one would overwrite
+// what a later row reads.
+template <class F>
+Status for_each_option_input(const Problem& p, const Options& opt, F&& f) {
+  const auto per_head = [&](const float* x) {  // one float per query head
+    ByteRange r;
+    if (x != nullptr && p.heads_q > 0) {
+      r.lo = reinterpret_cast<const unsigned char*>(x);
+      r.hi = r.lo + p.heads_q * static_cast<index_t>(sizeof(float));
+    }
+    return r;
+  };
+  SINKATTN_TRY(f("score.bias", byte_range(opt.score.bias)));
+  SINKATTN_TRY(f("score.alibi_slopes", per_head(opt.score.alibi_slopes)));
+  if (const auto* n = std::get_if<SinkSoftmax>(&opt.norm)) SINKATTN_TRY(f("norm.sinks", per_head(n->sinks)));
+  if (const auto* n = std::get_if<Sigmoid>(&opt.norm)) SINKATTN_TRY(f("norm.head_bias", per_head(n->head_bias)));
+  if (const auto* n = std::get_if<ScalableSoftmax>(&opt.norm)) SINKATTN_TRY(f("norm.s", per_head(n->s)));
+  if (const auto* n = std::get_if<AffineScaled>(&opt.norm)) {
+    SINKATTN_TRY(f("norm.alpha", byte_range(n->alpha)));
+    SINKATTN_TRY(f("norm.beta", byte_range(n->beta)));
+  }
+  if (const auto* g = std::get_if<SigmoidGate>(&opt.gate)) SINKATTN_TRY(f("gate.g", byte_range(g->g)));
   return {};
 }
 
@@ -283,6 +370,9 @@ Status check_segments(const Problem& p, const KvSegment* segments, index_t count
       SINKATTN_TRY(check_view((name + ".v").c_str(), sg.v, {p.batch, n, p.heads_kv, p.dim_v}, kBSHD));
       SINKATTN_TRY(no_alias((name + ".v").c_str(), sg.v));
     }
+    if (n > p.seq_kv - starts[s])  // (before the sum, which could wrap around)
+      return fail(Errc::shape_mismatch,
+                  "segments: hold more than problem.seq_kv (" + str(p.seq_kv) + ") rows, " + name + " included");
     starts[s + 1] = starts[s] + n;
   }
   if (starts[count] != p.seq_kv)
@@ -319,8 +409,12 @@ inline Status validate(const Problem& p, const TensorView<const float>& q, const
   }
 
   SINKATTN_TRY(check_options(p, opt));
-  if (const auto* g = std::get_if<SigmoidGate>(&opt.gate)) SINKATTN_TRY(check_no_alias("o", o, "gate.g", g->g));
-  return {};
+  return for_each_option_input(p, opt, [&](const char* name, ByteRange in) -> Status {
+    if (overlaps(byte_range(o), in)) return fail(Errc::aliasing, std::string("o overlaps input ") + name);
+    if (want_lse && overlaps(byte_range(opt.lse), in))
+      return fail(Errc::aliasing, std::string("lse overlaps input ") + name);
+    return {};
+  });
 }
 
 }  // namespace sinkattn
