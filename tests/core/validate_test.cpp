@@ -487,7 +487,6 @@ TEST(Validate, BlockSparseArgs) {
   EXPECT_FAILS(c, Errc::null_data, "mask.offsets");
 }
 
-// ---- Normalizations and scores -------------------------------------------------------------
 // Sizes, positions, offsets and windows beyond 2^40 (kMaxIndex): INT64_MAX passed to mean
 // "unbounded" once wrapped around in the kernels' sums (a window of every key came out as
 // none) and in the checks themselves (dilation * kernel, the grid's product, q_block's count).
@@ -579,6 +578,7 @@ TEST(Validate, ValuesBeyondTheIndexLimitNameTheArgument) {
   }
 }
 
+// ---- Normalizations and scores -------------------------------------------------------------
 TEST(Validate, LseWithSigmoidOrSoftpickIsRefused) {
   Call c(base());
   c.opt.norm = sinkattn::Sigmoid{};
