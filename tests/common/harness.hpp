@@ -142,6 +142,24 @@ inline Data make_data(const Problem& p, Layout layout = Layout::BSHD, std::uint6
   return d;
 }
 
+// d with K and V re-laid as every other float of the head dim: a head-dim stride of 2, which
+// the kernels cannot read in place (they read rows of unit stride). The copies live here.
+struct StridedHeadDim {
+  std::vector<float> k, v;
+  Data data;
+  explicit StridedHeadDim(const Data& d) : k(d.kbuf.size() * 2), v(d.vbuf.size() * 2), data(d) {
+    for (std::size_t x = 0; x < d.kbuf.size(); ++x) k[2 * x] = d.kbuf[x], v[2 * x] = d.vbuf[x];
+    const auto view = [](const std::vector<float>& buf, const TensorView<const float>& like) {
+      return TensorView<const float>(buf.data(), like.shape,
+                                     {2 * like.stride[0], 2 * like.stride[1], 2 * like.stride[2], 2});
+    };
+    data.k = view(k, d.k);
+    data.v = view(v, d.v);
+  }
+  StridedHeadDim(const StridedHeadDim&) = delete;
+  StridedHeadDim& operator=(const StridedHeadDim&) = delete;
+};
+
 // The same logical Q, K, V stored in another layout.
 inline Data relayout(const Data& src, Layout layout) {
   const Problem& p = src.p;

@@ -468,24 +468,6 @@ TEST(NeighborhoodTiledKernel, BothTaskOrdersAgreeWithTheReference) {
   }
 }
 
-// d with K and V re-laid as every other float of the head dim: a head-dim stride of 2, which
-// the kernels cannot read in place (they read rows of unit stride). The copies live here.
-struct StridedHeadDim {
-  std::vector<float> k, v;
-  test::Data data;
-  explicit StridedHeadDim(const test::Data& d) : k(d.kbuf.size() * 2), v(d.vbuf.size() * 2), data(d) {
-    for (std::size_t x = 0; x < d.kbuf.size(); ++x) k[2 * x] = d.kbuf[x], v[2 * x] = d.vbuf[x];
-    const auto view = [](const std::vector<float>& buf, const TensorView<const float>& like) {
-      return TensorView<const float>(buf.data(), like.shape,
-                                     {2 * like.stride[0], 2 * like.stride[1], 2 * like.stride[2], 2});
-    };
-    data.k = view(k, d.k);
-    data.v = view(v, d.v);
-  }
-  StridedHeadDim(const StridedHeadDim&) = delete;
-  StridedHeadDim& operator=(const StridedHeadDim&) = delete;
-};
-
 // K and V are read at the caller's rows (KernelArgs::kv_rows: K in place, V through row
 // pointers or copied per block) instead of from gathered copies: where P.V reads V rows in
 // place (detail::kVRowsInPlace, AVX-512) for every mask here (rows at most 576 bytes apart; the
@@ -537,7 +519,7 @@ TEST(NeighborhoodTiledKernel, BlockedNeighborhoodsReadKeysAtTheCallersRows) {
   if (kTilesOf64) {
     ASSERT_TRUE(in_place(data, m));
   }
-  const StridedHeadDim strided(data);
+  const test::StridedHeadDim strided(data);
   EXPECT_FALSE(in_place(strided.data, m));
   Options opt;
   opt.mask = m;
@@ -573,7 +555,7 @@ TEST(NeighborhoodTiledKernel, SharedKeysAreGatheredFromWideTokenRows) {
     };
     const NoCopies none;
     EXPECT_TRUE(run_and_compare(data, opt)) << "no memory: in place";
-    const StridedHeadDim strided(data);
+    const test::StridedHeadDim strided(data);
     EXPECT_TRUE(run_and_compare(strided.data, opt)) << "no memory, strided head dim: the flat tiles";
   }
 }
