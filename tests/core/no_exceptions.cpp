@@ -16,6 +16,10 @@
 
 static_assert(SINKATTN_HAS_EXCEPTIONS == 0, "sinkattn did not detect -fno-exceptions");
 
+// Under AddressSanitizer a request beyond its largest allocation must return null (as the
+// plain allocator's does), not end the process: the test above makes one on purpose.
+extern "C" const char* __asan_default_options() { return "allocator_may_return_null=1"; }
+
 namespace {
 
 int failures = 0;
@@ -60,6 +64,22 @@ int main() {
   int status = 0;
   expect(pid > 0 && waitpid(pid, &status, 0) == pid, "fork/waitpid");
   expect(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT, "check() of a bad Status aborts");
+
+  // Scratch memory the allocator cannot give is an error too, not an abort: a head dim of
+  // 2^40 (Q and K one float each, broadcast by zero strides) needs 2^49 bytes of tiles per
+  // task, beyond any address space, so no overcommit setting lets the request succeed.
+  {
+    const index_t D = index_t{1} << 40;
+    const sinkattn::Problem hp{1, 1, 1, 65, 1, D, 8};
+    const float one = 0.5f;
+    const sinkattn::TensorView<const float> qz(&one, {1, 65, 1, D}, {0, 0, 0, 0}), kz(&one, {1, 1, 1, D}, {0, 0, 0, 0});
+    std::vector<float> o2(65 * 8);
+    const sinkattn::Status oom =
+        sinkattn::forward(hp, qz, kz, sinkattn::TensorView<const float>::bshd(v.data(), 1, 1, 1, 8),
+                          sinkattn::TensorView<float>::bshd(o2.data(), 1, 65, 1, 8));
+    expect(oom.code() == sinkattn::Errc::out_of_memory, "an impossible workspace is reported as out of memory");
+    expect(oom.message().find("workspace") != std::string::npos, "the message names the workspace");
+  }
 
   if (failures == 0) std::printf("no_exceptions: OK\n");
   return failures == 0 ? 0 : 1;

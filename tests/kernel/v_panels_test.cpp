@@ -51,8 +51,7 @@ Status call(const test::Data& d, const test::Out& out, const Options& opt, const
                           policy::OptionalSigmoidGate>;
         detail::KernelArgs a = pa;
         a.heads_inner = false;
-        detail::run<V>(a, mask, ex);
-        return Status{};
+        return detail::run<V>(a, mask, ex);
       });
 }
 

@@ -33,7 +33,6 @@
 #include <cmath>
 #include <cstring>
 #include <string>
-#include <vector>
 
 #include "sinkattn/core/executor.hpp"
 #include "sinkattn/core/kv_segments.hpp"
@@ -42,7 +41,9 @@
 #include "sinkattn/core/status.hpp"
 #include "sinkattn/core/tensor_view.hpp"
 #include "sinkattn/core/types.hpp"
+#include "sinkattn/core/validate.hpp"
 #include "sinkattn/kernel/forward.hpp"
+#include "sinkattn/kernel/workspace.hpp"
 
 namespace sinkattn {
 
@@ -76,20 +77,40 @@ class StreamingCache {
     if (cfg.dim_v < 1) return bad("dim_v", cfg.dim_v, " (must be >= 1)");
     if (cfg.sink_tokens < 0) return bad("sink_tokens", cfg.sink_tokens, " (must be >= 0)");
     if (cfg.window < 1) return bad("window", cfg.window, " (must be >= 1: a token always sees itself)");
-    StreamingCache c;
-    c.cfg_ = cfg;
-    c.cap_ = cfg.sink_tokens + cfg.window;
-    c.k_.assign(static_cast<std::size_t>(cfg.batch * c.cap_ * cfg.heads_kv * cfg.dim_qk), 0.f);
-    c.v_.assign(static_cast<std::size_t>(cfg.batch * c.cap_ * cfg.heads_kv * cfg.dim_v), 0.f);
+    const char* names[] = {"batch", "heads_kv", "dim_qk", "dim_v", "sink_tokens", "window"};
+    const index_t vals[] = {cfg.batch, cfg.heads_kv, cfg.dim_qk, cfg.dim_v, cfg.sink_tokens, cfg.window};
+    for (int f = 0; f < 6; ++f) SINKATTN_TRY(detail::check_bound(std::string("config.") + names[f], vals[f]));
+    Rope r = cfg.rope;
+    r.dim = cfg.dim_qk;
     if (cfg.positions == Config::Positions::cache_index) {
-      Rope r = cfg.rope;
-      r.dim = cfg.dim_qk;
       if (r.rotary_dim < 0 || r.rot() % 2 != 0 || r.rot() > r.dim)
         return bad("rope.rotary_dim", r.rot(), " (must be even and <= dim_qk)");
       if (!(r.theta > 0.f) || !std::isfinite(r.theta))
         return Status(Errc::out_of_range, "config.rope.theta must be finite and > 0");
-      c.rope_ = RopeTable(r, c.cap_ + 1);
     }
+    StreamingCache c;
+    c.cfg_ = cfg;
+    if (cfg.positions == Config::Positions::cache_index) c.rope_ = RopeTable(r);
+    c.cap_ = cfg.sink_tokens + cfg.window;
+    // K/V storage: sizes checked by division (no product may wrap), memory that may not be had
+    // an error rather than an exception or an abort.
+    const index_t dim = std::max(cfg.dim_qk, cfg.dim_v);
+    if (!detail::product_within(cfg.batch, c.cap_, detail::kMaxElements) ||
+        !detail::product_within(cfg.batch * c.cap_, cfg.heads_kv, detail::kMaxElements) ||
+        !detail::product_within(cfg.batch * c.cap_ * cfg.heads_kv, dim, detail::kMaxElements))
+      return Status(Errc::out_of_range, "config: batch * (sink_tokens + window) * heads_kv * dim exceeds 2^60 floats");
+    const index_t rows = cfg.batch * c.cap_;
+    c.k_floats_ = rows * cfg.heads_kv * cfg.dim_qk;
+    c.v_floats_ = rows * cfg.heads_kv * cfg.dim_v;
+    c.k_.reset(detail::alloc_floats(static_cast<std::size_t>(c.k_floats_)));
+    c.v_.reset(detail::alloc_floats(static_cast<std::size_t>(c.v_floats_)));
+    if (c.k_ == nullptr || c.v_ == nullptr)
+      return detail::no_memory_status(static_cast<std::size_t>(c.k_floats_ + c.v_floats_), "cache (K/V storage)");
+    std::fill(c.k_.get(), c.k_.get() + c.k_floats_, 0.f);
+    std::fill(c.v_.get(), c.v_.get() + c.v_floats_, 0.f);
+    if (cfg.positions == Config::Positions::cache_index && !c.rope_.try_reserve(c.cap_ + 1))
+      return detail::no_memory_status(static_cast<std::size_t>((c.cap_ + 1) * c.rope_.config().rot()),
+                                      "cache (RoPE table)");
     *out = std::move(c);
     return {};
   }
@@ -100,7 +121,7 @@ class StreamingCache {
   // Tokens held: min(L, sink_tokens + window).
   index_t size() const { return sinks_held() + ring_held(); }
   // Bytes of K/V storage (fixed at creation: the cache never grows).
-  std::size_t bytes() const { return (k_.size() + v_.size()) * sizeof(float); }
+  std::size_t bytes() const { return static_cast<std::size_t>(k_floats_ + v_floats_) * sizeof(float); }
 
   // The kept keys in position order as up to three segments; returns how many.
   index_t segments(KvSegment out[3]) const {
@@ -141,7 +162,9 @@ class StreamingCache {
     const Problem p{cfg_.batch, q.shape[2], cfg_.heads_kv, c, kept + c, cfg_.dim_qk, cfg_.dim_v};
     opt.mask = SlidingWindowMask{cfg_.window - 1, 0, cfg_.sink_tokens};
     if (cfg_.positions == Config::Positions::cache_index) {
-      rope_.reserve(kept + c + 1);
+      if (!rope_.try_reserve(kept + c + 1))
+        return detail::no_memory_status(static_cast<std::size_t>((kept + c + 1) * rope_.config().rot()),
+                                        "cache (RoPE table)");
       // Keys at their index among the kept keys + the chunk, query i at kept + i; the sinks
       // are seen from min(that, capacity - 1): the position query t has in its own cache.
       // (Keys j < sink_tokens are sinks in both frames: when fewer are held, the chunk's first
@@ -169,8 +192,8 @@ class StreamingCache {
   // Storage rows [r0, r0 + n) as a segment (views of [B, n, Hkv, D] inside [B, cap, Hkv, D]).
   KvSegment rows(index_t r0, index_t n) const {
     const index_t H = cfg_.heads_kv, dk = cfg_.dim_qk, dv = cfg_.dim_v;
-    return {TensorView<const float>(k_.data() + r0 * H * dk, {cfg_.batch, n, H, dk}, {cap_ * H * dk, H * dk, dk, 1}),
-            TensorView<const float>(v_.data() + r0 * H * dv, {cfg_.batch, n, H, dv}, {cap_ * H * dv, H * dv, dv, 1})};
+    return {TensorView<const float>(k_.get() + r0 * H * dk, {cfg_.batch, n, H, dk}, {cap_ * H * dk, H * dk, dk, 1}),
+            TensorView<const float>(v_.get() + r0 * H * dv, {cfg_.batch, n, H, dv}, {cap_ * H * dv, H * dv, dv, 1})};
   }
 
   Status check_chunk(const TensorView<const float>& k, const TensorView<const float>& v) const {
@@ -190,8 +213,8 @@ class StreamingCache {
       const index_t row = t < s ? t : s + (t - s) % w;
       for (index_t b = 0; b < cfg_.batch; ++b)
         for (index_t g = 0; g < H; ++g) {
-          float* kd = k_.data() + ((b * cap_ + row) * H + g) * cfg_.dim_qk;
-          float* vd = v_.data() + ((b * cap_ + row) * H + g) * cfg_.dim_v;
+          float* kd = k_.get() + ((b * cap_ + row) * H + g) * cfg_.dim_qk;
+          float* vd = v_.get() + ((b * cap_ + row) * H + g) * cfg_.dim_v;
           for (index_t x = 0; x < cfg_.dim_qk; ++x) kd[x] = k(b, i, g, x);
           for (index_t x = 0; x < cfg_.dim_v; ++x) vd[x] = v(b, i, g, x);
         }
@@ -203,7 +226,8 @@ class StreamingCache {
   Config cfg_;
   index_t cap_ = 0;
   index_t seen_ = 0;
-  std::vector<float> k_, v_;
+  index_t k_floats_ = 0, v_floats_ = 0;
+  detail::FloatBuffer k_, v_;  // [B, cap, Hkv, Dqk], [B, cap, Hkv, Dv]
   RopeTable rope_;
 };
 

@@ -15,9 +15,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
+#include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "sinkattn/core/memory.hpp"
 #include "sinkattn/core/status.hpp"
 #include "sinkattn/core/tensor_view.hpp"
 #include "sinkattn/core/types.hpp"
@@ -39,17 +43,49 @@ class RopeTable {
  public:
   RopeTable() = default;
   explicit RopeTable(const Rope& cfg, index_t positions = 0) : cfg_(cfg) { reserve(positions); }
+  RopeTable(const RopeTable& o) : cfg_(o.cfg_) {
+    if (o.cs_ == nullptr) {
+      positions_ = o.positions_;
+      return;
+    }
+    const index_t floats = o.positions_ * 2 * (cfg_.rot() / 2);
+    cs_.reset(detail::alloc_floats(static_cast<std::size_t>(floats)));
+    if (cs_ == nullptr) check(Status(Errc::out_of_memory, "RopeTable: no memory for a copy"));
+    std::copy(o.cs_.get(), o.cs_.get() + floats, cs_.get());
+    positions_ = capacity_ = o.positions_;
+  }
+  RopeTable(RopeTable&&) noexcept = default;
+  RopeTable& operator=(RopeTable o) noexcept {
+    std::swap(cfg_, o.cfg_);
+    std::swap(positions_, o.positions_);
+    std::swap(capacity_, o.capacity_);
+    std::swap(cs_, o.cs_);
+    return *this;
+  }
 
-  // Makes positions [0, n) available (grows only; the existing rows are kept).
-  void reserve(index_t n) {
+  // Makes positions [0, n) available (grows only; the existing rows are kept). false: no
+  // memory for them, the table unchanged (never throws).
+  bool try_reserve(index_t n) noexcept {
     const index_t half = cfg_.rot() / 2;
     if (n <= positions_ || half <= 0) {
       if (half <= 0) positions_ = std::max(positions_, n);
-      return;
+      return true;
     }
-    cs_.resize(static_cast<std::size_t>(n * 2 * half));
+    if (n > capacity_) {
+      // Geometric growth: a cache reserving a few more positions per step copies O(n) rows
+      // in all, not O(n) per step.
+      const auto most = static_cast<index_t>(std::numeric_limits<std::size_t>::max() / sizeof(float) / 2 /
+                                             static_cast<std::size_t>(half));
+      if (n > most) return false;
+      const index_t cap = std::max(n, std::min(most, 2 * capacity_));
+      detail::FloatBuffer grown(detail::alloc_floats(static_cast<std::size_t>(cap * 2 * half)));
+      if (grown == nullptr) return false;
+      if (cs_ != nullptr) std::copy(cs_.get(), cs_.get() + positions_ * 2 * half, grown.get());
+      cs_ = std::move(grown);
+      capacity_ = cap;
+    }
     for (index_t p = positions_; p < n; ++p) {
-      float* row = cs_.data() + p * 2 * half;
+      float* row = cs_.get() + p * 2 * half;
       for (index_t i = 0; i < half; ++i) {
         const double inv_freq = std::pow(static_cast<double>(cfg_.theta), -2.0 * static_cast<double>(i) / (2.0 * half));
         const double a = static_cast<double>(p) * inv_freq;
@@ -58,17 +94,24 @@ class RopeTable {
       }
     }
     positions_ = n;
+    return true;
+  }
+  // The same; no memory is an error (check(): an exception, or an abort without them).
+  void reserve(index_t n) {
+    if (!try_reserve(n))
+      check(Status(Errc::out_of_memory, "RopeTable: no memory for " + std::to_string(n) + " positions"));
   }
 
   const Rope& config() const { return cfg_; }
   index_t positions() const { return positions_; }
   // The cos/sin row of position p (p < positions()); null when nothing is rotated.
-  const float* row(index_t p) const { return cs_.empty() ? nullptr : cs_.data() + p * cfg_.rot(); }
+  const float* row(index_t p) const { return cs_ == nullptr ? nullptr : cs_.get() + p * cfg_.rot(); }
 
  private:
   Rope cfg_;
   index_t positions_ = 0;
-  std::vector<float> cs_;
+  index_t capacity_ = 0;    // rows allocated
+  detail::FloatBuffer cs_;  // (capacity_, rot): rows past positions_ unset
 };
 
 namespace detail {

@@ -26,6 +26,7 @@ enum class Errc {
   out_of_range,         // a window, kernel, block, offset... outside its legal range
   invalid_argument,     // anything else the caller got wrong
   unsupported,          // legal, but not implemented by this entry point
+  out_of_memory,        // scratch memory the call needs could not be had (outputs then unspecified)
 };
 
 inline const char* to_string(Errc e) {
@@ -48,6 +49,8 @@ inline const char* to_string(Errc e) {
       return "invalid argument";
     case Errc::unsupported:
       return "unsupported";
+    case Errc::out_of_memory:
+      return "out of memory";
   }
   return "unknown";
 }

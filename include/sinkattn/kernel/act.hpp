@@ -132,23 +132,29 @@ inline Status forward_act_impl(const Problem& p, const TensorView<const float>& 
   index_t ext[3] = {1, 1, 1};  // the caller's bias's varying extents over (b, h, i)
   if (has_bias)
     for (int d = 0; d < 3; ++d) ext[d] = user.stride[d] == 0 ? 1 : user.shape[d];
-  std::vector<float> step1_bias(static_cast<std::size_t>(ext[0] * ext[1] * ext[2] * Skv), 0.f);
+  const auto bias_floats = static_cast<std::size_t>(ext[0] * ext[1] * ext[2] * Skv);
+  const FloatBuffer step1_bias(alloc_floats(bias_floats));
+  if (step1_bias == nullptr) return no_memory_status(bias_floats, "forward_act (the step-1 bias)");
   for (index_t b = 0; b < ext[0]; ++b)
     for (index_t h = 0; h < ext[1]; ++h)
       for (index_t i = 0; i < ext[2]; ++i) {
-        float* row = step1_bias.data() + ((b * ext[1] + h) * ext[2] + i) * Skv;
+        float* row = step1_bias.get() + ((b * ext[1] + h) * ext[2] + i) * Skv;
         if (has_bias)
           for (index_t j = 0; j < Skv; ++j) row[j] = user(b, h, i, j);
+        else
+          std::fill(row, row + Skv, 0.f);
         for (index_t s = 0; s < act.count; ++s) row[act.keys[s]] = -std::numeric_limits<float>::infinity();
       }
   const auto stride_of = [&](int d, index_t st) { return ext[d] == 1 ? index_t{0} : st; };
-  std::vector<float> lse(static_cast<std::size_t>(B * Hq * Sq));
+  const auto lse_floats = static_cast<std::size_t>(B * Hq * Sq);
+  const FloatBuffer lse(alloc_floats(lse_floats));
+  if (lse == nullptr) return no_memory_status(lse_floats, "forward_act (the step-1 LSE)");
   Options hidden = opt;
   hidden.norm = Softmax{};
   hidden.gate = NoGate{};
-  hidden.lse = TensorView<float>::lse(lse.data(), B, Hq, Sq);
+  hidden.lse = TensorView<float>::lse(lse.get(), B, Hq, Sq);
   hidden.score.bias =
-      TensorView<const float>(step1_bias.data(), {B, Hq, Sq, Skv},
+      TensorView<const float>(step1_bias.get(), {B, Hq, Sq, Skv},
                               {stride_of(0, ext[1] * ext[2] * Skv), stride_of(1, ext[2] * Skv), stride_of(2, Skv), 1});
   SINKATTN_TRY(segmented ? forward(p, q, segments, count, o, hidden, ex) : forward(p, q, k, v, o, hidden, ex));
   if (B == 0 || Hq == 0 || Sq == 0) return {};
@@ -188,7 +194,7 @@ inline Status forward_act_impl(const Problem& p, const TensorView<const float>& 
             rope_row(q_sink, qi, a.q.stride[3], p.dim_qk, a.rope->config(),
                      a.rope->row(std::min(pos, a.rope_sink_qmax)));
         }
-        act_row(a, mask, act, b, h, i, double(lse[static_cast<std::size_t>((b * Hq + h) * Sq + i)]), os.data(), rope);
+        act_row(a, mask, act, b, h, i, double(lse.get()[(b * Hq + h) * Sq + i]), os.data(), rope);
         if (gate == nullptr) continue;
         const bool headwise = gate->g.shape[3] == 1;
         for (index_t d = 0; d < p.dim_v; ++d) {

@@ -10,6 +10,7 @@
 #include "sinkattn/core/rope.hpp"
 #include "sinkattn/core/tensor_view.hpp"
 #include "sinkattn/core/types.hpp"
+#include "sinkattn/kernel/workspace.hpp"
 
 namespace sinkattn::detail {
 
@@ -105,6 +106,9 @@ struct KernelArgs {
   // Non-zero: the generation under which tasks keep the V panels they copy (kernel/v_panels.hpp)
   // for the next tasks on their thread, set by run() where tiles revisit key blocks.
   std::uint64_t v_panels = 0;
+  // Where tasks note scratch they could not get (kernel/workspace.hpp), set by run(); the
+  // call then returns Errc::out_of_memory.
+  NoMemory* no_memory = nullptr;
 
   // The caller's row of query slot i (< 0: padding).
   index_t q_row(index_t i) const { return q_rows ? q_rows[i] : i; }

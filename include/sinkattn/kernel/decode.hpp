@@ -101,8 +101,11 @@ void decode_task(const KernelArgs& a, const typename V::Mask& mask, index_t b, i
   constexpr index_t ld_s = kDecodeBlock;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-  float* qpad = ws.floats(static_cast<std::size_t>(2 * HR * dqk_pad + HR * ld_s + HR * dv_pad +
-                                                   tile::kWidth * (dqk_pad + dv_pad)));  // (HR, Dqk_pad)
+  // No memory: the task ends at once and the call reports it (NoMemory).
+  const auto ws_floats =
+      static_cast<std::size_t>(2 * HR * dqk_pad + HR * ld_s + HR * dv_pad + tile::kWidth * (dqk_pad + dv_pad));
+  float* qpad = ws.try_floats(ws_floats);  // (HR, Dqk_pad)
+  if (qpad == nullptr) return a.no_memory->note(ws_floats, "workspace (a decode task's tiles)");
   float* qpad_sink = qpad + HR * dqk_pad;         // (HR, Dqk_pad) RoPE on load: as the sink keys see it
   float* s = qpad_sink + HR * dqk_pad;            // (HR, kDecodeBlock) scores, keys on lanes
   float* acc = s + HR * ld_s;                     // (HR, Dv_pad)
@@ -131,7 +134,12 @@ void decode_task(const KernelArgs& a, const typename V::Mask& mask, index_t b, i
   typename Norm::RowState state[kDecodeMaxRows * kDecodeMaxHeads];
   for (index_t r = 0; r < HR; ++r) state[r] = Norm::init_row(a, mask, b, g0 * G + r / Sq, r % Sq);
   [[maybe_unused]] policy::VSums vsums;  // affine-scaled: running sums of the visible V rows, per head
-  if constexpr (Norm::kSumsV) vsums = policy::VSums::make(R, dv_pad, kDecodeBlock, ng);
+  if constexpr (Norm::kSumsV) {
+    vsums = policy::VSums::make(R, dv_pad, kDecodeBlock, ng);
+    if (!vsums.ok())
+      return a.no_memory->note(static_cast<std::size_t>(policy::VSums::floats(R, dv_pad, kDecodeBlock, ng)),
+                               "workspace (a decode task's V sums)");
+  }
 
   const index_t lo = std::max(k_lo, mask.kv_begin(0, Sq)), hi = std::min(k_hi, mask.kv_end(0, Sq));
 
@@ -281,7 +289,9 @@ void run_decode(const KernelArgs& a, const typename V::Mask& mask, const Executo
   const index_t tasks = p.batch * chunks * splits;
   // Partials of every split, then one merged row and its V sum (aligned: the epilogue loads
   // them by vectors).
-  float* parts = partials_workspace().floats(static_cast<std::size_t>(tasks * task_floats + 2 * dv_pad + tile::kWidth));
+  const auto parts_floats = static_cast<std::size_t>(tasks * task_floats + 2 * dv_pad + tile::kWidth);
+  float* parts = partials_workspace().try_floats(parts_floats);
+  if (parts == nullptr) return a.no_memory->note(parts_floats, "workspace (the decode splits' partial rows)");
   float* out = parts + tile::round_up(tasks * task_floats, tile::kWidth);
   [[maybe_unused]] float* vsum = out + dv_pad;
 
@@ -291,6 +301,7 @@ void run_decode(const KernelArgs& a, const typename V::Mask& mask, const Executo
     const index_t g0 = c * hpt, ng = std::min(hpt, p.heads_kv - g0);
     decode_task<V>(a, mask, b, g0, ng, k_lo, k_hi, parts + t * task_floats, thread_workspace());
   });
+  if (a.no_memory->any()) return;  // (some partials unwritten)
 
   // Merge the splits of each row in split order, then sink, normalisation and epilogue once.
   for (index_t b = 0; b < p.batch; ++b)

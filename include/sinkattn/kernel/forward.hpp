@@ -108,9 +108,9 @@ void run_tasks(const KernelArgs& a, const typename V::Mask& mask, const Executor
   });
 }
 
-// Runs one specialisation over the whole problem; arguments already validated.
+// run() below, with a.no_memory set.
 template <class V>
-void run(const KernelArgs& a, const typename V::Mask& mask, const Executor& ex) {
+void run_loops(const KernelArgs& a, const typename V::Mask& mask, const Executor& ex) {
   const Problem& p = a.p;
   if (p.batch == 0 || p.heads_q == 0 || p.seq_q == 0) return;
   // Split-KV decode runs the rows of several heads together under one mask; head-dependent
@@ -152,6 +152,17 @@ void run(const KernelArgs& a, const typename V::Mask& mask, const Executor& ex) 
   tasks(av, 0, p.batch * p.heads_q * nqb);
 }
 
+// Runs one specialisation over the whole problem; arguments already validated. Fails only
+// for want of scratch memory (Errc::out_of_memory, the output then unspecified).
+template <class V>
+Status run(const KernelArgs& a, const typename V::Mask& mask, const Executor& ex) {
+  NoMemory no_memory;
+  KernelArgs am = a;
+  am.no_memory = &no_memory;
+  run_loops<V>(am, mask, ex);
+  return no_memory.status();
+}
+
 // Runtime options -> one specialisation per (mask, normalization). The score modifiers
 // (softcap, bias, ALiBi: policy::RuntimeScore, a branch per tile), the sink of SinkSoftmax and
 // the output gate (policy::OptionalSigmoidGate, a branch per output row) are runtime branches
@@ -165,20 +176,19 @@ Status dispatch_norm(const KernelArgs& a, const Options& opt, const Mask& mask, 
       [&](const auto& n) -> Status {
         using N = std::decay_t<decltype(n)>;
         if constexpr (std::is_same_v<N, Softmax>)
-          run<Variant<S, Mask, policy::OnlineSoftmax, policy::NoSink, G>>(a, mask, ex);
+          return run<Variant<S, Mask, policy::OnlineSoftmax, policy::NoSink, G>>(a, mask, ex);
         else if constexpr (std::is_same_v<N, SinkSoftmax>)
-          run<Variant<S, Mask, policy::OnlineSoftmax, policy::LearnedSinkLogit, G>>(a, mask, ex);
+          return run<Variant<S, Mask, policy::OnlineSoftmax, policy::LearnedSinkLogit, G>>(a, mask, ex);
         else if constexpr (std::is_same_v<N, Sigmoid>)
-          run<Variant<S, Mask, policy::SigmoidNorm, policy::NoSink, G>>(a, mask, ex);
+          return run<Variant<S, Mask, policy::SigmoidNorm, policy::NoSink, G>>(a, mask, ex);
         else if constexpr (std::is_same_v<N, Softpick>)
-          run<Variant<S, Mask, policy::SoftpickNorm, policy::NoSink, G>>(a, mask, ex);
+          return run<Variant<S, Mask, policy::SoftpickNorm, policy::NoSink, G>>(a, mask, ex);
         else if constexpr (std::is_same_v<N, ScalableSoftmax>)
-          run<Variant<S, Mask, policy::ScalableSoftmaxNorm, policy::NoSink, G>>(a, mask, ex);
+          return run<Variant<S, Mask, policy::ScalableSoftmaxNorm, policy::NoSink, G>>(a, mask, ex);
         else if constexpr (std::is_same_v<N, AffineScaled>)
-          run<Variant<S, Mask, policy::AffineScaledNorm, policy::NoSink, G>>(a, mask, ex);
+          return run<Variant<S, Mask, policy::AffineScaledNorm, policy::NoSink, G>>(a, mask, ex);
         else
           return Status(Errc::unsupported, "norm: this normalization is not in the fast path yet (use the reference)");
-        return {};
       },
       opt.norm);
 }
@@ -313,8 +323,7 @@ Status forward(const Problem& p, const TensorView<const float>& q, const TensorV
                const TensorView<const float>& v, const TensorView<float>& o, const typename V::Mask& mask,
                const Options& opt = {}, const Executor& ex = Executor::serial()) {
   SINKATTN_TRY(validate(p, q, k, v, o, opt));
-  detail::run<V>(detail::make_args(p, q, k, v, o, opt), mask, ex);
-  return {};
+  return detail::run<V>(detail::make_args(p, q, k, v, o, opt), mask, ex);
 }
 
 }  // namespace sinkattn

@@ -109,7 +109,7 @@ inline NaBuffers na_carve(const KernelArgs& a, const NaPlan& pl, float* base) {
 }
 
 inline NaBuffers na_buffers(const KernelArgs& a, const NaPlan& pl, Workspace& ws) {
-  return na_carve(a, pl, ws.floats(static_cast<std::size_t>(na_buffer_floats(a, pl))));
+  return na_carve(a, pl, ws.try_floats(static_cast<std::size_t>(na_buffer_floats(a, pl))));  // (k null: no memory)
 }
 
 // Bytes of copies a call may hold (a memory-bound caller may lower it; tests set 0 to take

@@ -175,12 +175,15 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
   const index_t dv_vecs = dv_pad / tile::kWidth;
   const index_t dqk_pad = tile::round_up(p.dim_qk, tile::kWidth);
 
-  float* qt = ws.floats(static_cast<std::size_t>(prefill_workspace_floats(p)));  // (Dqk, BQ)
-  float* qt_sink = qt + p.dim_qk * kBlockQ;                                      // (Dqk, BQ)
-  float* st = qt_sink + p.dim_qk * kBlockQ;                                      // (BKV, BQ)
-  float* acc = st + kBlockKV * kBlockQ;                                          // (BQ, Dv_pad)
-  float* vpack = acc + kBlockQ * dv_pad;                                         // (BKV, Dv_pad)
-  float* kpack = vpack + kBlockKV * dv_pad;                                      // (BKV, Dqk_pad)
+  // No memory: the task ends before writing anything and the call reports it (NoMemory).
+  const auto ws_floats = static_cast<std::size_t>(prefill_workspace_floats(p));
+  float* qt = ws.try_floats(ws_floats);  // (Dqk, BQ)
+  if (qt == nullptr) return a.no_memory->note(ws_floats, "workspace (a prefill task's tiles)");
+  float* qt_sink = qt + p.dim_qk * kBlockQ;  // (Dqk, BQ)
+  float* st = qt_sink + p.dim_qk * kBlockQ;  // (BKV, BQ)
+  float* acc = st + kBlockKV * kBlockQ;      // (BQ, Dv_pad)
+  float* vpack = acc + kBlockQ * dv_pad;     // (BKV, Dv_pad)
+  float* kpack = vpack + kBlockKV * dv_pad;  // (BKV, Dqk_pad)
 
   // The last key block writes its lanes' finished rows straight into the caller's O when the
   // epilogue is only O = acc * out_scale (no gate, no affine combine) and a register tile's
@@ -266,7 +269,12 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
   auto state = V::Norm::init(a, mask, b, h, i0, nq);
   tile::Lanes alpha;
   [[maybe_unused]] policy::VSums vsums;  // affine-scaled: running sums of the visible V rows
-  if constexpr (V::Norm::kSumsV) vsums = policy::VSums::make(nq, dv_pad, kBlockKV);
+  if constexpr (V::Norm::kSumsV) {
+    vsums = policy::VSums::make(nq, dv_pad, kBlockKV);
+    if (!vsums.ok())
+      return a.no_memory->note(static_cast<std::size_t>(policy::VSums::floats(nq, dv_pad, kBlockKV)),
+                               "workspace (a prefill task's V sums)");
+  }
   alignas(64) float alpha_rows[kBlockQ];
   // The next task's rows are asked for during this task's last key block: early enough to
   // arrive (a block computes for microseconds), late enough that this task's own K/V stream

@@ -98,10 +98,13 @@ void sink_mass_task(const KernelArgs& a, const Mask& mask_all, index_t b, index_
   // RoPE on load and KV segments load the head's K once, rotated, into krot (rotating per
   // query tile cost 1.21x the plain call; bench/RESULTS.md, run S).
   const bool whole_k = a.rope != nullptr || a.nseg > 0;
-  float* qt = ws.floats(static_cast<std::size_t>(sink_mass_workspace_floats(p, cache_blocks, whole_k)));  // (Dqk, BQ)
-  float* qt_sink = qt + p.dim_qk * kBlockQ;                                                               // (Dqk, BQ)
-  float* st = qt_sink + p.dim_qk * kBlockQ;                                                               // (BKV, BQ)
-  float* lane_f = st + kBlockKV * kBlockQ;                                                                // (BQ)
+  // No memory (*tot_out stays null): the task ends at once and the call reports it.
+  const auto ws_floats = static_cast<std::size_t>(sink_mass_workspace_floats(p, cache_blocks, whole_k));
+  float* qt = ws.try_floats(ws_floats);  // (Dqk, BQ)
+  if (qt == nullptr) return a.no_memory->note(ws_floats, "workspace (a sink_mass task's tiles and key rows)");
+  float* qt_sink = qt + p.dim_qk * kBlockQ;                 // (Dqk, BQ)
+  float* st = qt_sink + p.dim_qk * kBlockQ;                 // (BKV, BQ)
+  float* lane_f = st + kBlockKV * kBlockQ;                  // (BQ)
   float* kpack = lane_f + kBlockQ;                          // (BKV, Dqk_pad)
   float* cache = kpack + kBlockKV * dqk_pad;                // (blocks, BKV, BQ)
   float* krot = cache + cache_blocks * kBlockKV * kBlockQ;  // (Skv, Dqk_pad), whole_k
@@ -319,6 +322,8 @@ inline Status sink_mass_impl(const Problem& p, const TensorView<const float>& q,
     a.nseg = keys.count;
   }
   const index_t cache_blocks = mass_cache_blocks(p, cache_floats);
+  NoMemory no_memory;
+  a.no_memory = &no_memory;
   const auto run = [&](auto norm, const KernelArgs& pa, const auto& mask) {
     using Norm = decltype(norm);
     ex.run(B * Hq, [&](index_t task) {
@@ -329,6 +334,7 @@ inline Status sink_mass_impl(const Problem& p, const TensorView<const float>& q,
       blocks.reserve(static_cast<std::size_t>(Skv / kBlockKV + 4));
       sink_mass_task<Norm>(pa, mask, b, h, want_alpha, cache_blocks, thread_workspace(), blocks, block_max, &tot,
                            &late);
+      if (tot == nullptr) return;  // no memory (noted)
       for (index_t j = 0; j < Skv; ++j) {
         mass(b, h, j, 0) = tot[j];
         if (!want_alpha) continue;
@@ -353,7 +359,7 @@ inline Status sink_mass_impl(const Problem& p, const TensorView<const float>& q,
             run(policy::AffineScaledNorm{}, pa, mask);
           else
             return fail(Errc::unsupported, "norm: sink_mass has no fast path for this normalization yet");
-          return {};
+          return no_memory.status();
         },
         opt.norm);
   });

@@ -1,48 +1,63 @@
 #pragma once
 // Per-thread scratch memory, allocated on first use and reused by every later call on that
 // thread: the hot path never allocates once a thread has run one call of a given size.
+// Its allocations may fail (core/memory.hpp): tasks that find no memory note it in NoMemory.
 
 #include <cstddef>
-#include <cstdlib>
-#include <memory>
-#include <new>
+#include <mutex>
 
+#include "sinkattn/core/memory.hpp"
+#include "sinkattn/core/status.hpp"
 #include "sinkattn/tile/simd.hpp"
 
 namespace sinkattn::detail {
 
-// Frees floats from ::operator new(bytes, std::align_val_t(tile::kAlign)).
-struct AlignedFree {
-  void operator()(float* p) const { ::operator delete(p, std::align_val_t(tile::kAlign)); }
-};
+static_assert(kMemoryAlign % tile::kAlign == 0, "alloc_floats must align blocks for the widest vector");
 
 class Workspace {
  public:
-  // At least n floats, aligned to tile::kAlign. Contents are unspecified.
-  float* floats(std::size_t n) {
+  // At least n floats, aligned to kMemoryAlign, or null (the buffer unchanged) when the
+  // memory cannot be had. Contents are unspecified.
+  float* try_floats(std::size_t n) {
     if (n > capacity_) {
-      const std::size_t bytes = (n * sizeof(float) + tile::kAlign - 1) / tile::kAlign * tile::kAlign;
-      buf_.reset(static_cast<float*>(::operator new(bytes, std::align_val_t(tile::kAlign))));
-      capacity_ = bytes / sizeof(float);
+      std::size_t got = 0;
+      float* p = alloc_floats(n, &got);
+      if (p == nullptr) return nullptr;
+      buf_.reset(p);
+      capacity_ = got;
     }
     return buf_.get();
   }
   std::size_t capacity() const { return capacity_; }  // floats
-  // The same, or null (the buffer unchanged) when the memory cannot be had.
-  float* try_floats(std::size_t n) {
-    if (n > capacity_) {
-      const std::size_t bytes = (n * sizeof(float) + tile::kAlign - 1) / tile::kAlign * tile::kAlign;
-      float* p = static_cast<float*>(::operator new(bytes, std::align_val_t(tile::kAlign), std::nothrow));
-      if (p == nullptr) return nullptr;
-      buf_.reset(p);
-      capacity_ = bytes / sizeof(float);
-    }
-    return buf_.get();
+
+ private:
+  FloatBuffer buf_;
+  std::size_t capacity_ = 0;
+};
+
+// What scratch a call's tasks could not get. Tasks run on any thread and cannot return a
+// Status: a task that finds no memory notes its request here and ends early (its output rows
+// unwritten), and the call returns status() once every task is done.
+class NoMemory {
+ public:
+  // A request of n floats for `what` (a string literal naming the buffer) failed.
+  void note(std::size_t n, const char* what) {
+    const std::lock_guard<std::mutex> lock(mu_);  // (only ever taken on failure)
+    if (what_ == nullptr || n > floats_) floats_ = n, what_ = what;
+  }
+  bool any() const {
+    const std::lock_guard<std::mutex> lock(mu_);
+    return what_ != nullptr;
+  }
+  Status status() const {
+    const std::lock_guard<std::mutex> lock(mu_);
+    return what_ == nullptr ? Status{} : no_memory_status(floats_, what_);
   }
 
  private:
-  std::unique_ptr<float, AlignedFree> buf_;
-  std::size_t capacity_ = 0;
+  mutable std::mutex mu_;
+  std::size_t floats_ = 0;
+  const char* what_ = nullptr;
 };
 
 // The calling thread's workspace.
@@ -70,7 +85,7 @@ class ScratchLease {
       kept_ = &kept;
       return;
     }
-    own_.reset(static_cast<float*>(::operator new(n * sizeof(float), std::align_val_t(tile::kAlign), std::nothrow)));
+    own_.reset(alloc_floats(n));
     data_ = own_.get();
   }
   ~ScratchLease() {
@@ -82,7 +97,7 @@ class ScratchLease {
 
  private:
   KeptWorkspace* kept_ = nullptr;
-  std::unique_ptr<float, AlignedFree> own_;
+  FloatBuffer own_;
   float* data_ = nullptr;
 };
 

@@ -515,6 +515,11 @@ struct VSums {
     thread_local ::sinkattn::detail::Workspace ws;
     return ws;
   }
+  // Floats of workspace make() takes.
+  static index_t floats(index_t rows, index_t dv_pad, index_t max_keys, index_t heads = 1) {
+    return heads * (rows + 1) * dv_pad + (rows + 1) * tile::round_up(max_keys, tile::kWidth);
+  }
+  // ok() false: no memory.
   static VSums make(index_t rows, index_t dv_pad, index_t max_keys, index_t heads = 1) {
     VSums s;
     s.rows = rows;
@@ -522,7 +527,8 @@ struct VSums {
     s.dv_pad = dv_pad;
     s.max_keys = tile::round_up(max_keys, tile::kWidth);
     const index_t sums = heads * (rows + 1) * dv_pad;
-    s.full = workspace().floats(static_cast<std::size_t>(sums + (rows + 1) * s.max_keys));
+    s.full = workspace().try_floats(static_cast<std::size_t>(floats(rows, dv_pad, max_keys, heads)));
+    if (s.full == nullptr) return s;
     s.part = s.full + heads * dv_pad;
     s.ind = s.full + sums;
     s.ones = s.ind + rows * s.max_keys;
@@ -550,6 +556,7 @@ struct VSums {
     }
     tile::mma_pv(part + head * rows * dv_pad, dv_pad, rows, ind, 1, max_keys, v, ld_v, nk, dv_vecs);
   }
+  bool ok() const { return full != nullptr; }
   // Row r's total (after fold()); r < heads * rows, the rows of head r / rows.
   const float* row(index_t r) const { return part + r * dv_pad; }
   void fold() const {
