@@ -261,5 +261,24 @@ TEST(NoMemory, AllocFloatsRefusesSizesBeyondSizeT) {
   EXPECT_EQ(reinterpret_cast<std::uintptr_t>(b.get()) % detail::kMemoryAlign, 0u);
 }
 
+// Cache storage: huge-page aligned from 2 MiB on (and freed with that alignment: ASan checks
+// the pairing), under the same limit as any other block.
+TEST(NoMemory, HugePageBlocksAreAlignedAndLimited) {
+  const std::size_t big = 3 * detail::kHugePage / sizeof(float);
+  {
+    const detail::FloatBuffer b = detail::alloc_floats_huge(big);
+    ASSERT_NE(b, nullptr);
+    EXPECT_EQ(reinterpret_cast<std::uintptr_t>(b.get()) % detail::kHugePage, 0u);
+    b.get()[0] = 1.f, b.get()[big - 1] = 2.f;  // the whole block is there
+    EXPECT_EQ(b.get()[0] + b.get()[big - 1], 3.f);
+    const detail::FloatBuffer small = detail::alloc_floats_huge(1000);
+    ASSERT_NE(small, nullptr);
+    EXPECT_EQ(reinterpret_cast<std::uintptr_t>(small.get()) % detail::kMemoryAlign, 0u);
+  }
+  const Limit two_pages(2 * detail::kHugePage);
+  EXPECT_EQ(detail::alloc_floats_huge(big), nullptr);
+  EXPECT_EQ(detail::alloc_floats_huge(std::numeric_limits<std::size_t>::max() / 2), nullptr);
+}
+
 }  // namespace
 }  // namespace sinkattn

@@ -102,8 +102,8 @@ class StreamingCache {
     const index_t rows = cfg.batch * c.cap_;
     c.k_floats_ = rows * cfg.heads_kv * cfg.dim_qk;
     c.v_floats_ = rows * cfg.heads_kv * cfg.dim_v;
-    c.k_.reset(detail::alloc_floats(static_cast<std::size_t>(c.k_floats_)));
-    c.v_.reset(detail::alloc_floats(static_cast<std::size_t>(c.v_floats_)));
+    c.k_ = detail::alloc_floats_huge(static_cast<std::size_t>(c.k_floats_));  // (decode reads it from DRAM)
+    c.v_ = detail::alloc_floats_huge(static_cast<std::size_t>(c.v_floats_));
     if (c.k_ == nullptr || c.v_ == nullptr)
       return detail::no_memory_status(static_cast<std::size_t>(c.k_floats_ + c.v_floats_), "cache (K/V storage)");
     std::fill(c.k_.get(), c.k_.get() + c.k_floats_, 0.f);
