@@ -381,6 +381,9 @@ const std::vector<Shape>& shapes() {
     for (index_t skv : {4096, 32768}) t.push_back(decode(skv));
     // Small head rows: 16 KV heads of D64 make a 4 KiB token row, which a task reads whole.
     t.push_back(decode(32768, 64, 16, 64));
+    // gpt-oss (64 query heads over 8 KV heads of D64): 2 KiB token rows, twice the FMAs per
+    // byte of the shapes above (bench/RESULTS.md, runs AN and AQ).
+    t.push_back(decode(32768, 64, 8, 64));
     return t;
   }();
   return table;
