@@ -201,6 +201,10 @@ SINKATTN_BENCH_CASES(neighborhood_cases) {
         detail::NaPlan plan;
         detail::na_build_plan(plan, m, detail::kBlockQ, detail::kBlockKV);
         const detail::NaBuffers buf = detail::na_buffers(a, plan, detail::permute_workspace());
+        if (buf.k == nullptr) {
+          st.SkipWithError("no memory for the copies");
+          break;
+        }
         detail::na_gather_inputs(a, plan, buf, Executor::serial());
         benchmark::ClobberMemory();
       }

@@ -92,9 +92,14 @@ TEST(NoMemory, TheVSumsWorkspaceIsReportedByName) {
     affine.norm = AffineScaled{alpha.cview(), {}, 1.1f, false};
     on_fresh_thread([&] {
       Out out = make_out(p);
-      ASSERT_TRUE(forward(p, d.q, d.k, d.v, out.o, soft).ok());  // grows the tiles' workspace
+      // Grows the tiles' workspace (and decode's partial rows: four splits' worth, more than
+      // the affine call's one split with its V sums).
+      const Problem wide{1, 2, 1, sq, 4000, 32, 32};
+      const Data w = make_data(wide, test::Layout::BSHD, 10);
+      Out wout = make_out(wide);
+      ASSERT_TRUE(forward(wide, w.q, w.k, w.v, wout.o, soft).ok());
       {
-        const Limit none(1024);
+        const Limit none(256);  // below the V sums' 144-288 floats on every ISA
         EXPECT_TRUE(no_memory(forward(p, d.q, d.k, d.v, out.o, affine), "V sums")) << sq;
       }
       ASSERT_TRUE(forward(p, d.q, d.k, d.v, out.o, affine).ok());
@@ -245,6 +250,12 @@ TEST(NoMemory, RopeTableGrowsOrStaysAsItWas) {
   for (index_t n = 11; n < 300; n += 7) ASSERT_TRUE(t.try_reserve(n));
   const RopeTable copy = t;
   EXPECT_EQ(copy.positions(), t.positions());
+  RopeTable moved = copy;
+  const RopeTable taken = std::move(moved);
+  EXPECT_EQ(taken.positions(), t.positions());
+  EXPECT_EQ(moved.positions(), 0);  // NOLINT: moved-from is empty, and usable again
+  ASSERT_TRUE(moved.try_reserve(20));
+  EXPECT_EQ(std::vector<float>(moved.row(9), moved.row(9) + 16), row9);
   EXPECT_EQ(std::vector<float>(copy.row(9), copy.row(9) + 16), row9);
   // Rows computed in steps equal rows computed at once.
   const RopeTable at_once(Rope{10000.f, 16, 0, RopePairing::neox}, t.positions());

@@ -54,7 +54,12 @@ class RopeTable {
     std::copy(o.cs_.get(), o.cs_.get() + floats, cs_.get());
     positions_ = capacity_ = o.positions_;
   }
-  RopeTable(RopeTable&&) noexcept = default;
+  // A moved-from table is empty (no rows, no capacity), not rows without their storage.
+  RopeTable(RopeTable&& o) noexcept : cfg_(o.cfg_) {
+    std::swap(positions_, o.positions_);
+    std::swap(capacity_, o.capacity_);
+    std::swap(cs_, o.cs_);
+  }
   RopeTable& operator=(RopeTable o) noexcept {
     std::swap(cfg_, o.cfg_);
     std::swap(positions_, o.positions_);
