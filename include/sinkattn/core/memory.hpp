@@ -35,14 +35,14 @@ struct AlignedFree {
 };
 using FloatBuffer = std::unique_ptr<float, AlignedFree>;
 
-// At least n floats aligned to kMemoryAlign (*got: how many, a whole number of kMemoryAlign
-// bytes), or null when the allocator has no memory or the request exceeds scratch_limit or
-// size_t. The callers turn null into a Status or a path that needs less memory.
-inline float* alloc_floats(std::size_t n, std::size_t* got = nullptr) noexcept {
-  if (n > (std::numeric_limits<std::size_t>::max() - kMemoryAlign) / sizeof(float)) return nullptr;
-  const std::size_t bytes = (n * sizeof(float) + kMemoryAlign - 1) / kMemoryAlign * kMemoryAlign;
+// At least n floats aligned to `align` (*got: how many, a whole number of `align` bytes; a
+// block from another alignment than kMemoryAlign needs AlignedFree{align}), or null when the allocator has no memory or
+// the request exceeds scratch_limit or size_t. The callers turn null into a Status or a path that needs less memory.
+inline float* alloc_floats(std::size_t n, std::size_t* got = nullptr, std::size_t align = kMemoryAlign) noexcept {
+  if (n > (std::numeric_limits<std::size_t>::max() - align) / sizeof(float)) return nullptr;
+  const std::size_t bytes = (n * sizeof(float) + align - 1) / align * align;
   if (bytes > scratch_limit.load(std::memory_order_relaxed)) return nullptr;
-  auto* p = static_cast<float*>(::operator new(bytes, std::align_val_t(kMemoryAlign), std::nothrow));
+  auto* p = static_cast<float*>(::operator new(bytes, std::align_val_t(align), std::nothrow));
   if (p != nullptr && got != nullptr) *got = bytes / sizeof(float);
   return p;
 }
@@ -56,13 +56,11 @@ inline constexpr std::size_t kHugePage = std::size_t{2} << 20;
 // refused, the pages stay small). One TLB entry then maps 2 MiB instead of 4 KiB: split-KV
 // decode from a DRAM-resident cache took 0.84-0.90x the time (Zen 4; bench/RESULTS.md, run AQ).
 inline FloatBuffer alloc_floats_huge(std::size_t n) noexcept {
-  if (n > (std::numeric_limits<std::size_t>::max() - kHugePage) / sizeof(float)) return nullptr;
-  if (n * sizeof(float) < kHugePage) return FloatBuffer(alloc_floats(n));
-  const std::size_t bytes = (n * sizeof(float) + kHugePage - 1) / kHugePage * kHugePage;
-  if (bytes > scratch_limit.load(std::memory_order_relaxed)) return nullptr;
-  auto* p = static_cast<float*>(::operator new(bytes, std::align_val_t(kHugePage), std::nothrow));
+  if (n < kHugePage / sizeof(float)) return FloatBuffer(alloc_floats(n));
+  std::size_t got = 0;
+  float* p = alloc_floats(n, &got, kHugePage);
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-  if (p != nullptr) (void)::madvise(p, bytes, MADV_HUGEPAGE);  // advice only: failure changes nothing
+  if (p != nullptr) (void)::madvise(p, got * sizeof(float), MADV_HUGEPAGE);  // advice only: failure changes nothing
 #endif
   return FloatBuffer(p, AlignedFree{kHugePage});
 }

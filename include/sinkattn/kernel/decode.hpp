@@ -102,10 +102,10 @@ void decode_task(const KernelArgs& a, const typename V::Mask& mask, index_t b, i
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
   // No memory: the task ends at once and the call reports it (NoMemory).
-  const auto ws_floats =
-      static_cast<std::size_t>(2 * HR * dqk_pad + HR * ld_s + HR * dv_pad + tile::kWidth * (dqk_pad + dv_pad));
-  float* qpad = ws.try_floats(ws_floats);  // (HR, Dqk_pad)
-  if (qpad == nullptr) return a.no_memory->note(ws_floats, "workspace (a decode task's tiles)");
+  float* qpad = ws.floats(
+      static_cast<std::size_t>(2 * HR * dqk_pad + HR * ld_s + HR * dv_pad + tile::kWidth * (dqk_pad + dv_pad)),
+      *a.no_memory, "workspace (a decode task's tiles)");  // (HR, Dqk_pad)
+  if (qpad == nullptr) return;
   float* qpad_sink = qpad + HR * dqk_pad;         // (HR, Dqk_pad) RoPE on load: as the sink keys see it
   float* s = qpad_sink + HR * dqk_pad;            // (HR, kDecodeBlock) scores, keys on lanes
   float* acc = s + HR * ld_s;                     // (HR, Dv_pad)
@@ -135,10 +135,8 @@ void decode_task(const KernelArgs& a, const typename V::Mask& mask, index_t b, i
   for (index_t r = 0; r < HR; ++r) state[r] = Norm::init_row(a, mask, b, g0 * G + r / Sq, r % Sq);
   [[maybe_unused]] policy::VSums vsums;  // affine-scaled: running sums of the visible V rows, per head
   if constexpr (Norm::kSumsV) {
-    vsums = policy::VSums::make(R, dv_pad, kDecodeBlock, ng);
-    if (!vsums.ok())
-      return a.no_memory->note(static_cast<std::size_t>(policy::VSums::floats(R, dv_pad, kDecodeBlock, ng)),
-                               "workspace (a decode task's V sums)");
+    vsums = policy::VSums::make(*a.no_memory, R, dv_pad, kDecodeBlock, ng);
+    if (!vsums.ok()) return;
   }
 
   const index_t lo = std::max(k_lo, mask.kv_begin(0, Sq)), hi = std::min(k_hi, mask.kv_end(0, Sq));
@@ -289,9 +287,9 @@ void run_decode(const KernelArgs& a, const typename V::Mask& mask, const Executo
   const index_t tasks = p.batch * chunks * splits;
   // Partials of every split, then one merged row and its V sum (aligned: the epilogue loads
   // them by vectors).
-  const auto parts_floats = static_cast<std::size_t>(tasks * task_floats + 2 * dv_pad + tile::kWidth);
-  float* parts = partials_workspace().try_floats(parts_floats);
-  if (parts == nullptr) return a.no_memory->note(parts_floats, "workspace (the decode splits' partial rows)");
+  float* parts = partials_workspace().floats(static_cast<std::size_t>(tasks * task_floats + 2 * dv_pad + tile::kWidth),
+                                             *a.no_memory, "workspace (the decode splits' partial rows)");
+  if (parts == nullptr) return;
   float* out = parts + tile::round_up(tasks * task_floats, tile::kWidth);
   [[maybe_unused]] float* vsum = out + dv_pad;
 

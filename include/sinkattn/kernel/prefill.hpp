@@ -176,9 +176,9 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
   const index_t dqk_pad = tile::round_up(p.dim_qk, tile::kWidth);
 
   // No memory: the task ends before writing anything and the call reports it (NoMemory).
-  const auto ws_floats = static_cast<std::size_t>(prefill_workspace_floats(p));
-  float* qt = ws.try_floats(ws_floats);  // (Dqk, BQ)
-  if (qt == nullptr) return a.no_memory->note(ws_floats, "workspace (a prefill task's tiles)");
+  float* qt = ws.floats(static_cast<std::size_t>(prefill_workspace_floats(p)), *a.no_memory,
+                        "workspace (a prefill task's tiles)");  // (Dqk, BQ)
+  if (qt == nullptr) return;
   float* qt_sink = qt + p.dim_qk * kBlockQ;  // (Dqk, BQ)
   float* st = qt_sink + p.dim_qk * kBlockQ;  // (BKV, BQ)
   float* acc = st + kBlockKV * kBlockQ;      // (BQ, Dv_pad)
@@ -270,10 +270,8 @@ void prefill_task(const KernelArgs& a, const typename V::Mask& mask_all, index_t
   tile::Lanes alpha;
   [[maybe_unused]] policy::VSums vsums;  // affine-scaled: running sums of the visible V rows
   if constexpr (V::Norm::kSumsV) {
-    vsums = policy::VSums::make(nq, dv_pad, kBlockKV);
-    if (!vsums.ok())
-      return a.no_memory->note(static_cast<std::size_t>(policy::VSums::floats(nq, dv_pad, kBlockKV)),
-                               "workspace (a prefill task's V sums)");
+    vsums = policy::VSums::make(*a.no_memory, nq, dv_pad, kBlockKV);
+    if (!vsums.ok()) return;
   }
   alignas(64) float alpha_rows[kBlockQ];
   // The next task's rows are asked for during this task's last key block: early enough to

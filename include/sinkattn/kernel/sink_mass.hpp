@@ -99,9 +99,9 @@ void sink_mass_task(const KernelArgs& a, const Mask& mask_all, index_t b, index_
   // query tile cost 1.21x the plain call; bench/RESULTS.md, run S).
   const bool whole_k = a.rope != nullptr || a.nseg > 0;
   // No memory (*tot_out stays null): the task ends at once and the call reports it.
-  const auto ws_floats = static_cast<std::size_t>(sink_mass_workspace_floats(p, cache_blocks, whole_k));
-  float* qt = ws.try_floats(ws_floats);  // (Dqk, BQ)
-  if (qt == nullptr) return a.no_memory->note(ws_floats, "workspace (a sink_mass task's tiles and key rows)");
+  float* qt = ws.floats(static_cast<std::size_t>(sink_mass_workspace_floats(p, cache_blocks, whole_k)), *a.no_memory,
+                        "workspace (a sink_mass task's tiles and key rows)");  // (Dqk, BQ)
+  if (qt == nullptr) return;
   float* qt_sink = qt + p.dim_qk * kBlockQ;                 // (Dqk, BQ)
   float* st = qt_sink + p.dim_qk * kBlockQ;                 // (BKV, BQ)
   float* lane_f = st + kBlockKV * kBlockQ;                  // (BQ)

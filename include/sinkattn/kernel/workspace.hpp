@@ -14,27 +14,6 @@ namespace sinkattn::detail {
 
 static_assert(kMemoryAlign % tile::kAlign == 0, "alloc_floats must align blocks for the widest vector");
 
-class Workspace {
- public:
-  // At least n floats, aligned to kMemoryAlign, or null (the buffer unchanged) when the
-  // memory cannot be had. Contents are unspecified.
-  float* try_floats(std::size_t n) {
-    if (n > capacity_) {
-      std::size_t got = 0;
-      float* p = alloc_floats(n, &got);
-      if (p == nullptr) return nullptr;
-      buf_.reset(p);
-      capacity_ = got;
-    }
-    return buf_.get();
-  }
-  std::size_t capacity() const { return capacity_; }  // floats
-
- private:
-  FloatBuffer buf_;
-  std::size_t capacity_ = 0;
-};
-
 // What scratch a call's tasks could not get. Tasks run on any thread and cannot return a
 // Status: a task that finds no memory notes its request here and ends early (its output rows
 // unwritten), and the call returns status() once every task is done.
@@ -58,6 +37,33 @@ class NoMemory {
   mutable std::mutex mu_;
   std::size_t floats_ = 0;
   const char* what_ = nullptr;
+};
+
+class Workspace {
+ public:
+  // At least n floats, aligned to kMemoryAlign, or null (the buffer unchanged) when the
+  // memory cannot be had. Contents are unspecified.
+  float* try_floats(std::size_t n) {
+    if (n > capacity_) {
+      std::size_t got = 0;
+      float* p = alloc_floats(n, &got);
+      if (p == nullptr) return nullptr;
+      buf_.reset(p);
+      capacity_ = got;
+    }
+    return buf_.get();
+  }
+  // The same, a null result noted in `failures` as a request for `what` (a string literal).
+  float* floats(std::size_t n, NoMemory& failures, const char* what) {
+    float* p = try_floats(n);
+    if (p == nullptr) failures.note(n, what);
+    return p;
+  }
+  std::size_t capacity() const { return capacity_; }  // floats
+
+ private:
+  FloatBuffer buf_;
+  std::size_t capacity_ = 0;
 };
 
 // The calling thread's workspace.

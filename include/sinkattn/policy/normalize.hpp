@@ -515,19 +515,17 @@ struct VSums {
     thread_local ::sinkattn::detail::Workspace ws;
     return ws;
   }
-  // Floats of workspace make() takes.
-  static index_t floats(index_t rows, index_t dv_pad, index_t max_keys, index_t heads = 1) {
-    return heads * (rows + 1) * dv_pad + (rows + 1) * tile::round_up(max_keys, tile::kWidth);
-  }
-  // ok() false: no memory.
-  static VSums make(index_t rows, index_t dv_pad, index_t max_keys, index_t heads = 1) {
+  // ok() false: no memory (noted in `failures`).
+  static VSums make(::sinkattn::detail::NoMemory& failures, index_t rows, index_t dv_pad, index_t max_keys,
+                    index_t heads = 1) {
     VSums s;
     s.rows = rows;
     s.heads = heads;
     s.dv_pad = dv_pad;
     s.max_keys = tile::round_up(max_keys, tile::kWidth);
     const index_t sums = heads * (rows + 1) * dv_pad;
-    s.full = workspace().try_floats(static_cast<std::size_t>(floats(rows, dv_pad, max_keys, heads)));
+    s.full = workspace().floats(static_cast<std::size_t>(sums + (rows + 1) * s.max_keys), failures,
+                                "workspace (a task's V sums)");
     if (s.full == nullptr) return s;
     s.part = s.full + heads * dv_pad;
     s.ind = s.full + sums;
